@@ -1,0 +1,3 @@
+from boxseg.cli import main
+
+main()

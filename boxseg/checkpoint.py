@@ -1,0 +1,68 @@
+"""model.pt: the state dict plus everything needed to rebuild and use the model.
+
+Checkpoints hold only tensors and plain data and are always loaded with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from boxseg import __version__
+from boxseg.errors import BoxsegError
+from boxseg.io import save_torch
+from boxseg.models import DeepLabV3Plus, ModelSpec, build_model
+
+FORMAT = "boxseg-model-v1"
+KINDS = ("ancillary", "primary")
+
+
+def save_model(path: Path, model: DeepLabV3Plus, meta: dict) -> None:
+    """Atomically write model.pt. `meta` holds kind, model spec, class names, normalisation..."""
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    save_torch(path, {"format": FORMAT, "boxseg_version": __version__, **meta, "state_dict": state})
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    """Load a checkpoint dict safely; a clear error for a missing, torn or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BoxsegError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torn, truncated or foreign files all land here
+        raise BoxsegError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0]})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise BoxsegError(f"{path}: not a boxseg model checkpoint")
+    return ckpt
+
+
+def load_model(
+    path: Path | str, kind: str | None = None, device: torch.device | str = "cpu"
+) -> tuple[DeepLabV3Plus, dict]:
+    """Rebuild the model from model.pt (in eval mode). `kind` refuses the other kind of model."""
+    ckpt = read_checkpoint(path)
+    if kind is not None and ckpt["kind"] != kind:
+        raise BoxsegError(f"{path}: this is a {ckpt['kind']} model; a {kind} model is needed here")
+    model = build_model(
+        ModelSpec(**ckpt["model"]), len(ckpt["class_names"]), ckpt.get("box_channels")
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model.to(device).eval(), meta
+
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

@@ -1,0 +1,249 @@
+"""The `boxseg` command: wiring only. Each stage lives in its own module."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from boxseg.errors import BoxsegError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Semantic segmentation from a few masks (F) and many bounding boxes (W): "
+    "train-anc -> gen-logits -> train-primary -> eval.",
+)
+_debug = {"on": os.environ.get("BOXSEG_DEBUG") == "1"}
+
+# Options shared by several stages, declared once so every stage spells them the same way.
+Data = Annotated[Path, typer.Argument(help="Dataset directory (layout auto-detected).")]
+Split = Annotated[str, typer.Option(help="Split that is divided into F and W.")]
+NumFull = Annotated[int | None, typer.Option(help="F = this many images of the split, drawn with --seed.")]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the F/W draw.")]
+FullList = Annotated[Path | None, typer.Option(help="File listing F's ids (instead of --num-full).")]
+Backbone = Annotated[str, typer.Option(help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3_large")]
+OutputStride = Annotated[int, typer.Option(help="Backbone output stride: 8 or 16.")]
+Pretrained = Annotated[str, typer.Option(
+    help="none, imagenet (torchvision's weights), a torchvision weights name, or a state-dict file."
+)]  # fmt: skip
+AsppChannels = Annotated[int, typer.Option(help="ASPP output channels.")]
+DecoderChannels = Annotated[int, typer.Option(help="Decoder channels.")]
+Iters = Annotated[int, typer.Option(help="Training steps.")]
+Epochs = Annotated[int | None, typer.Option(help="Train for this many epochs over F instead of --iters.")]
+BatchSize = Annotated[int, typer.Option(help="Images per batch (F; W uses the same unless told).")]
+Crop = Annotated[int, typer.Option(help="Square training crop, pixels.")]
+ScaleMin = Annotated[float, typer.Option(help="Smallest random scale.")]
+ScaleMax = Annotated[float, typer.Option(help="Largest random scale.")]
+Lr = Annotated[float, typer.Option(help="Base learning rate (poly schedule).")]
+Optimizer = Annotated[str, typer.Option(help="sgd (momentum 0.9) or adamw.")]
+WeightDecay = Annotated[float, typer.Option(help="Weight decay.")]
+Seed = Annotated[int, typer.Option(help="Training seed.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+Amp = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16.")]
+ValSplit = Annotated[str, typer.Option(help="Split scored at the end of training ('' to skip).")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    _debug["on"] = _debug["on"] or debug
+
+
+def _split(split: str, num_full: int | None, seed: int, full_list: Path | None):
+    from boxseg.data.split import SplitSpec
+
+    return SplitSpec(split, num_full, seed, full_list)
+
+
+def _train_cfg(**kw):
+    from boxseg.engine import TrainConfig
+
+    return TrainConfig(**kw)
+
+
+def _model_spec(backbone: str, output_stride: int, aspp_channels: int, decoder_channels: int):
+    from boxseg.models import ModelSpec
+
+    return ModelSpec(backbone, output_stride, aspp_channels, decoder_channels)
+
+
+@app.command("train-anc")
+def train_anc_cmd(
+    data: Data,
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    num_full: NumFull = None,
+    seed_split: SplitSeed = 0,
+    full_list: FullList = None,
+    split: Split = "train",
+    box_min_area: Annotated[int, typer.Option(help="Smallest component (pixels) that gets a box.")] = 16,
+    box_classes: Annotated[str | None, typer.Option(
+        help="Comma-separated class names that get boxes (default: all but background)."
+    )] = None,  # fmt: skip
+    backbone: Backbone = "resnet50",
+    output_stride: OutputStride = 16,
+    pretrained: Pretrained = "none",
+    aspp_channels: AsppChannels = 256,
+    decoder_channels: DecoderChannels = 256,
+    iters: Iters = 2000,
+    epochs: Epochs = None,
+    batch_size: BatchSize = 8,
+    crop: Crop = 321,
+    scale_min: ScaleMin = 0.5,
+    scale_max: ScaleMax = 2.0,
+    lr: Lr = 0.01,
+    optimizer: Optimizer = "sgd",
+    weight_decay: WeightDecay = 1e-4,
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = 0,
+    amp: Amp = "off",
+    val_split: ValSplit = "val",
+    quiet: Quiet = False,
+) -> None:
+    """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks."""
+    from boxseg.data.boxes import BoxSpec
+    from boxseg.data.formats import open_dataset
+    from boxseg.train_anc import train_anc
+
+    classes = None
+    if box_classes:
+        names = open_dataset(data).class_names
+        wanted = [c.strip() for c in box_classes.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in names]
+        if unknown:
+            raise BoxsegError(f"--box-classes: unknown class '{unknown[0]}' (classes: {', '.join(names)})")
+        classes = tuple(names.index(c) for c in wanted)
+    train_anc(
+        data, out, _split(split, num_full, seed_split, full_list), BoxSpec(box_min_area, classes),
+        _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
+        _train_cfg(iters=iters, epochs=epochs, batch_size=batch_size, crop=crop, scale_min=scale_min,
+                   scale_max=scale_max, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                   seed=seed, device=device, workers=workers, amp=amp),
+        pretrained, val_split or None, quiet,
+    )  # fmt: skip
+
+
+@app.command("gen-logits")
+def gen_logits_cmd(
+    data: Data,
+    model: Annotated[Path, typer.Option(help="Ancillary model.pt from train-anc.")],
+    out: Annotated[str, typer.Option(help="Logits store to write (a .zarr path or store URL).")],
+    num_full: NumFull = None,
+    seed_split: SplitSeed = 0,
+    full_list: FullList = None,
+    split: Split = "train",
+    stride: Annotated[int, typer.Option(help="Store logits every this many pixels.")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store that does not match.")] = False,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Run the ancillary net over W (images + boxes) and store its logits; resumes if killed."""
+    from boxseg.gen_logits import gen_logits
+
+    store = gen_logits(data, model, out, _split(split, num_full, seed_split, full_list), stride,
+                       device, overwrite, quiet)  # fmt: skip
+    if not quiet:
+        print(f"gen-logits: {len(store)} weak images in {out}")
+
+
+@app.command("train-primary")
+def train_primary_cmd(
+    data: Data,
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    logits: Annotated[str | None, typer.Option(
+        help="Logits store from gen-logits; without it the primary trains on F alone."
+    )] = None,  # fmt: skip
+    self_corr: Annotated[str, typer.Option(help="none or linear.")] = "none",
+    alpha_start: Annotated[float, typer.Option(help="Linear self-correction: initial alpha.")] = 30.0,
+    alpha_end: Annotated[float, typer.Option(help="Linear self-correction: final alpha.")] = 0.5,
+    alpha_decay_fraction: Annotated[float, typer.Option(
+        help="Fraction of training over which alpha decays geometrically, then stays flat."
+    )] = 0.5,  # fmt: skip
+    weak_weight: Annotated[float, typer.Option(help="Weight of the W loss term.")] = 1.0,
+    weak_batch_size: Annotated[int | None, typer.Option(help="W images per batch.")] = None,
+    num_full: NumFull = None,
+    seed_split: SplitSeed = 0,
+    full_list: FullList = None,
+    split: Split = "train",
+    backbone: Backbone = "resnet50",
+    output_stride: OutputStride = 16,
+    pretrained: Pretrained = "none",
+    aspp_channels: AsppChannels = 256,
+    decoder_channels: DecoderChannels = 256,
+    iters: Iters = 2000,
+    epochs: Epochs = None,
+    batch_size: BatchSize = 8,
+    crop: Crop = 321,
+    scale_min: ScaleMin = 0.5,
+    scale_max: ScaleMax = 2.0,
+    lr: Lr = 0.01,
+    optimizer: Optimizer = "sgd",
+    weight_decay: WeightDecay = 1e-4,
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = 0,
+    amp: Amp = "off",
+    val_split: ValSplit = "val",
+    quiet: Quiet = False,
+) -> None:
+    """Train the primary net p(y|x) on F (masks) + W (stored ancillary logits, self-corrected)."""
+    from boxseg.train_primary import train_primary
+
+    train_primary(
+        data, out, _split(split, num_full, seed_split, full_list),
+        _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
+        _train_cfg(iters=iters, epochs=epochs, batch_size=batch_size, crop=crop, scale_min=scale_min,
+                   scale_max=scale_max, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                   seed=seed, device=device, workers=workers, amp=amp),
+        logits, self_corr, alpha_start, alpha_end, alpha_decay_fraction, weak_weight,
+        weak_batch_size, pretrained, val_split or None, quiet,
+    )  # fmt: skip
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Data,
+    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    model: Annotated[Path | None, typer.Option(help="model.pt to score.")] = None,
+    pred_dir: Annotated[Path | None, typer.Option(help="Folder of <id>.png class-index predictions.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON here.")] = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Score a model (or a folder of predictions): mIoU, per-class IoU, pixel accuracy."""
+    from boxseg.evaluate import run_eval
+
+    run_eval(data, split, model, pred_dir, json_out, device, quiet)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for the generated data, runs and results.json.")] = Path("boxseg-demo"),
+    data_only: Annotated[bool, typer.Option(help="Only generate the dataset.")] = False,
+    iters: Annotated[int, typer.Option(help="Training steps of each model.")] = 300,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole pipeline on a generated dataset and print the results table."""
+    from boxseg.demo import run_demo
+
+    run_demo(out, data_only, iters, device, quiet)
+
+
+def main() -> None:
+    """Entry point: user mistakes print one line and exit 2; --debug shows the traceback."""
+    try:
+        app()
+    except BoxsegError as e:
+        if _debug["on"]:
+            raise
+        print(f"boxseg: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Datasets, boxes, F/W splits and joint augmentation."""

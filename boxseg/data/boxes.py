@@ -1,0 +1,94 @@
+"""Bounding boxes: derive them from masks, rasterise them to the box encoder's input tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from boxseg.data.sample import VOID
+
+
+@dataclass(frozen=True)
+class BoxSpec:
+    """How boxes are derived from masks: min component area (pixels) and which classes get boxes.
+
+    classes=None means every class except the background class (if the dataset has one).
+    """
+
+    min_area: int = 16
+    classes: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {"min_area": self.min_area, "classes": list(self.classes) if self.classes else None}
+
+    @staticmethod
+    def from_dict(d: dict) -> BoxSpec:
+        classes = d.get("classes")
+        return BoxSpec(int(d.get("min_area", 16)), tuple(classes) if classes else None)
+
+
+def boxes_from_mask(
+    mask: np.ndarray,
+    num_classes: int,
+    min_area: int = 1,
+    classes: Sequence[int] | None = None,
+    background: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One box per 8-connected component of each class (OpenCV), xyxy with exclusive x2/y2.
+
+    Components smaller than `min_area` pixels are dropped; void and the background class never
+    get boxes. Returns (boxes Nx4 float32, labels N int64), ordered by class then component.
+    """
+    wanted = range(num_classes) if classes is None else classes
+    present = set(np.unique(mask).tolist()) - {VOID}
+    boxes, labels = [], []
+    for c in wanted:
+        if c == background or c not in present:
+            continue
+        n, _, stats, _ = cv2.connectedComponentsWithStats(
+            (mask == c).astype(np.uint8), connectivity=8
+        )
+        for j in range(1, n):
+            x, y, w, h, area = stats[j]
+            if area >= min_area:
+                boxes.append((x, y, x + w, y + h))
+                labels.append(c)
+    return (
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(labels, dtype=np.int64),
+    )
+
+
+def box_channels(num_classes: int, background: int | None) -> int:
+    """Channels of the box tensor: K, plus one 'outside all boxes' channel without a background class."""
+    return num_classes if background is not None else num_classes + 1
+
+
+def rasterize_boxes(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    height: int,
+    width: int,
+    background: int | None = None,
+) -> np.ndarray:
+    """The box encoder's input (method.md): channel k is 1 inside every box of class k.
+
+    The background channel (or, for datasets without a background class, an extra last
+    channel) is 1 outside all boxes. Overlapping boxes set several channels. Box edges are
+    rounded to whole pixels; x2 and y2 are exclusive. Returns CxHxW float32.
+    """
+    out = np.zeros((box_channels(num_classes, background), height, width), dtype=np.float32)
+    inside = np.zeros((height, width), dtype=bool)
+    for (x1, y1, x2, y2), k in zip(np.rint(boxes).astype(np.int64), labels, strict=True):
+        x1, x2 = max(int(x1), 0), min(int(x2), width)
+        y1, y2 = max(int(y1), 0), min(int(y2), height)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        out[int(k), y1:y2, x1:x2] = 1.0
+        inside[y1:y2, x1:x2] = True
+    out[num_classes if background is None else background][~inside] = 1.0
+    return out

@@ -1,0 +1,151 @@
+"""Dataset readers. A layout is detected from the directory; each reader returns `Sample`s.
+
+Supported layouts:
+- segnet: the SegNet/CamVid layout: `<split>.txt` (one stem a line, or SegNet's
+  "image-path mask-path" lines), `<split>/<stem>.png|.jpg` images and `<split>annot/<stem>.png`
+  class-index masks. Class names come from an optional `classes.txt` (one name a line, index =
+  line number; mask value 255 is void). Without it the 11 CamVid classes are assumed, with
+  mask value 11 as void.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from boxseg.data.boxes import BoxSpec, boxes_from_mask
+from boxseg.data.sample import VOID, Sample
+from boxseg.errors import BoxsegError
+from boxseg.io import read_image, read_label_png
+
+CAMVID_CLASSES = (
+    "sky", "building", "pole", "road", "pavement", "tree",
+    "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
+)  # fmt: skip
+SUPPORTED_LAYOUTS = {
+    "segnet": "<split>.txt lists, <split>/ images, <split>annot/ masks (CamVid, SegNet tutorial)",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class SegDataset:
+    """A dataset on disk: where it is, its classes, and how its files are named."""
+
+    root: Path
+    layout: str
+    class_names: tuple[str, ...]
+    void_value: int
+    background: int | None  # index of the background class, None if the dataset has none
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict:
+        return {"root": str(self.root), "layout": self.layout, "class_names": list(self.class_names)}
+
+    def has_split(self, split: str) -> bool:
+        return (self.root / f"{split}.txt").is_file()
+
+    def ids(self, split: str) -> list[str]:
+        """Image ids of a split, in file order; a clear error for a missing or empty list."""
+        path = self.root / f"{split}.txt"
+        if not path.is_file():
+            have = sorted(p.stem for p in self.root.glob("*.txt") if p.name != "classes.txt")
+            raise BoxsegError(f"{path}: no such split list (splits here: {', '.join(have) or 'none'})")
+        ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise BoxsegError(f"{path}: the split list is empty")
+        if len(set(ids)) != len(ids):
+            raise BoxsegError(f"{path}: duplicate image ids in the split list")
+        return ids
+
+    def image_path(self, split: str, image_id: str) -> Path:
+        for suffix in IMAGE_SUFFIXES:
+            path = self.root / split / f"{image_id}{suffix}"
+            if path.is_file():
+                return path
+        raise BoxsegError(f"{self.root / split / image_id}.png|.jpg: image not found")
+
+    def mask_path(self, split: str, image_id: str) -> Path:
+        return self.root / f"{split}annot" / f"{image_id}.png"
+
+    def read_image(self, split: str, image_id: str) -> np.ndarray:
+        return read_image(self.image_path(split, image_id))
+
+    def read_mask(self, split: str, image_id: str) -> np.ndarray:
+        """The mask with void mapped to VOID; class ids out of range are an error."""
+        path = self.mask_path(split, image_id)
+        raw = read_label_png(path)
+        mask = raw.copy()
+        mask[raw == self.void_value] = VOID
+        bad = (mask >= self.num_classes) & (mask != VOID)
+        if bad.any():
+            raise BoxsegError(
+                f"{path}: class id {int(mask[bad].max())} out of range "
+                f"(0..{self.num_classes - 1}, void {self.void_value})"
+            )
+        return mask
+
+    def read_boxes(
+        self, split: str, image_id: str, spec: BoxSpec, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes of an image. The segnet layout has none: derive them from the mask."""
+        if mask is None:
+            mask = self.read_mask(split, image_id)
+        return boxes_from_mask(
+            mask, self.num_classes, spec.min_area, spec.classes, self.background
+        )
+
+
+def _open_segnet(root: Path) -> SegDataset:
+    classes_file = root / "classes.txt"
+    if classes_file.is_file():
+        names = tuple(n.strip() for n in classes_file.read_text().splitlines() if n.strip())
+        if not names:
+            raise BoxsegError(f"{classes_file}: no class names")
+        if len(names) > 255:
+            raise BoxsegError(f"{classes_file}: at most 255 classes are supported")
+        background = names.index("background") if "background" in names else None
+        return SegDataset(root, "segnet", names, 255, background)
+    return SegDataset(root, "segnet", CAMVID_CLASSES, len(CAMVID_CLASSES), None)
+
+
+def _is_segnet(root: Path) -> bool:
+    return any(
+        (root / f"{p.stem}annot").is_dir() and (root / p.stem).is_dir() for p in root.glob("*.txt")
+    )
+
+
+def open_dataset(root: Path | str) -> SegDataset:
+    """Detect the layout of `root` and open it; a clear error lists the supported layouts."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BoxsegError(f"{root}: dataset directory not found")
+    if _is_segnet(root):
+        return _open_segnet(root)
+    supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_LAYOUTS.items())
+    raise BoxsegError(f"{root}: unknown dataset layout (supported: {supported})")
+
+
+def load_full(ds: SegDataset, split: str, image_id: str, spec: BoxSpec) -> Sample:
+    """A fully labelled sample: image, mask and boxes (derived from the mask where needed)."""
+    image = ds.read_image(split, image_id)
+    mask = ds.read_mask(split, image_id)
+    if mask.shape != image.shape[:2]:
+        raise BoxsegError(
+            f"{ds.mask_path(split, image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} "
+            f"but its image is {image.shape[1]}x{image.shape[0]}"
+        )
+    boxes, labels = ds.read_boxes(split, image_id, spec, mask)
+    return Sample(image_id, image, mask, boxes, labels)
+
+
+def load_weak(ds: SegDataset, split: str, image_id: str, spec: BoxSpec) -> Sample:
+    """A weakly labelled sample: image and boxes only. The mask never leaves this function."""
+    image = ds.read_image(split, image_id)
+    boxes, labels = ds.read_boxes(split, image_id, spec)
+    return Sample(image_id, image, None, boxes, labels)

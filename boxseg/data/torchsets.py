@@ -1,0 +1,93 @@
+"""torch Datasets for training: F (image, mask, box tensor) and W (image, stored logits).
+
+The W set reads images and the logits store only: it has no way to reach W's masks or boxes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from boxseg.data.boxes import BoxSpec, rasterize_boxes
+from boxseg.data.formats import SegDataset, load_full
+from boxseg.data.transforms import Aligned, apply, draw_params, to_tensor
+from boxseg.errors import BoxsegError
+from boxseg.store import LogitsStore
+
+
+def item_rng() -> np.random.Generator:
+    """A generator seeded from torch's RNG, so DataLoader worker seeding makes runs repeatable."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+class AugmentSpec:
+    """Crop size, scale range and flip shared by every training set."""
+
+    def __init__(self, crop: int, scale_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True):
+        self.crop, self.scale_range, self.hflip = crop, scale_range, hflip
+
+    def draw(self, height: int, width: int):
+        return draw_params(item_rng(), height, width, self.crop, self.scale_range, self.hflip)
+
+
+class FullTrainSet(Dataset):
+    """F: augmented image + mask (+ the box tensor for the ancillary net)."""
+
+    def __init__(self, ds: SegDataset, split: str, ids: list[str], box_spec: BoxSpec,
+                 aug: AugmentSpec, with_boxes: bool, mean, std):  # fmt: skip
+        self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
+        self.aug, self.with_boxes, self.mean, self.std = aug, with_boxes, mean, std
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s = load_full(self.ds, self.split, self.ids[i], self.box_spec)
+        a = apply(Aligned(s.image, s.mask, s.boxes, s.labels), self.aug.draw(*s.size), self.aug.crop)
+        out = {
+            "image": to_tensor(a.image, self.mean, self.std),
+            "mask": torch.from_numpy(a.mask).long(),
+        }
+        if self.with_boxes:
+            c = self.aug.crop
+            out["boxes"] = torch.from_numpy(
+                rasterize_boxes(a.boxes, a.labels, self.ds.num_classes, c, c, self.ds.background)
+            )
+        return out
+
+
+class WeakTrainSet(Dataset):
+    """W: augmented image + its stored ancillary logits (resampled and cropped identically)."""
+
+    def __init__(self, ds: SegDataset, split: str, ids: list[str], store_location: str,
+                 aug: AugmentSpec, mean, std):  # fmt: skip
+        self.ds, self.split, self.ids = ds, split, ids
+        self.store_location, self.aug, self.mean, self.std = store_location, aug, mean, std
+        self._store: LogitsStore | None = None  # opened lazily, once per DataLoader worker
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def store(self) -> LogitsStore:
+        if self._store is None:
+            self._store = LogitsStore.open(self.store_location)
+        return self._store
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image_id = self.ids[i]
+        image = self.ds.read_image(self.split, image_id)
+        j = self.store.index(image_id)
+        h, w = (int(v) for v in self.store.sizes[j])
+        if (h, w) != image.shape[:2]:
+            raise BoxsegError(
+                f"{self.store_location}: logits of {image_id} are for a {w}x{h} image, "
+                f"the dataset's is {image.shape[1]}x{image.shape[0]}"
+            )
+        a = apply(Aligned(image, logits=self.store.read_full(j)), self.aug.draw(h, w), self.aug.crop)
+        return {
+            "image": to_tensor(a.image, self.mean, self.std),
+            "logits": a.logits,
+            "valid": torch.from_numpy(a.valid),
+        }

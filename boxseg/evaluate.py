@@ -1,0 +1,93 @@
+"""`boxseg eval`: confusion-matrix mIoU of a model, or of a folder of predicted PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from boxseg.checkpoint import load_model
+from boxseg.data.boxes import BoxSpec
+from boxseg.data.formats import SegDataset, load_full, open_dataset
+from boxseg.engine import resolve_device
+from boxseg.errors import BoxsegError
+from boxseg.inference import predict_logits
+from boxseg.io import read_label_png, write_json
+from boxseg.metrics import confusion_matrix, scores
+
+
+def check_classes(meta: dict, ds: SegDataset, source: str) -> None:
+    if tuple(meta["class_names"]) != ds.class_names:
+        raise BoxsegError(
+            f"{source}: the model's classes ({', '.join(meta['class_names'])}) differ from the "
+            f"dataset's ({', '.join(ds.class_names)})"
+        )
+
+
+def evaluate_model(model: torch.nn.Module, meta: dict, ds: SegDataset, split: str,
+                   device: torch.device, quiet: bool = False) -> dict:  # fmt: skip
+    """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks."""
+    box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
+    conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
+    model.eval()
+    for image_id in track(ds.ids(split), description=f"eval {split}", disable=quiet):
+        s = load_full(ds, split, image_id, box_spec)
+        logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels)
+        conf += confusion_matrix(logits.argmax(0), torch.from_numpy(s.mask), ds.num_classes)
+    return scores(conf, list(ds.class_names))
+
+
+def evaluate_pred_dir(ds: SegDataset, split: str, pred_dir: Path) -> dict:
+    """Scores of `<id>.png` class-index predictions in `pred_dir` (no model needed)."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise BoxsegError(f"{pred_dir}: prediction directory not found")
+    conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
+    for image_id in ds.ids(split):
+        path = pred_dir / f"{image_id}.png"
+        pred = read_label_png(path)
+        mask = ds.read_mask(split, image_id)
+        if pred.shape != mask.shape:
+            raise BoxsegError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
+                              f"the mask is {mask.shape[1]}x{mask.shape[0]}")  # fmt: skip
+        if pred.max() >= ds.num_classes:
+            raise BoxsegError(f"{path}: class id {int(pred.max())} out of range")
+        conf += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(mask), ds.num_classes)
+    return scores(conf, list(ds.class_names))
+
+
+def print_scores(result: dict, title: str, console: Console | None = None) -> None:
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    for name, v in result["per_class_iou"].items():
+        table.add_row(name, "-" if v is None else f"{v:.2f}")
+    table.add_row("[bold]mIoU", f"[bold]{result['miou']:.2f}")
+    table.add_row("pixel acc", f"{result['pixel_acc']:.2f}")
+    (console or Console()).print(table)
+
+
+def run_eval(data: Path, split: str, model_path: Path | None, pred_dir: Path | None,
+             json_out: Path | None, device: str = "auto", quiet: bool = False) -> dict:  # fmt: skip
+    """The CLI stage: score a model or a prediction folder, print a table, write JSON."""
+    ds = open_dataset(data)
+    if (model_path is None) == (pred_dir is None):
+        raise BoxsegError("give exactly one of --model or --pred-dir")
+    if pred_dir is not None:
+        result = evaluate_pred_dir(ds, split, pred_dir)
+        title = f"{pred_dir} on {split}"
+    else:
+        dev = resolve_device(device)
+        model, meta = load_model(model_path, device=dev)
+        check_classes(meta, ds, str(model_path))
+        result = evaluate_model(model, meta, ds, split, dev, quiet)
+        title = f"{meta['kind']} model {model_path} on {split}"
+    if not quiet:
+        print_scores(result, title)
+    if json_out is not None:
+        write_json(json_out, result)
+    return result

@@ -1,0 +1,82 @@
+"""`boxseg gen-logits`: run the ancillary net over W with its boxes and fill the logits store.
+
+Resumable: images whose done flag is set are skipped, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from boxseg.checkpoint import file_sha256, load_model
+from boxseg.data.boxes import BoxSpec
+from boxseg.data.formats import load_weak, open_dataset
+from boxseg.data.split import SplitSpec, split_full_weak
+from boxseg.engine import resolve_device
+from boxseg.errors import BoxsegError
+from boxseg.evaluate import check_classes
+from boxseg.inference import predict_logits
+from boxseg.store import LogitsStore
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except OSError as e:
+        raise BoxsegError(f"{path}: not a readable image ({e})") from e
+
+
+def gen_logits(data: Path, model_path: Path, out: str, split: SplitSpec, stride: int = 4,
+               device: str = "auto", overwrite: bool = False, quiet: bool = False) -> LogitsStore:  # fmt: skip
+    """Write (or finish) the store at `out` for every W image of the split."""
+    if stride < 1:
+        raise BoxsegError(f"--stride {stride}: must be a positive integer")
+    dev = resolve_device(device)
+    ds = open_dataset(data)
+    model, meta = load_model(model_path, kind="ancillary", device=dev)
+    check_classes(meta, ds, str(model_path))
+    _, weak_ids = split_full_weak(ds.ids(split.split), split)
+    if not weak_ids:
+        raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
+    sha = file_sha256(model_path)
+    box_spec = BoxSpec.from_dict(meta["boxes"])
+    store = _open_or_create(out, ds, split, weak_ids, stride, sha, overwrite)
+    done = store.done_mask()
+    todo = [i for i in range(len(store)) if not done[i]]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[ips]:.1f} img/s"), TimeRemainingColumn())  # fmt: skip
+    t0 = time.perf_counter()
+    with Progress(*columns, disable=quiet) as bar:
+        task = bar.add_task("gen-logits", total=len(store), completed=len(store) - len(todo), ips=0.0)
+        for n, i in enumerate(todo, 1):
+            s = load_weak(ds, split.split, store.image_ids[i], box_spec)
+            store.write(i, predict_logits(model, meta, s.image, dev, s.boxes, s.labels))
+            bar.update(task, advance=1, ips=n / (time.perf_counter() - t0))
+    return store
+
+
+def _open_or_create(out: str, ds, split: SplitSpec, weak_ids: list[str], stride: int, sha: str,
+                    overwrite: bool) -> LogitsStore:  # fmt: skip
+    """Resume a matching store, refuse a mismatched one, or create a new one."""
+    exists = "://" not in out and Path(out, "zarr.json").is_file()
+    if exists and not overwrite:
+        store = LogitsStore.open(out, mode="r+")
+        for what, have, want in (
+            ("image ids", store.image_ids, weak_ids),
+            ("classes", store.class_names, list(ds.class_names)),
+            ("stride", store.stride, stride),
+            ("checkpoint", store.attrs.get("checkpoint_sha256"), sha),
+        ):
+            if have != want:
+                raise BoxsegError(f"{out}: an existing store with other {what}; "
+                                  "pass --overwrite to replace it, or another --out")  # fmt: skip
+        return store
+    sizes = np.array([image_size(ds.image_path(split.split, i)) for i in weak_ids], np.int32)
+    attrs = {"checkpoint_sha256": sha, "dataset": ds.describe() | {"split": split.to_dict()}}
+    return LogitsStore.create(out, weak_ids, sizes, list(ds.class_names), stride, attrs)

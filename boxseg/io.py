@@ -1,0 +1,83 @@
+"""Small file helpers shared by every stage: atomic writes, JSON, images."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from boxseg.errors import BoxsegError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see a torn file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise BoxsegError(f"{path.parent}: cannot write here ({e.strerror})") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def append_jsonl(path: Path, obj: Any) -> None:
+    """Append one JSON line (metrics logs; a torn last line is skipped by readers)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    """torch.save through a temporary file and a rename."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an RGB image as HxWx3 uint8; a clear error for a missing or unreadable file."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BoxsegError(f"{path}: missing or not a readable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Read a single-channel class-index PNG as HxW uint8."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise BoxsegError(f"{path}: missing or not a readable mask image")
+    if mask.ndim != 2:
+        raise BoxsegError(f"{path}: a mask must be a single-channel class-index image")
+    return mask.astype(np.uint8)
+
+
+def write_image(path: Path, rgb: np.ndarray) -> None:
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def write_label_png(path: Path, mask: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", mask.astype(np.uint8))
+    assert ok
+    atomic_write_bytes(path, buf.tobytes())

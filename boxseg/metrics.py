@@ -1,0 +1,42 @@
+"""Confusion-matrix scores: mIoU, per-class IoU, pixel accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from boxseg.data.sample import VOID
+
+
+def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
+                     num_classes: int) -> np.ndarray:  # fmt: skip
+    """KxK counts, rows = ground truth, columns = prediction; void target pixels are skipped."""
+    pred = torch.as_tensor(pred).reshape(-1).long()
+    target = torch.as_tensor(target).reshape(-1).long()
+    keep = target != VOID
+    idx = target[keep] * num_classes + pred[keep]
+    counts = torch.bincount(idx, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+
+
+def scores(conf: np.ndarray, class_names: list[str]) -> dict:
+    """mIoU over classes present in the ground truth or the prediction; percentages.
+
+    per_class_iou is null for a class absent from both.
+    """
+    conf = np.asarray(conf, dtype=np.int64)
+    tp = np.diag(conf).astype(np.float64)
+    gt, pr = conf.sum(1), conf.sum(0)
+    union = gt + pr - tp
+    present = union > 0
+    iou = np.where(present, tp / np.maximum(union, 1), np.nan)
+    total = conf.sum()
+    return {
+        "miou": float(np.nanmean(iou) * 100) if present.any() else 0.0,
+        "per_class_iou": {
+            name: (None if np.isnan(v) else float(v * 100))
+            for name, v in zip(class_names, iou, strict=True)
+        },
+        "pixel_acc": float(tp.sum() / total * 100) if total else 0.0,
+        "confusion": conf.tolist(),
+    }

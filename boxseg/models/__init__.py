@@ -1,0 +1,5 @@
+"""Segmentation networks: torchvision backbones, DeepLabv3+, and the box encoder."""
+
+from boxseg.models.deeplab import DeepLabV3Plus, ModelSpec, build_model
+
+__all__ = ["DeepLabV3Plus", "ModelSpec", "build_model"]

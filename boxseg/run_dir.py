@@ -1,0 +1,53 @@
+"""The run directory every trainer writes: config.json with the resolved options and environment."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from boxseg import __version__
+from boxseg.errors import BoxsegError
+from boxseg.io import write_json
+
+
+def prepare_run_dir(out: Path) -> Path:
+    """Create the run directory (a clear error if it cannot be written)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BoxsegError(f"{out}: cannot create the run directory ({e.strerror})") from e
+    return out
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        "boxseg_version": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
+def write_config(out: Path, command: str, options: dict, device: torch.device) -> None:
+    write_json(out / "config.json", {"command": command, **options, "environment": environment(device)})
+
+
+def model_meta(kind: str, spec, ds, box_spec, box_channels: int | None, mean, std) -> dict:
+    """The plain-data part of model.pt: everything needed to rebuild and use the model."""
+    return {
+        "kind": kind,
+        "arch": "deeplabv3plus",
+        "model": spec.to_dict(),
+        "class_names": list(ds.class_names),
+        "background": ds.background,
+        "box_channels": box_channels,
+        "boxes": box_spec.to_dict(),
+        "mean": list(mean),
+        "std": list(std),
+    }

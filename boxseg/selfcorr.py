@@ -1,0 +1,62 @@
+"""Self-correction: how the soft target q for a weak image is formed, and the soft loss.
+
+- none:   q = softmax(l_anc)
+- linear: l_q = (l + a * l_anc) / (1 + a), the minimiser of KL(q||p) + a KL(q||p_anc) for
+          softmax outputs (method.md), with a annealed by `alpha_at`.
+q is always detached: no gradient flows into the target.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SELF_CORR_MODES = ("none", "linear")
+
+
+def linear_combine(
+    primary_logits: torch.Tensor, anc_logits: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """(l + alpha * l_anc) / (1 + alpha), elementwise; any shape, class dimension 1."""
+    return (primary_logits + alpha * anc_logits) / (1.0 + alpha)
+
+
+def alpha_at(step: int, total_steps: int, start: float = 30.0, end: float = 0.5,
+             decay_fraction: float = 0.5) -> float:  # fmt: skip
+    """Our default schedule: geometric decay from `start` to `end` over the first
+    `decay_fraction` of training, then constant at `end`."""
+    decay_steps = max(1, round(total_steps * decay_fraction))
+    t = min(step, decay_steps) / decay_steps
+    return float(start * (end / start) ** t)
+
+
+def soft_target(
+    anc_logits: torch.Tensor,
+    primary_logits: torch.Tensor | None = None,
+    mode: str = "none",
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """The detached target distribution q (N x K x H x W) for one self-correction mode."""
+    with torch.no_grad():
+        if mode == "none":
+            logits = anc_logits
+        elif mode == "linear":
+            if primary_logits is None:
+                raise ValueError("linear self-correction needs the primary logits")
+            logits = linear_combine(primary_logits.detach().float(), anc_logits.float(), alpha)
+        else:
+            raise ValueError(f"unknown self-correction mode {mode!r}")
+        return torch.softmax(logits.float(), dim=1)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over valid pixels of -sum_k target_k log softmax(logits)_k.
+
+    logits, target: N x K x H x W (target a distribution over dim 1); valid: N x H x W bool.
+    """
+    per_pixel = -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if valid is None:
+        return per_pixel.mean()
+    valid = valid.to(per_pixel.dtype)
+    return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)

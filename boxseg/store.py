@@ -1,0 +1,173 @@
+"""The ancillary logits store: a chunked zarr v3 group, one compressed chunk per weak image.
+
+Layout (a zarr v3 group at any local path or zarr store URL):
+- `logits`: float16 (N, K, Hc/s, Wc/s): image i's logits, pooled to stride s, in the top-left
+  corner of a canvas big enough for the largest image; one chunk per image (random access).
+- `sizes`:  int32 (N, 2): each image's true (height, width) in pixels.
+- `done`:   bool (N,): set only after image i's chunk is written, so a killed run resumes.
+- attributes: format, class_names, image_ids, stride, checkpoint_sha256, dataset, boxseg_version.
+
+Logits at stride s are the mean over each s x s pixel block; `upsample_logits` maps them back to
+pixel resolution with bilinear interpolation (half-pixel centres), which puts each stored cell
+back at the centre of its block.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from zarr.codecs import ZstdCodec
+
+from boxseg import __version__
+from boxseg.errors import BoxsegError
+
+FORMAT = "boxseg-logits-v1"
+
+
+def pool_logits(logits: torch.Tensor, stride: int) -> torch.Tensor:
+    """KxHxW -> Kx ceil(H/s) x ceil(W/s): block means (edge blocks padded by replication)."""
+    if stride == 1:
+        return logits
+    h, w = logits.shape[-2:]
+    ph, pw = -h % stride, -w % stride
+    x = F.pad(logits[None], (0, pw, 0, ph), mode="replicate") if (ph or pw) else logits[None]
+    return F.avg_pool2d(x, stride)[0]
+
+
+def upsample_logits(logits: torch.Tensor, stride: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of `pool_logits`: Kxhxw at stride s -> KxHxW at pixel resolution."""
+    if stride == 1:
+        return logits[:, :height, :width]
+    h, w = logits.shape[-2:]
+    up = F.interpolate(logits[None], size=(h * stride, w * stride), mode="bilinear",
+                       align_corners=False)  # fmt: skip
+    return up[0, :, :height, :width]
+
+
+class LogitsStore:
+    """Read and write access to a logits store; see the module docstring for the layout."""
+
+    def __init__(self, group: zarr.Group, location: str):
+        self.group = group
+        self.location = location
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise BoxsegError(f"{location}: not a boxseg logits store")
+        self.class_names: list[str] = list(attrs["class_names"])
+        self.image_ids: list[str] = list(attrs["image_ids"])
+        self.stride: int = int(attrs["stride"])
+        self.attrs = attrs
+        self._index = {k: i for i, k in enumerate(self.image_ids)}
+        self.logits = group["logits"]
+        self.sizes = group["sizes"]
+        self.done = group["done"]
+
+    @staticmethod
+    def create(
+        location: str | Path,
+        image_ids: list[str],
+        sizes: np.ndarray,
+        class_names: list[str],
+        stride: int,
+        attributes: dict,
+    ) -> LogitsStore:
+        """A new, empty store (all done flags False) sized for the given images."""
+        if stride < 1:
+            raise BoxsegError(f"--stride {stride}: must be a positive integer")
+        k = len(class_names)
+        hc = math.ceil(int(sizes[:, 0].max()) / stride)
+        wc = math.ceil(int(sizes[:, 1].max()) / stride)
+        attrs = {
+            "format": FORMAT,
+            "class_names": list(class_names),
+            "image_ids": list(image_ids),
+            "stride": stride,
+            "boxseg_version": __version__,
+            **attributes,
+        }
+        try:
+            group = zarr.open_group(str(location), mode="w", attributes=attrs)
+        except OSError as e:
+            raise BoxsegError(f"{location}: cannot create the store ({e})") from e
+        n = len(image_ids)
+        group.create_array(
+            "logits", shape=(n, k, hc, wc), chunks=(1, k, hc, wc), dtype="float16",
+            compressors=ZstdCodec(level=3), fill_value=0,
+        )  # fmt: skip
+        group.create_array("sizes", data=np.asarray(sizes, dtype=np.int32))
+        group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False)
+        return LogitsStore(group, str(location))
+
+    @staticmethod
+    def open(location: str | Path, mode: str = "r") -> LogitsStore:
+        """Open an existing store; a clear error if there is none or it is not ours."""
+        location = str(location)
+        if "://" not in location and not Path(location, "zarr.json").is_file():
+            raise BoxsegError(f"{location}: no logits store here")
+        try:
+            group = zarr.open_group(location, mode=mode)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise BoxsegError(f"{location}: cannot open the logits store ({e})") from e
+        return LogitsStore(group, location)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def index(self, image_id: str) -> int:
+        return self._index[image_id]
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.done[:], dtype=bool)
+
+    def write(self, i: int, logits: torch.Tensor) -> None:
+        """Store image i's logits (KxHxW at pixel resolution, or already pooled to the stride)."""
+        h, w = (int(v) for v in self.sizes[i])
+        hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
+        if logits.shape[-2:] == (h, w):
+            logits = pool_logits(logits.float(), self.stride)
+        if tuple(logits.shape[-2:]) != (hs, ws):
+            raise ValueError(f"logits of shape {tuple(logits.shape)} for an image of {h}x{w}")
+        canvas = np.zeros(self.logits.shape[1:], dtype=np.float16)
+        canvas[:, :hs, :ws] = logits.detach().cpu().numpy().astype(np.float16)
+        self.logits[i] = canvas
+        self.done[i] = True  # only after the chunk is written
+
+    def read(self, i: int) -> torch.Tensor:
+        """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32)."""
+        if not self.done[i]:
+            raise BoxsegError(f"{self.location}: image {self.image_ids[i]} has no logits yet "
+                              "(an interrupted gen-logits run: run it again to finish)")  # fmt: skip
+        h, w = (int(v) for v in self.sizes[i])
+        hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
+        return torch.from_numpy(self.logits[i, :, :hs, :ws].astype(np.float32))
+
+    def read_full(self, i: int) -> torch.Tensor:
+        """Image i's logits resampled to pixel resolution (KxHxW float32)."""
+        h, w = (int(v) for v in self.sizes[i])
+        return upsample_logits(self.read(i), self.stride, h, w)
+
+    def check_matches(self, class_names: list[str], image_ids: list[str]) -> None:
+        """Refuse a store made for other classes (or class order) or another weak set."""
+        if list(class_names) != self.class_names:
+            raise BoxsegError(
+                f"{self.location}: the store's classes ({', '.join(self.class_names)}) differ "
+                f"from the dataset's ({', '.join(class_names)})"
+            )
+        missing = [i for i in image_ids if i not in self._index]
+        if missing:
+            raise BoxsegError(
+                f"{self.location}: {len(missing)} weak images of this split are not in the store "
+                f"(first: {missing[0]}); was it made with other split options?"
+            )
+        done = self.done_mask()
+        not_done = [i for i in image_ids if not done[self._index[i]]]
+        if not_done:
+            raise BoxsegError(
+                f"{self.location}: {len(not_done)} weak images have no logits yet (first: "
+                f"{not_done[0]}); the gen-logits run was interrupted: run it again to finish"
+            )

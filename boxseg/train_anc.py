@@ -1,0 +1,70 @@
+"""`boxseg train-anc`: train the ancillary net p_anc(y|x,b) on F, boxes derived from F's masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from boxseg.checkpoint import save_model
+from boxseg.data.boxes import BoxSpec, box_channels
+from boxseg.data.formats import open_dataset
+from boxseg.data.sample import VOID
+from boxseg.data.split import SplitSpec, split_full_weak
+from boxseg.data.torchsets import AugmentSpec, FullTrainSet
+from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from boxseg.engine import TrainConfig, fit, forever, make_loader, resolve_device, total_iters
+from boxseg.evaluate import evaluate_model
+from boxseg.io import append_jsonl
+from boxseg.models import ModelSpec, build_model
+from boxseg.run_dir import model_meta, prepare_run_dir, write_config
+
+
+def train_anc(
+    data: Path,
+    out: Path,
+    split: SplitSpec,
+    box_spec: BoxSpec,
+    spec: ModelSpec,
+    cfg: TrainConfig,
+    pretrained: str = "none",
+    val_split: str | None = "val",
+    quiet: bool = False,
+) -> dict:
+    """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {})."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    ds = open_dataset(data)
+    full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
+    out = prepare_run_dir(out)
+    torch.manual_seed(cfg.seed)
+    channels = box_channels(ds.num_classes, ds.background)
+    model = build_model(spec, ds.num_classes, channels, pretrained).to(device)
+    aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
+    train_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN, IMAGENET_STD)
+    loader = make_loader(train_set, cfg.batch_size, cfg.workers)
+    iters = total_iters(cfg, loader)
+    write_config(out, "train-anc", {
+        "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
+        "num_weak": len(weak_ids), "boxes": box_spec.to_dict(), "model": spec.to_dict(),
+        "pretrained": pretrained, "train": cfg.to_dict(), "iters": iters,
+    }, device)  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+
+    def step(batch: dict, _: int):
+        logits = model(batch["image"], batch["boxes"])
+        loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=VOID)
+        return loss, {}, batch["image"].shape[0]
+
+    timing = fit(model, step, forever(loader), cfg, iters, device, metrics, "train-anc", quiet)
+    meta = model_meta("ancillary", spec, ds, box_spec, channels, IMAGENET_MEAN, IMAGENET_STD)
+    save_model(out / "model.pt", model, meta)
+    result: dict = {}
+    if val_split and ds.has_split(val_split):
+        result = evaluate_model(model, meta, ds, val_split, device, quiet)
+        append_jsonl(metrics, {"step": iters, f"{val_split}_miou": result["miou"], **timing})
+        if not quiet:
+            print(f"train-anc: {val_split} mIoU {result['miou']:.2f} (boxes given)")
+    return result
