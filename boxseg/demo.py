@@ -34,7 +34,7 @@ def run_demo(out: Path, data_only: bool = False, iters: int = 300, device: str =
         return {}
     t0 = time.perf_counter()
     split = SplitSpec("train", NUM_FULL, 0)
-    cfg = TrainConfig(iters=iters, batch_size=8, crop=64, scale_min=0.75, scale_max=1.25,
+    cfg = TrainConfig(iters=iters, batch_size=6, crop=48, scale_min=0.75, scale_max=1.25,
                       lr=0.003, optimizer="adamw", device=device)  # fmt: skip
     results = {}
     results["ancillary"] = train_anc(data, out / "anc", split, BoxSpec(min_area=4), DEMO_SPEC, cfg,

@@ -64,7 +64,7 @@ class LogitsStore:
         self.attrs = attrs
         self._index = {k: i for i, k in enumerate(self.image_ids)}
         self.logits = group["logits"]
-        self.sizes = group["sizes"]
+        self.sizes = np.asarray(group["sizes"][:])  # small: kept in memory
         self.done = group["done"]
 
     @staticmethod
@@ -139,7 +139,7 @@ class LogitsStore:
 
     def read(self, i: int) -> torch.Tensor:
         """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32)."""
-        if not self.done[i]:
+        if not bool(self.done[i]):
             raise BoxsegError(f"{self.location}: image {self.image_ids[i]} has no logits yet "
                               "(an interrupted gen-logits run: run it again to finish)")  # fmt: skip
         h, w = (int(v) for v in self.sizes[i])
@@ -163,6 +163,12 @@ class LogitsStore:
             raise BoxsegError(
                 f"{self.location}: {len(missing)} weak images of this split are not in the store "
                 f"(first: {missing[0]}); was it made with other split options?"
+            )
+        extra = sorted(set(self.image_ids) - set(image_ids))
+        if extra:
+            raise BoxsegError(
+                f"{self.location}: {len(extra)} images in the store are not weak images of this "
+                f"split (first: {extra[0]}); was it made with other split options?"
             )
         done = self.done_mask()
         not_done = [i for i in image_ids if not done[self._index[i]]]

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny generated dataset and a CLI runner that runs in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from boxseg.data.synthetic import write_synthetic
+
+os.environ["BOXSEG_QUIET"] = "1"
+SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+
+# Small, fast model and training flags for CLI tests.
+TINY_MODEL = ["--backbone", "resnet18", "--aspp-channels", "16", "--decoder-channels", "16"]
+TINY_TRAIN = ["--iters", "3", "--batch-size", "2", "--crop", "32", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """12 train / 4 val images of 32x32 in the segnet layout."""
+    return write_synthetic(tmp_path_factory.mktemp("data") / "syn", 12, 4, size=32, seed=1)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `boxseg ARGS` in this process; return (exit code, stdout, stderr)."""
+    from boxseg import cli
+
+    cli._debug["on"] = False
+    old = sys.argv
+    sys.argv = ["boxseg", *map(str, args)]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, tiny_data) -> dict[str, Path]:
+    """train-anc + gen-logits once for the session (tiny budget); paths of what they wrote."""
+    from boxseg.data.boxes import BoxSpec
+    from boxseg.data.split import SplitSpec
+    from boxseg.engine import TrainConfig
+    from boxseg.gen_logits import gen_logits
+    from boxseg.models import ModelSpec
+    from boxseg.train_anc import train_anc
+
+    root = tmp_path_factory.mktemp("pipeline")
+    spec = ModelSpec("resnet18", 16, 16, 16, 8)
+    cfg = TrainConfig(iters=3, batch_size=2, crop=32, device="cpu")
+    split = SplitSpec("train", 4, 0)
+    train_anc(tiny_data, root / "anc", split, BoxSpec(4), spec, cfg, quiet=True)
+    gen_logits(tiny_data, root / "anc" / "model.pt", str(root / "weak.zarr"), split, device="cpu",
+               quiet=True)  # fmt: skip
+    return {"data": tiny_data, "anc": root / "anc" / "model.pt", "store": root / "weak.zarr"}

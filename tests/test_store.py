@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from boxseg.errors import BoxsegError
+from boxseg.store import LogitsStore, pool_logits, upsample_logits
+
+
+def _store(tmp_path, sizes=((13, 18), (16, 16)), stride=4):
+    return LogitsStore.create(tmp_path / "s.zarr", ["a", "b"], np.array(sizes), ["bg", "x", "y"],
+                              stride, {"checkpoint_sha256": "0" * 64})  # fmt: skip
+
+
+def test_pool_then_upsample_recovers_smooth_logits():
+    yy, xx = torch.meshgrid(torch.arange(13.0), torch.arange(18.0), indexing="ij")
+    logits = torch.stack([xx, yy, xx + yy])  # linear ramps
+    back = upsample_logits(pool_logits(logits, 4), 4, 13, 18)
+    assert back.shape == logits.shape
+    # exact wherever bilinear interpolation has neighbours on both sides
+    torch.testing.assert_close(back[:, 2:10, 2:14], logits[:, 2:10, 2:14], atol=1e-4, rtol=0)
+
+
+def test_pooled_peak_stays_in_place():
+    logits = torch.zeros(2, 32, 32)
+    logits[0] = 5.0
+    logits[1, 8:16, 20:28] = 10.0
+    back = upsample_logits(pool_logits(logits, 4), 4, 32, 32)
+    pred = back.argmax(0)
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[8:16, 20:28] = True
+    assert pred[9:15, 21:27].eq(1).all()  # the block, less its bilinear-rounded corners
+    assert pred[~inside].eq(0).all()  # nothing leaks out of it: no shift
+
+
+def test_write_read_roundtrip_and_done_flags(tmp_path):
+    s = _store(tmp_path)
+    assert not s.done_mask().any()
+    logits = torch.randn(3, 13, 18)
+    s.write(0, logits)
+    again = LogitsStore.open(tmp_path / "s.zarr")
+    assert again.done_mask().tolist() == [True, False]
+    assert again.read(0).shape == (3, 4, 5)
+    torch.testing.assert_close(again.read(0), pool_logits(logits, 4), atol=2e-2, rtol=1e-2)
+    assert again.read_full(0).shape == (3, 13, 18)
+    assert again.attrs["checkpoint_sha256"] == "0" * 64
+    with pytest.raises(BoxsegError, match="no logits yet"):
+        again.read(1)
+
+
+def test_layout_one_chunk_per_image_float16(tmp_path):
+    s = _store(tmp_path)
+    assert s.logits.dtype == np.float16
+    assert s.logits.shape == (2, 3, 4, 5) and s.logits.chunks == (1, 3, 4, 5)
+    assert s.sizes.tolist() == [[13, 18], [16, 16]]
+
+
+def test_check_matches_refuses_other_classes_and_ids(tmp_path):
+    s = _store(tmp_path)
+    s.write(0, torch.zeros(3, 13, 18))
+    s.write(1, torch.zeros(3, 16, 16))
+    s.check_matches(["bg", "x", "y"], ["a", "b"])
+    with pytest.raises(BoxsegError, match="classes"):
+        s.check_matches(["bg", "y", "x"], ["a", "b"])
+    with pytest.raises(BoxsegError, match="not in the store"):
+        s.check_matches(["bg", "x", "y"], ["a", "c"])
+
+
+def test_unfinished_store_is_refused(tmp_path):
+    s = _store(tmp_path)
+    s.write(0, torch.zeros(3, 13, 18))
+    with pytest.raises(BoxsegError, match="interrupted"):
+        s.check_matches(["bg", "x", "y"], ["a", "b"])
+
+
+def test_open_missing_store(tmp_path):
+    with pytest.raises(BoxsegError, match="no logits store"):
+        LogitsStore.open(tmp_path / "nothing.zarr")
