@@ -23,18 +23,29 @@ _debug = {"on": os.environ.get("BOXSEG_DEBUG") == "1"}
 # Options shared by several stages, declared once so every stage spells them the same way.
 Data = Annotated[Path, typer.Argument(help="Dataset directory (layout auto-detected).")]
 Split = Annotated[str, typer.Option(help="Split that is divided into F and W.")]
-NumFull = Annotated[int | None, typer.Option(help="F = this many images of the split, drawn with --seed.")]
+NumFull = Annotated[
+    int | None, typer.Option(help="F = this many images of the split, drawn with --seed.")
+]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the F/W draw.")]
-FullList = Annotated[Path | None, typer.Option(help="File listing F's ids (instead of --num-full).")]
-Backbone = Annotated[str, typer.Option(help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3_large")]
+FullList = Annotated[
+    Path | None, typer.Option(help="File listing F's ids (instead of --num-full).")
+]
+Backbone = Annotated[
+    str, typer.Option(help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3_large")
+]
 OutputStride = Annotated[int, typer.Option(help="Backbone output stride: 8 or 16.")]
-Pretrained = Annotated[str, typer.Option(
-    help="none, imagenet (torchvision's weights), a torchvision weights name, or a state-dict file."
-)]  # fmt: skip
+Pretrained = Annotated[
+    str,
+    typer.Option(
+        help="none, imagenet (torchvision's weights), a torchvision weights name, or a file."
+    ),
+]
 AsppChannels = Annotated[int, typer.Option(help="ASPP output channels.")]
 DecoderChannels = Annotated[int, typer.Option(help="Decoder channels.")]
 Iters = Annotated[int, typer.Option(help="Training steps.")]
-Epochs = Annotated[int | None, typer.Option(help="Train for this many epochs over F instead of --iters.")]
+Epochs = Annotated[
+    int | None, typer.Option(help="Train for this many epochs over F instead of --iters.")
+]
 BatchSize = Annotated[int, typer.Option(help="Images per batch (F; W uses the same unless told).")]
 Crop = Annotated[int, typer.Option(help="Square training crop, pixels.")]
 ScaleMin = Annotated[float, typer.Option(help="Smallest random scale.")]
@@ -83,10 +94,15 @@ def train_anc_cmd(
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
     split: Split = "train",
-    box_min_area: Annotated[int, typer.Option(help="Smallest component (pixels) that gets a box.")] = 16,
-    box_classes: Annotated[str | None, typer.Option(
-        help="Comma-separated class names that get boxes (default: all but background)."
-    )] = None,  # fmt: skip
+    box_min_area: Annotated[
+        int, typer.Option(help="Smallest component (pixels) that gets a box.")
+    ] = 16,
+    box_classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated class names that get boxes (default: all but background)."
+        ),
+    ] = None,
     backbone: Backbone = "resnet50",
     output_stride: OutputStride = 16,
     pretrained: Pretrained = "none",
@@ -119,16 +135,35 @@ def train_anc_cmd(
         wanted = [c.strip() for c in box_classes.split(",") if c.strip()]
         unknown = [c for c in wanted if c not in names]
         if unknown:
-            raise BoxsegError(f"--box-classes: unknown class '{unknown[0]}' (classes: {', '.join(names)})")
+            raise BoxsegError(
+                f"--box-classes: unknown class '{unknown[0]}' (classes: {', '.join(names)})"
+            )
         classes = tuple(names.index(c) for c in wanted)
     train_anc(
-        data, out, _split(split, num_full, seed_split, full_list), BoxSpec(box_min_area, classes),
+        data,
+        out,
+        _split(split, num_full, seed_split, full_list),
+        BoxSpec(box_min_area, classes),
         _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
-        _train_cfg(iters=iters, epochs=epochs, batch_size=batch_size, crop=crop, scale_min=scale_min,
-                   scale_max=scale_max, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                   seed=seed, device=device, workers=workers, amp=amp),
-        pretrained, val_split or None, quiet,
-    )  # fmt: skip
+        _train_cfg(
+            iters=iters,
+            epochs=epochs,
+            batch_size=batch_size,
+            crop=crop,
+            scale_min=scale_min,
+            scale_max=scale_max,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            seed=seed,
+            device=device,
+            workers=workers,
+            amp=amp,
+        ),
+        pretrained,
+        val_split or None,
+        quiet,
+    )
 
 
 @app.command("gen-logits")
@@ -141,15 +176,25 @@ def gen_logits_cmd(
     full_list: FullList = None,
     split: Split = "train",
     stride: Annotated[int, typer.Option(help="Store logits every this many pixels.")] = 4,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store that does not match.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing store that does not match.")
+    ] = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Run the ancillary net over W (images + boxes) and store its logits; resumes if killed."""
     from boxseg.gen_logits import gen_logits
 
-    store = gen_logits(data, model, out, _split(split, num_full, seed_split, full_list), stride,
-                       device, overwrite, quiet)  # fmt: skip
+    store = gen_logits(
+        data,
+        model,
+        out,
+        _split(split, num_full, seed_split, full_list),
+        stride,
+        device,
+        overwrite,
+        quiet,
+    )
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")
 
@@ -158,15 +203,23 @@ def gen_logits_cmd(
 def train_primary_cmd(
     data: Data,
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
-    logits: Annotated[str | None, typer.Option(
-        help="Logits store from gen-logits; without it the primary trains on F alone."
-    )] = None,  # fmt: skip
+    logits: Annotated[
+        str | None,
+        typer.Option(
+            help="Logits store from gen-logits; without it the primary trains on F alone."
+        ),
+    ] = None,
     self_corr: Annotated[str, typer.Option(help="none or linear.")] = "none",
-    alpha_start: Annotated[float, typer.Option(help="Linear self-correction: initial alpha.")] = 30.0,
+    alpha_start: Annotated[
+        float, typer.Option(help="Linear self-correction: initial alpha.")
+    ] = 30.0,
     alpha_end: Annotated[float, typer.Option(help="Linear self-correction: final alpha.")] = 0.5,
-    alpha_decay_fraction: Annotated[float, typer.Option(
-        help="Fraction of training over which alpha decays geometrically, then stays flat."
-    )] = 0.5,  # fmt: skip
+    alpha_decay_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of training over which alpha decays geometrically, then stays flat."
+        ),
+    ] = 0.5,
     weak_weight: Annotated[float, typer.Option(help="Weight of the W loss term.")] = 1.0,
     weak_batch_size: Annotated[int | None, typer.Option(help="W images per batch.")] = None,
     num_full: NumFull = None,
@@ -198,14 +251,36 @@ def train_primary_cmd(
     from boxseg.train_primary import train_primary
 
     train_primary(
-        data, out, _split(split, num_full, seed_split, full_list),
+        data,
+        out,
+        _split(split, num_full, seed_split, full_list),
         _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
-        _train_cfg(iters=iters, epochs=epochs, batch_size=batch_size, crop=crop, scale_min=scale_min,
-                   scale_max=scale_max, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                   seed=seed, device=device, workers=workers, amp=amp),
-        logits, self_corr, alpha_start, alpha_end, alpha_decay_fraction, weak_weight,
-        weak_batch_size, pretrained, val_split or None, quiet,
-    )  # fmt: skip
+        _train_cfg(
+            iters=iters,
+            epochs=epochs,
+            batch_size=batch_size,
+            crop=crop,
+            scale_min=scale_min,
+            scale_max=scale_max,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            seed=seed,
+            device=device,
+            workers=workers,
+            amp=amp,
+        ),
+        logits,
+        self_corr,
+        alpha_start,
+        alpha_end,
+        alpha_decay_fraction,
+        weak_weight,
+        weak_batch_size,
+        pretrained,
+        val_split or None,
+        quiet,
+    )
 
 
 @app.command("eval")
@@ -213,8 +288,12 @@ def eval_cmd(
     data: Data,
     split: Annotated[str, typer.Option(help="Split to score.")] = "val",
     model: Annotated[Path | None, typer.Option(help="model.pt to score.")] = None,
-    pred_dir: Annotated[Path | None, typer.Option(help="Folder of <id>.png class-index predictions.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON here.")] = None,
+    pred_dir: Annotated[
+        Path | None, typer.Option(help="Folder of <id>.png class-index predictions.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores as JSON here.")
+    ] = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -226,9 +305,11 @@ def eval_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option(help="Directory for the generated data, runs and results.json.")] = Path("boxseg-demo"),
+    out: Annotated[
+        Path, typer.Option(help="Directory for the generated data, runs and results.json.")
+    ] = Path("boxseg-demo"),
     data_only: Annotated[bool, typer.Option(help="Only generate the dataset.")] = False,
-    iters: Annotated[int, typer.Option(help="Training steps of each model.")] = 300,
+    iters: Annotated[int, typer.Option(help="Training steps of each model.")] = 160,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:

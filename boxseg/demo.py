@@ -23,8 +23,9 @@ DEMO_SPEC = ModelSpec("resnet18", 16, aspp_channels=64, decoder_channels=64, ski
 NUM_TRAIN, NUM_VAL, NUM_FULL = 160, 48, 32
 
 
-def run_demo(out: Path, data_only: bool = False, iters: int = 300, device: str = "auto",
-             quiet: bool = False) -> dict:  # fmt: skip
+def run_demo(
+    out: Path, data_only: bool = False, iters: int = 160, device: str = "auto", quiet: bool = False
+) -> dict:
     """Generate data under OUT/data, run every stage, write OUT/results.json; return it."""
     out = Path(out)
     data = write_synthetic(out / "data", NUM_TRAIN, NUM_VAL, size=64, seed=0)
@@ -34,17 +35,36 @@ def run_demo(out: Path, data_only: bool = False, iters: int = 300, device: str =
         return {}
     t0 = time.perf_counter()
     split = SplitSpec("train", NUM_FULL, 0)
-    cfg = TrainConfig(iters=iters, batch_size=6, crop=48, scale_min=0.75, scale_max=1.25,
-                      lr=0.003, optimizer="adamw", device=device)  # fmt: skip
+    cfg = TrainConfig(
+        iters=iters,
+        batch_size=8,
+        crop=64,
+        scale_min=0.75,
+        scale_max=1.25,
+        lr=0.003,
+        optimizer="adamw",
+        device=device,
+    )
     results = {}
-    results["ancillary"] = train_anc(data, out / "anc", split, BoxSpec(min_area=4), DEMO_SPEC, cfg,
-                                     quiet=quiet)["miou"]  # fmt: skip
-    gen_logits(data, out / "anc" / "model.pt", str(out / "weak.zarr"), split, device=device,
-               overwrite=True, quiet=quiet)  # fmt: skip
+    results["ancillary"] = train_anc(
+        data, out / "anc", split, BoxSpec(min_area=4), DEMO_SPEC, cfg, quiet=quiet
+    )["miou"]
+    gen_logits(
+        data,
+        out / "anc" / "model.pt",
+        str(out / "weak.zarr"),
+        split,
+        device=device,
+        overwrite=True,
+        quiet=quiet,
+    )
     for mode in ("none", "linear"):
-        results[mode] = train_primary(data, out / mode, split, DEMO_SPEC, cfg, str(out / "weak.zarr"),
-                                      mode, quiet=quiet)["miou"]  # fmt: skip
-    results["f_only"] = train_primary(data, out / "f_only", split, DEMO_SPEC, cfg, quiet=quiet)["miou"]
+        results[mode] = train_primary(
+            data, out / mode, split, DEMO_SPEC, cfg, str(out / "weak.zarr"), mode, quiet=quiet
+        )["miou"]
+    results["f_only"] = train_primary(data, out / "f_only", split, DEMO_SPEC, cfg, quiet=quiet)[
+        "miou"
+    ]
     write_json(out / "results.json", results)
     if not quiet:
         table = Table(title=f"boxseg demo: val mIoU % ({time.perf_counter() - t0:.0f} s)")

@@ -48,8 +48,9 @@ class TrainConfig:
         if self.crop < 16:
             raise BoxsegError(f"--crop {self.crop}: must be at least 16 pixels")
         if not 0 < self.scale_min <= self.scale_max:
-            raise BoxsegError(f"--scale-min/--scale-max {self.scale_min}/{self.scale_max}: "
-                              "need 0 < min <= max")  # fmt: skip
+            raise BoxsegError(
+                f"--scale-min/--scale-max {self.scale_min}/{self.scale_max}: need 0 < min <= max"
+            )
         if self.iters < 1 and not self.epochs:
             raise BoxsegError(f"--iters {self.iters}: must be at least 1")
         if self.optimizer not in ("sgd", "adamw"):
@@ -134,10 +135,13 @@ def fit(
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TextColumn("{task.fields[ips]:.1f} img/s"),
         TimeRemainingColumn(),
-    )  # fmt: skip
+    )
     logs: dict = {}
     t0, seen = time.perf_counter(), 0
     with Progress(*columns, disable=quiet or os.environ.get("BOXSEG_QUIET") == "1") as bar:
@@ -150,8 +154,9 @@ def fit(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, logs, n = step_fn(batch, step)
             if not math.isfinite(loss.item()):
-                raise BoxsegError(f"{description}: loss became {loss.item()} at step {step}; "
-                                  "try a lower --lr")  # fmt: skip
+                raise BoxsegError(
+                    f"{description}: loss became {loss.item()} at step {step}; try a lower --lr"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -163,4 +168,7 @@ def fit(
                 record = {"step": step + 1, "loss": loss.item(), "lr": lr, "img_per_s": ips}
                 append_jsonl(metrics_path, record | {k: float(v) for k, v in logs.items()})
     model.eval()
-    return {"seconds": time.perf_counter() - t0, "img_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+    }

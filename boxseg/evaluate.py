@@ -28,8 +28,14 @@ def check_classes(meta: dict, ds: SegDataset, source: str) -> None:
         )
 
 
-def evaluate_model(model: torch.nn.Module, meta: dict, ds: SegDataset, split: str,
-                   device: torch.device, quiet: bool = False) -> dict:  # fmt: skip
+def evaluate_model(
+    model: torch.nn.Module,
+    meta: dict,
+    ds: SegDataset,
+    split: str,
+    device: torch.device,
+    quiet: bool = False,
+) -> dict:
     """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks."""
     box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
     conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
@@ -52,8 +58,10 @@ def evaluate_pred_dir(ds: SegDataset, split: str, pred_dir: Path) -> dict:
         pred = read_label_png(path)
         mask = ds.read_mask(split, image_id)
         if pred.shape != mask.shape:
-            raise BoxsegError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
-                              f"the mask is {mask.shape[1]}x{mask.shape[0]}")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
+                f"the mask is {mask.shape[1]}x{mask.shape[0]}"
+            )
         if pred.max() >= ds.num_classes:
             raise BoxsegError(f"{path}: class id {int(pred.max())} out of range")
         conf += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(mask), ds.num_classes)
@@ -71,8 +79,15 @@ def print_scores(result: dict, title: str, console: Console | None = None) -> No
     (console or Console()).print(table)
 
 
-def run_eval(data: Path, split: str, model_path: Path | None, pred_dir: Path | None,
-             json_out: Path | None, device: str = "auto", quiet: bool = False) -> dict:  # fmt: skip
+def run_eval(
+    data: Path,
+    split: str,
+    model_path: Path | None,
+    pred_dir: Path | None,
+    json_out: Path | None,
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict:
     """The CLI stage: score a model or a prediction folder, print a table, write JSON."""
     ds = open_dataset(data)
     if (model_path is None) == (pred_dir is None):

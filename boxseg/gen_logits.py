@@ -32,8 +32,16 @@ def image_size(path: Path) -> tuple[int, int]:
         raise BoxsegError(f"{path}: not a readable image ({e})") from e
 
 
-def gen_logits(data: Path, model_path: Path, out: str, split: SplitSpec, stride: int = 4,
-               device: str = "auto", overwrite: bool = False, quiet: bool = False) -> LogitsStore:  # fmt: skip
+def gen_logits(
+    data: Path,
+    model_path: Path,
+    out: str,
+    split: SplitSpec,
+    stride: int = 4,
+    device: str = "auto",
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> LogitsStore:
     """Write (or finish) the store at `out` for every W image of the split."""
     if stride < 1:
         raise BoxsegError(f"--stride {stride}: must be a positive integer")
@@ -49,11 +57,18 @@ def gen_logits(data: Path, model_path: Path, out: str, split: SplitSpec, stride:
     store = _open_or_create(out, ds, split, weak_ids, stride, sha, overwrite)
     done = store.done_mask()
     todo = [i for i in range(len(store)) if not done[i]]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[ips]:.1f} img/s"), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[ips]:.1f} img/s"),
+        TimeRemainingColumn(),
+    )
     t0 = time.perf_counter()
     with Progress(*columns, disable=quiet) as bar:
-        task = bar.add_task("gen-logits", total=len(store), completed=len(store) - len(todo), ips=0.0)
+        task = bar.add_task(
+            "gen-logits", total=len(store), completed=len(store) - len(todo), ips=0.0
+        )
         for n, i in enumerate(todo, 1):
             s = load_weak(ds, split.split, store.image_ids[i], box_spec)
             store.write(i, predict_logits(model, meta, s.image, dev, s.boxes, s.labels))
@@ -61,8 +76,9 @@ def gen_logits(data: Path, model_path: Path, out: str, split: SplitSpec, stride:
     return store
 
 
-def _open_or_create(out: str, ds, split: SplitSpec, weak_ids: list[str], stride: int, sha: str,
-                    overwrite: bool) -> LogitsStore:  # fmt: skip
+def _open_or_create(
+    out: str, ds, split: SplitSpec, weak_ids: list[str], stride: int, sha: str, overwrite: bool
+) -> LogitsStore:
     """Resume a matching store, refuse a mismatched one, or create a new one."""
     exists = "://" not in out and Path(out, "zarr.json").is_file()
     if exists and not overwrite:
@@ -74,8 +90,10 @@ def _open_or_create(out: str, ds, split: SplitSpec, weak_ids: list[str], stride:
             ("checkpoint", store.attrs.get("checkpoint_sha256"), sha),
         ):
             if have != want:
-                raise BoxsegError(f"{out}: an existing store with other {what}; "
-                                  "pass --overwrite to replace it, or another --out")  # fmt: skip
+                raise BoxsegError(
+                    f"{out}: an existing store with other {what}; "
+                    "pass --overwrite to replace it, or another --out"
+                )
         return store
     sizes = np.array([image_size(ds.image_path(split.split, i)) for i in weak_ids], np.int32)
     attrs = {"checkpoint_sha256": sha, "dataset": ds.describe() | {"split": split.to_dict()}}

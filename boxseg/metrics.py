@@ -8,8 +8,9 @@ import torch
 from boxseg.data.sample import VOID
 
 
-def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
-                     num_classes: int) -> np.ndarray:  # fmt: skip
+def confusion_matrix(
+    pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int
+) -> np.ndarray:
     """KxK counts, rows = ground truth, columns = prediction; void target pixels are skipped."""
     pred = torch.as_tensor(pred).reshape(-1).long()
     target = torch.as_tensor(target).reshape(-1).long()

@@ -35,7 +35,9 @@ def environment(device: torch.device) -> dict:
 
 
 def write_config(out: Path, command: str, options: dict, device: torch.device) -> None:
-    write_json(out / "config.json", {"command": command, **options, "environment": environment(device)})
+    write_json(
+        out / "config.json", {"command": command, **options, "environment": environment(device)}
+    )
 
 
 def model_meta(kind: str, spec, ds, box_spec, box_channels: int | None, mean, std) -> dict:

@@ -20,8 +20,9 @@ def linear_combine(
     return (primary_logits + alpha * anc_logits) / (1.0 + alpha)
 
 
-def alpha_at(step: int, total_steps: int, start: float = 30.0, end: float = 0.5,
-             decay_fraction: float = 0.5) -> float:  # fmt: skip
+def alpha_at(
+    step: int, total_steps: int, start: float = 30.0, end: float = 0.5, decay_fraction: float = 0.5
+) -> float:
     """Our default schedule: geometric decay from `start` to `end` over the first
     `decay_fraction` of training, then constant at `end`."""
     decay_steps = max(1, round(total_steps * decay_fraction))

@@ -44,8 +44,9 @@ def upsample_logits(logits: torch.Tensor, stride: int, height: int, width: int) 
     if stride == 1:
         return logits[:, :height, :width]
     h, w = logits.shape[-2:]
-    up = F.interpolate(logits[None], size=(h * stride, w * stride), mode="bilinear",
-                       align_corners=False)  # fmt: skip
+    up = F.interpolate(
+        logits[None], size=(h * stride, w * stride), mode="bilinear", align_corners=False
+    )
     return up[0, :, :height, :width]
 
 
@@ -96,9 +97,13 @@ class LogitsStore:
             raise BoxsegError(f"{location}: cannot create the store ({e})") from e
         n = len(image_ids)
         group.create_array(
-            "logits", shape=(n, k, hc, wc), chunks=(1, k, hc, wc), dtype="float16",
-            compressors=ZstdCodec(level=3), fill_value=0,
-        )  # fmt: skip
+            "logits",
+            shape=(n, k, hc, wc),
+            chunks=(1, k, hc, wc),
+            dtype="float16",
+            compressors=ZstdCodec(level=3),
+            fill_value=0,
+        )
         group.create_array("sizes", data=np.asarray(sizes, dtype=np.int32))
         group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False)
         return LogitsStore(group, str(location))
@@ -140,8 +145,10 @@ class LogitsStore:
     def read(self, i: int) -> torch.Tensor:
         """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32)."""
         if not bool(self.done[i]):
-            raise BoxsegError(f"{self.location}: image {self.image_ids[i]} has no logits yet "
-                              "(an interrupted gen-logits run: run it again to finish)")  # fmt: skip
+            raise BoxsegError(
+                f"{self.location}: image {self.image_ids[i]} has no logits yet "
+                "(an interrupted gen-logits run: run it again to finish)"
+            )
         h, w = (int(v) for v in self.sizes[i])
         hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
         return torch.from_numpy(self.logits[i, :, :hs, :ws].astype(np.float32))

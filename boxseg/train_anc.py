@@ -42,14 +42,27 @@ def train_anc(
     channels = box_channels(ds.num_classes, ds.background)
     model = build_model(spec, ds.num_classes, channels, pretrained).to(device)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
-    train_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN, IMAGENET_STD)
+    train_set = FullTrainSet(
+        ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN, IMAGENET_STD
+    )
     loader = make_loader(train_set, cfg.batch_size, cfg.workers)
     iters = total_iters(cfg, loader)
-    write_config(out, "train-anc", {
-        "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
-        "num_weak": len(weak_ids), "boxes": box_spec.to_dict(), "model": spec.to_dict(),
-        "pretrained": pretrained, "train": cfg.to_dict(), "iters": iters,
-    }, device)  # fmt: skip
+    write_config(
+        out,
+        "train-anc",
+        {
+            "data": ds.describe(),
+            "split": split.to_dict(),
+            "num_full": len(full_ids),
+            "num_weak": len(weak_ids),
+            "boxes": box_spec.to_dict(),
+            "model": spec.to_dict(),
+            "pretrained": pretrained,
+            "train": cfg.to_dict(),
+            "iters": iters,
+        },
+        device,
+    )
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
 

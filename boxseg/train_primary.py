@@ -30,8 +30,10 @@ from boxseg.store import LogitsStore
 
 def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> None:
     if not 0 < alpha_end <= alpha_start:
-        raise BoxsegError(f"--alpha-start {alpha_start} / --alpha-end {alpha_end}: "
-                          "need 0 < alpha-end <= alpha-start")  # fmt: skip
+        raise BoxsegError(
+            f"--alpha-start {alpha_start} / --alpha-end {alpha_end}: "
+            "need 0 < alpha-end <= alpha-start"
+        )
     if not 0 < decay_fraction <= 1:
         raise BoxsegError(f"--alpha-decay-fraction {decay_fraction}: must be in (0, 1]")
 
@@ -39,8 +41,13 @@ def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> 
 def paired(full: Iterator[dict], weak: Iterator[dict]) -> Iterator[dict]:
     """One F batch and one W batch per step, as one dict."""
     for f, w in zip(full, weak, strict=False):
-        yield {"image_f": f["image"], "mask": f["mask"], "image_w": w["image"],
-               "logits": w["logits"], "valid": w["valid"]}  # fmt: skip
+        yield {
+            "image_f": f["image"],
+            "mask": f["mask"],
+            "image_w": w["image"],
+            "logits": w["logits"],
+            "valid": w["valid"],
+        }
 
 
 def train_primary(
@@ -79,17 +86,36 @@ def train_primary(
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    f_loader = make_loader(FullTrainSet(ds, split.split, full_ids, BoxSpec(), aug, False, mean, std),
-                           cfg.batch_size, cfg.workers)  # fmt: skip
+    f_loader = make_loader(
+        FullTrainSet(ds, split.split, full_ids, BoxSpec(), aug, False, mean, std),
+        cfg.batch_size,
+        cfg.workers,
+    )
     iters = total_iters(cfg, f_loader)
     mode = "f_only" if logits is None else self_corr
-    write_config(out, "train-primary", {
-        "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
-        "num_weak": len(weak_ids) if logits else 0, "logits": logits, "self_corr": mode,
-        "alpha": {"start": alpha_start, "end": alpha_end, "decay_fraction": alpha_decay_fraction},
-        "weak_weight": weak_weight, "model": spec.to_dict(), "pretrained": pretrained,
-        "train": cfg.to_dict(), "iters": iters,
-    }, device)  # fmt: skip
+    write_config(
+        out,
+        "train-primary",
+        {
+            "data": ds.describe(),
+            "split": split.to_dict(),
+            "num_full": len(full_ids),
+            "num_weak": len(weak_ids) if logits else 0,
+            "logits": logits,
+            "self_corr": mode,
+            "alpha": {
+                "start": alpha_start,
+                "end": alpha_end,
+                "decay_fraction": alpha_decay_fraction,
+            },
+            "weak_weight": weak_weight,
+            "model": spec.to_dict(),
+            "pretrained": pretrained,
+            "train": cfg.to_dict(),
+            "iters": iters,
+        },
+        device,
+    )
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
 

@@ -57,6 +57,12 @@ def pipeline(tmp_path_factory, tiny_data) -> dict[str, Path]:
     cfg = TrainConfig(iters=3, batch_size=2, crop=32, device="cpu")
     split = SplitSpec("train", 4, 0)
     train_anc(tiny_data, root / "anc", split, BoxSpec(4), spec, cfg, quiet=True)
-    gen_logits(tiny_data, root / "anc" / "model.pt", str(root / "weak.zarr"), split, device="cpu",
-               quiet=True)  # fmt: skip
+    gen_logits(
+        tiny_data,
+        root / "anc" / "model.pt",
+        str(root / "weak.zarr"),
+        split,
+        device="cpu",
+        quiet=True,
+    )
     return {"data": tiny_data, "anc": root / "anc" / "model.pt", "store": root / "weak.zarr"}

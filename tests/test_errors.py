@@ -21,7 +21,9 @@ def _assert_user_error(code, err, *needles):
 
 
 def test_missing_dataset_directory(tmp_path, capsys):
-    code, _, err = run_cli(["train-anc", tmp_path / "nope", "--out", tmp_path / "r", *SPLIT], capsys)
+    code, _, err = run_cli(
+        ["train-anc", tmp_path / "nope", "--out", tmp_path / "r", *SPLIT], capsys
+    )
     _assert_user_error(code, err, tmp_path / "nope", "not found")
 
 
@@ -33,8 +35,18 @@ def test_unknown_layout(tmp_path, capsys):
 
 
 def test_missing_checkpoint(tiny_data, tmp_path, capsys):
-    code, _, err = run_cli(["gen-logits", tiny_data, "--model", tmp_path / "m.pt", "--out",
-                            tmp_path / "w.zarr", *SPLIT], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "gen-logits",
+            tiny_data,
+            "--model",
+            tmp_path / "m.pt",
+            "--out",
+            tmp_path / "w.zarr",
+            *SPLIT,
+        ],
+        capsys,
+    )
     _assert_user_error(code, err, "m.pt", "checkpoint not found")
 
 
@@ -45,11 +57,31 @@ def test_garbage_checkpoint(tiny_data, tmp_path, capsys):
 
 
 def test_primary_model_given_to_gen_logits(pipeline, tmp_path, capsys):
-    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "p", *SPLIT,
-                            *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "train-primary",
+            pipeline["data"],
+            "--out",
+            tmp_path / "p",
+            *SPLIT,
+            *TINY_MODEL,
+            *TINY_TRAIN,
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, _, err = run_cli(["gen-logits", pipeline["data"], "--model", tmp_path / "p" / "model.pt",
-                            "--out", tmp_path / "w.zarr", *SPLIT], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "gen-logits",
+            pipeline["data"],
+            "--model",
+            tmp_path / "p" / "model.pt",
+            "--out",
+            tmp_path / "w.zarr",
+            *SPLIT,
+        ],
+        capsys,
+    )
     _assert_user_error(code, err, "model.pt", "primary model", "ancillary model is needed")
 
 
@@ -58,34 +90,81 @@ def test_store_with_other_classes_is_refused(pipeline, tmp_path, capsys):
     shutil.copytree(pipeline["store"], store)
     s = LogitsStore.open(store, mode="r+")
     s.group.attrs["class_names"] = list(reversed(s.class_names))
-    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "p", "--logits",
-                            store, *SPLIT, *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "train-primary",
+            pipeline["data"],
+            "--out",
+            tmp_path / "p",
+            "--logits",
+            store,
+            *SPLIT,
+            *TINY_MODEL,
+            *TINY_TRAIN,
+        ],
+        capsys,
+    )
     _assert_user_error(code, err, "w.zarr", "classes")
 
 
 def test_store_for_another_split_is_refused(pipeline, tmp_path, capsys):
-    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "p", "--logits",
-                            pipeline["store"], "--num-full", "5", *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "train-primary",
+            pipeline["data"],
+            "--out",
+            tmp_path / "p",
+            "--logits",
+            pipeline["store"],
+            "--num-full",
+            "5",
+            *TINY_MODEL,
+            *TINY_TRAIN,
+        ],
+        capsys,
+    )
     _assert_user_error(code, err, "weak.zarr", "not weak images of this split")
 
 
 def test_not_a_store(pipeline, tmp_path, capsys):
-    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "p", "--logits",
-                            tmp_path / "none.zarr", *SPLIT, *TINY_TRAIN], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "train-primary",
+            pipeline["data"],
+            "--out",
+            tmp_path / "p",
+            "--logits",
+            tmp_path / "none.zarr",
+            *SPLIT,
+            *TINY_TRAIN,
+        ],
+        capsys,
+    )
     _assert_user_error(code, err, "none.zarr", "no logits store")
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--lr", "-1"], "--lr -1"),
-    (["--backbone", "vgg"], "unknown backbone"),
-    (["--self-corr", "cubic"], "--self-corr cubic"),
-    (["--alpha-start", "0.1", "--alpha-end", "0.5", "--self-corr", "linear"], "alpha-end"),
-    (["--output-stride", "32"], "8 or 16"),
-    (["--num-full", "999"], "--num-full 999"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--lr", "-1"], "--lr -1"),
+        (["--backbone", "vgg"], "unknown backbone"),
+        (["--self-corr", "cubic"], "--self-corr cubic"),
+        (["--alpha-start", "0.1", "--alpha-end", "0.5", "--self-corr", "linear"], "alpha-end"),
+        (["--output-stride", "32"], "8 or 16"),
+        (["--num-full", "999"], "--num-full 999"),
+    ],
+)
 def test_bad_options(pipeline, tmp_path, capsys, flags, needle):
-    args = ["train-primary", pipeline["data"], "--out", tmp_path / "p", "--logits", pipeline["store"],
-            *SPLIT, *TINY_TRAIN]
+    args = [
+        "train-primary",
+        pipeline["data"],
+        "--out",
+        tmp_path / "p",
+        "--logits",
+        pipeline["store"],
+        *SPLIT,
+        *TINY_TRAIN,
+    ]
     code, _, err = run_cli([*args[:7], *args[7:], *flags], capsys)
     _assert_user_error(code, err, needle)
 
@@ -94,7 +173,9 @@ def test_debug_shows_traceback(tmp_path, capsys):
     from boxseg.errors import BoxsegError
 
     with pytest.raises(BoxsegError):
-        run_cli(["--debug", "train-anc", tmp_path / "nope", "--out", tmp_path / "r", *SPLIT], capsys)
+        run_cli(
+            ["--debug", "train-anc", tmp_path / "nope", "--out", tmp_path / "r", *SPLIT], capsys
+        )
 
 
 def test_mask_image_size_mismatch(tiny_data, tmp_path, capsys):
@@ -104,6 +185,8 @@ def test_mask_image_size_mismatch(tiny_data, tmp_path, capsys):
     shutil.copytree(tiny_data, data)
     first = (data / "train.txt").read_text().split()[0]
     write_label_png(data / "trainannot" / f"{first}.png", np.zeros((10, 12), np.uint8))
-    code, _, err = run_cli(["train-anc", data, "--out", tmp_path / "r", "--num-full", "12",
-                            *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        ["train-anc", data, "--out", tmp_path / "r", "--num-full", "12", *TINY_MODEL, *TINY_TRAIN],
+        capsys,
+    )
     _assert_user_error(code, err, f"{first}.png", "12x10")

@@ -52,8 +52,9 @@ def test_gen_logits_stores_what_the_model_predicts(pipeline):
     ds = open_dataset(pipeline["data"])
     s = LogitsStore.open(pipeline["store"])
     w = load_weak(ds, "train", s.image_ids[3], BoxSpec.from_dict(meta["boxes"]))
-    expected = pool_logits(predict_logits(model, meta, w.image, torch.device("cpu"), w.boxes,
-                                          w.labels), 4)  # fmt: skip
+    expected = pool_logits(
+        predict_logits(model, meta, w.image, torch.device("cpu"), w.boxes, w.labels), 4
+    )
     torch.testing.assert_close(s.read(3), expected, atol=1e-2, rtol=1e-2)
 
 
@@ -64,8 +65,21 @@ def test_gen_logits_resumes(pipeline, tmp_path, capsys):
     before = s.logits[:]
     s.done[2:5] = False  # as if killed before these images
     s.logits[2:5] = np.zeros_like(before[2:5])
-    code, _, err = run_cli(["gen-logits", pipeline["data"], "--model", pipeline["anc"], "--out", store,
-                            *SPLIT, "--device", "cpu", "--quiet"], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "gen-logits",
+            pipeline["data"],
+            "--model",
+            pipeline["anc"],
+            "--out",
+            store,
+            *SPLIT,
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     s = LogitsStore.open(store)
     assert s.done_mask().all()
@@ -74,18 +88,49 @@ def test_gen_logits_resumes(pipeline, tmp_path, capsys):
 
 def test_train_primary_modes_and_eval(pipeline, tmp_path, capsys):
     for mode in ("none", "linear"):
-        code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / mode,
-                                "--logits", pipeline["store"], "--self-corr", mode, *SPLIT,
-                                *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+        code, _, err = run_cli(
+            [
+                "train-primary",
+                pipeline["data"],
+                "--out",
+                tmp_path / mode,
+                "--logits",
+                pipeline["store"],
+                "--self-corr",
+                mode,
+                *SPLIT,
+                *TINY_MODEL,
+                *TINY_TRAIN,
+            ],
+            capsys,
+        )
         assert code == 0, err
-        lines = [json.loads(x) for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        lines = [
+            json.loads(x) for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
+        ]
         assert "loss_w" in lines[0] and "val_miou" in lines[-1]
-    alphas = [json.loads(x)["alpha"] for x in (tmp_path / "linear" / "metrics.jsonl").read_text()
-              .splitlines() if "alpha" in x]  # fmt: skip
+    alphas = [
+        json.loads(x)["alpha"]
+        for x in (tmp_path / "linear" / "metrics.jsonl").read_text().splitlines()
+        if "alpha" in x
+    ]
     assert alphas and all(0.5 <= a <= 30 for a in alphas)
     report = tmp_path / "eval.json"
-    code, out, err = run_cli(["eval", pipeline["data"], "--model", tmp_path / "linear" / "model.pt",
-                              "--split", "val", "--json", report, "--device", "cpu"], capsys)  # fmt: skip
+    code, out, err = run_cli(
+        [
+            "eval",
+            pipeline["data"],
+            "--model",
+            tmp_path / "linear" / "model.pt",
+            "--split",
+            "val",
+            "--json",
+            report,
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     r = json.loads(report.read_text())
     assert set(r) == {"miou", "per_class_iou", "pixel_acc", "confusion"}
@@ -101,13 +146,27 @@ def test_train_primary_never_reads_weak_masks(pipeline, tmp_path, capsys):
     full, weak = split_full_weak(ds.ids("train"), SplitSpec("train", 4, 0))
     for image_id in weak:
         (data / "trainannot" / f"{image_id}.png").unlink()
-    code, _, err = run_cli(["train-primary", data, "--out", tmp_path / "run", "--logits",
-                            pipeline["store"], *SPLIT, *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "train-primary",
+            data,
+            "--out",
+            tmp_path / "run",
+            "--logits",
+            pipeline["store"],
+            *SPLIT,
+            *TINY_MODEL,
+            *TINY_TRAIN,
+        ],
+        capsys,
+    )
     assert code == 0, err
     # ...whereas a stage that needs masks of those images does fail on them
     (data / "trainannot" / f"{full[0]}.png").unlink()
-    code, _, err = run_cli(["train-primary", data, "--out", tmp_path / "run2", *SPLIT, *TINY_MODEL,
-                            *TINY_TRAIN], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        ["train-primary", data, "--out", tmp_path / "run2", *SPLIT, *TINY_MODEL, *TINY_TRAIN],
+        capsys,
+    )
     assert code == 2 and f"{full[0]}.png" in err
 
 
@@ -119,7 +178,9 @@ def test_eval_pred_dir(pipeline, tmp_path, capsys):
     for image_id in ds.ids("val"):  # perfect predictions, except void pixels
         mask = ds.read_mask("val", image_id)
         write_label_png(preds / f"{image_id}.png", np.where(mask == 255, 0, mask))
-    code, _, err = run_cli(["eval", pipeline["data"], "--pred-dir", preds, "--json",
-                            tmp_path / "r.json", "--quiet"], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        ["eval", pipeline["data"], "--pred-dir", preds, "--json", tmp_path / "r.json", "--quiet"],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["miou"] == 100.0

@@ -16,7 +16,9 @@ def test_linear_combine_is_the_kl_minimiser():
     l, la, a = torch.randn(4, 6), torch.randn(4, 6), 2.5
     p, pa = torch.softmax(l, 1), torch.softmax(la, 1)
     geo = p ** (1 / (1 + a)) * pa ** (a / (1 + a))
-    torch.testing.assert_close(torch.softmax(linear_combine(l, la, a), 1), geo / geo.sum(1, keepdim=True))
+    torch.testing.assert_close(
+        torch.softmax(linear_combine(l, la, a), 1), geo / geo.sum(1, keepdim=True)
+    )
 
 
 def test_alpha_schedule():
@@ -46,11 +48,14 @@ def test_soft_cross_entropy_matches_hard_ce_and_ignores_invalid():
     logits = torch.randn(2, 5, 4, 4)
     target = torch.randint(0, 5, (2, 4, 4))
     onehot = torch.nn.functional.one_hot(target, 5).permute(0, 3, 1, 2).float()
-    torch.testing.assert_close(soft_cross_entropy(logits, onehot),
-                               torch.nn.functional.cross_entropy(logits, target))  # fmt: skip
+    torch.testing.assert_close(
+        soft_cross_entropy(logits, onehot), torch.nn.functional.cross_entropy(logits, target)
+    )
     valid = torch.zeros(2, 4, 4, dtype=torch.bool)
     valid[0, :2] = True
     masked = target.clone()
     masked[~valid] = 255
-    torch.testing.assert_close(soft_cross_entropy(logits, onehot, valid),
-                               torch.nn.functional.cross_entropy(logits, masked, ignore_index=255))  # fmt: skip
+    torch.testing.assert_close(
+        soft_cross_entropy(logits, onehot, valid),
+        torch.nn.functional.cross_entropy(logits, masked, ignore_index=255),
+    )

@@ -7,8 +7,14 @@ from boxseg.store import LogitsStore, pool_logits, upsample_logits
 
 
 def _store(tmp_path, sizes=((13, 18), (16, 16)), stride=4):
-    return LogitsStore.create(tmp_path / "s.zarr", ["a", "b"], np.array(sizes), ["bg", "x", "y"],
-                              stride, {"checkpoint_sha256": "0" * 64})  # fmt: skip
+    return LogitsStore.create(
+        tmp_path / "s.zarr",
+        ["a", "b"],
+        np.array(sizes),
+        ["bg", "x", "y"],
+        stride,
+        {"checkpoint_sha256": "0" * 64},
+    )
 
 
 def test_pool_then_upsample_recovers_smooth_logits():

@@ -63,7 +63,7 @@ def boxes_from_mask(
 
 
 def box_channels(num_classes: int, background: int | None) -> int:
-    """Channels of the box tensor: K, plus one 'outside all boxes' channel without a background class."""
+    """Channels of the box tensor: K, plus an 'outside all boxes' one if there is no background."""
     return num_classes if background is not None else num_classes + 1
 
 

@@ -21,9 +21,18 @@ from boxseg.errors import BoxsegError
 from boxseg.io import read_image, read_label_png
 
 CAMVID_CLASSES = (
-    "sky", "building", "pole", "road", "pavement", "tree",
-    "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
-)  # fmt: skip
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "sign_symbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+)
 SUPPORTED_LAYOUTS = {
     "segnet": "<split>.txt lists, <split>/ images, <split>annot/ masks (CamVid, SegNet tutorial)",
 }
@@ -45,7 +54,11 @@ class SegDataset:
         return len(self.class_names)
 
     def describe(self) -> dict:
-        return {"root": str(self.root), "layout": self.layout, "class_names": list(self.class_names)}
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "class_names": list(self.class_names),
+        }
 
     def has_split(self, split: str) -> bool:
         return (self.root / f"{split}.txt").is_file()
@@ -55,7 +68,9 @@ class SegDataset:
         path = self.root / f"{split}.txt"
         if not path.is_file():
             have = sorted(p.stem for p in self.root.glob("*.txt") if p.name != "classes.txt")
-            raise BoxsegError(f"{path}: no such split list (splits here: {', '.join(have) or 'none'})")
+            raise BoxsegError(
+                f"{path}: no such split list (splits here: {', '.join(have) or 'none'})"
+            )
         ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
         if not ids:
             raise BoxsegError(f"{path}: the split list is empty")
@@ -96,9 +111,7 @@ class SegDataset:
         """Boxes of an image. The segnet layout has none: derive them from the mask."""
         if mask is None:
             mask = self.read_mask(split, image_id)
-        return boxes_from_mask(
-            mask, self.num_classes, spec.min_area, spec.classes, self.background
-        )
+        return boxes_from_mask(mask, self.num_classes, spec.min_area, spec.classes, self.background)
 
 
 def _open_segnet(root: Path) -> SegDataset:

@@ -54,5 +54,7 @@ def split_full_weak(ids: list[str], spec: SplitSpec) -> tuple[list[str], list[st
     full = [i for i in ids if i in chosen]
     weak = [i for i in ids if i not in chosen]
     if not full:
-        raise BoxsegError(f"the split gives an empty F (no fully labelled images in '{spec.split}')")
+        raise BoxsegError(
+            f"the split gives an empty F (no fully labelled images in '{spec.split}')"
+        )
     return full, weak

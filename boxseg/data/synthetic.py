@@ -23,7 +23,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     if rng.random() < 0.5:
         yy, xx = np.mgrid[0:h, 0:w]
         angle, period = rng.uniform(0, np.pi), rng.uniform(3, 8)
-        t = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0)
+        t = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0
         t = t.astype(np.float32)
     else:
         small = rng.random((max(h // 4, 2), max(w // 4, 2))).astype(np.float32)
@@ -50,7 +50,10 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int, size: int) -> np.ndarray:
     m = np.zeros((h, w), np.uint8)
-    cx, cy = int(rng.integers(size // 2, w - size // 2)), int(rng.integers(size // 2, h - size // 2))
+    cx, cy = (
+        int(rng.integers(size // 2, w - size // 2)),
+        int(rng.integers(size // 2, h - size // 2)),
+    )
     r = size // 2
     if cls == 1:
         cv2.circle(m, (cx, cy), r, 1, -1)
@@ -59,15 +62,19 @@ def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int, size: int) -
         cv2.fillPoly(m, [np.round(box).astype(np.int32)], 1)
     elif cls == 3:
         a = rng.uniform(0, 2 * np.pi)
-        pts = [(cx + r * np.cos(a + k * 2 * np.pi / 3), cy + r * np.sin(a + k * 2 * np.pi / 3))
-               for k in range(3)]  # fmt: skip
+        pts = [
+            (cx + r * np.cos(a + k * 2 * np.pi / 3), cy + r * np.sin(a + k * 2 * np.pi / 3))
+            for k in range(3)
+        ]
         cv2.fillPoly(m, [np.round(np.array(pts)).astype(np.int32)], 1)
     else:
         cv2.circle(m, (cx, cy), r, 1, max(2, size // 5))
     return m.astype(bool)
 
 
-def make_sample(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(
+    rng: np.random.Generator, h: int = 64, w: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """One (image HxWx3 uint8, mask HxW uint8) pair with 1-3 objects."""
     img = _background(rng, h, w).astype(np.float32)
     mask = np.zeros((h, w), np.uint8)
@@ -80,8 +87,9 @@ def make_sample(rng: np.random.Generator, h: int = 64, w: int = 64) -> tuple[np.
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
-def write_synthetic(root: Path, num_train: int = 120, num_val: int = 40, size: int = 64,
-                    seed: int = 0) -> Path:  # fmt: skip
+def write_synthetic(
+    root: Path, num_train: int = 120, num_val: int = 40, size: int = 64, seed: int = 0
+) -> Path:
     """Write the dataset in the segnet layout (with classes.txt) under `root`."""
     root = Path(root)
     rng = np.random.default_rng(seed)

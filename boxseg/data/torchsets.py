@@ -24,7 +24,9 @@ def item_rng() -> np.random.Generator:
 class AugmentSpec:
     """Crop size, scale range and flip shared by every training set."""
 
-    def __init__(self, crop: int, scale_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True):
+    def __init__(
+        self, crop: int, scale_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True
+    ):
         self.crop, self.scale_range, self.hflip = crop, scale_range, hflip
 
     def draw(self, height: int, width: int):
@@ -34,8 +36,17 @@ class AugmentSpec:
 class FullTrainSet(Dataset):
     """F: augmented image + mask (+ the box tensor for the ancillary net)."""
 
-    def __init__(self, ds: SegDataset, split: str, ids: list[str], box_spec: BoxSpec,
-                 aug: AugmentSpec, with_boxes: bool, mean, std):  # fmt: skip
+    def __init__(
+        self,
+        ds: SegDataset,
+        split: str,
+        ids: list[str],
+        box_spec: BoxSpec,
+        aug: AugmentSpec,
+        with_boxes: bool,
+        mean,
+        std,
+    ):
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
         self.aug, self.with_boxes, self.mean, self.std = aug, with_boxes, mean, std
 
@@ -44,7 +55,9 @@ class FullTrainSet(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = load_full(self.ds, self.split, self.ids[i], self.box_spec)
-        a = apply(Aligned(s.image, s.mask, s.boxes, s.labels), self.aug.draw(*s.size), self.aug.crop)
+        a = apply(
+            Aligned(s.image, s.mask, s.boxes, s.labels), self.aug.draw(*s.size), self.aug.crop
+        )
         out = {
             "image": to_tensor(a.image, self.mean, self.std),
             "mask": torch.from_numpy(a.mask).long(),
@@ -60,8 +73,16 @@ class FullTrainSet(Dataset):
 class WeakTrainSet(Dataset):
     """W: augmented image + its stored ancillary logits (resampled and cropped identically)."""
 
-    def __init__(self, ds: SegDataset, split: str, ids: list[str], store_location: str,
-                 aug: AugmentSpec, mean, std):  # fmt: skip
+    def __init__(
+        self,
+        ds: SegDataset,
+        split: str,
+        ids: list[str],
+        store_location: str,
+        aug: AugmentSpec,
+        mean,
+        std,
+    ):
         self.ds, self.split, self.ids = ds, split, ids
         self.store_location, self.aug, self.mean, self.std = store_location, aug, mean, std
         self._store: LogitsStore | None = None  # opened lazily, once per DataLoader worker
@@ -85,7 +106,9 @@ class WeakTrainSet(Dataset):
                 f"{self.store_location}: logits of {image_id} are for a {w}x{h} image, "
                 f"the dataset's is {image.shape[1]}x{image.shape[0]}"
             )
-        a = apply(Aligned(image, logits=self.store.read_full(j)), self.aug.draw(h, w), self.aug.crop)
+        a = apply(
+            Aligned(image, logits=self.store.read_full(j)), self.aug.draw(h, w), self.aug.crop
+        )
         return {
             "image": to_tensor(a.image, self.mean, self.std),
             "logits": a.logits,

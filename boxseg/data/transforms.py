@@ -58,9 +58,13 @@ def apply(x: Aligned, p: AugParams, crop: int) -> Aligned:
     h, w = max(1, round(height * p.scale)), max(1, round(width * p.scale))
     image = cv2.resize(x.image, (w, h), interpolation=cv2.INTER_LINEAR)
     mask = None if x.mask is None else cv2.resize(x.mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    valid = np.ones((h, w), bool) if x.valid is None else cv2.resize(
-        x.valid.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST
-    ).astype(bool)
+    valid = (
+        np.ones((h, w), bool)
+        if x.valid is None
+        else cv2.resize(x.valid.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(
+            bool
+        )
+    )
     logits = None
     if x.logits is not None:
         logits = F.interpolate(x.logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]

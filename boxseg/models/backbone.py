@@ -1,4 +1,4 @@
-"""torchvision backbones split into a low-level (stride 4) and a deep part, at output stride 8/16."""
+"""torchvision backbones cut into a low-level part (stride 4) and a deep part (stride 8/16)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Backbone(nn.Module):
 
 
 def dilate(module: nn.Module, rate: int) -> None:
-    """Replace strides by dilation in every conv of `module` (as segmentation_models.pytorch does)."""
+    """Replace strides by dilation in every conv of `module` (as segmentation_models.pytorch)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             m.stride = (1, 1)
@@ -37,7 +37,7 @@ def dilate(module: nn.Module, rate: int) -> None:
 
 
 def _weights(name: str, pretrained: str):
-    """torchvision weights for 'imagenet' or a weights name such as 'ResNet50_Weights.IMAGENET1K_V2'."""
+    """torchvision weights for 'imagenet' or a name such as 'ResNet50_Weights.IMAGENET1K_V2'."""
     if pretrained == "imagenet":
         return torchvision.models.get_model_weights(name).DEFAULT
     try:
@@ -67,7 +67,9 @@ def _classifier_net(name: str, pretrained: str) -> nn.Module:
         net.load_state_dict(usable, strict=False)
         return net
     if pretrained != "imagenet" and "_Weights." not in pretrained:
-        raise BoxsegError(f"--pretrained {pretrained}: not none, imagenet, a weights name or a file")
+        raise BoxsegError(
+            f"--pretrained {pretrained}: not none, imagenet, a weights name or a file"
+        )
     return factory(weights=_weights(name, pretrained))
 
 
@@ -93,4 +95,3 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none")
     else:
         dilate(f[13:], 2)
     return Backbone(f[:4], f[4:], f[3].out_channels, f[-1].out_channels)
-

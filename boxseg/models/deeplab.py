@@ -30,8 +30,13 @@ class ModelSpec:
 class DeepLabV3Plus(nn.Module):
     """DeepLabv3+. With `box_channels`, it is the ancillary net p_anc(y|x,b) and needs boxes."""
 
-    def __init__(self, spec: ModelSpec, num_classes: int, box_channels: int | None = None,
-                 pretrained: str = "none"):  # fmt: skip
+    def __init__(
+        self,
+        spec: ModelSpec,
+        num_classes: int,
+        box_channels: int | None = None,
+        pretrained: str = "none",
+    ):
         super().__init__()
         self.backbone = build_backbone(spec.backbone, spec.output_stride, pretrained)
         rates = (6, 12, 18) if spec.output_stride == 16 else (12, 24, 36)
@@ -71,6 +76,7 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_model(spec: ModelSpec, num_classes: int, box_channels: int | None = None,
-                pretrained: str = "none") -> DeepLabV3Plus:  # fmt: skip
+def build_model(
+    spec: ModelSpec, num_classes: int, box_channels: int | None = None, pretrained: str = "none"
+) -> DeepLabV3Plus:
     return DeepLabV3Plus(spec, num_classes, box_channels, pretrained)

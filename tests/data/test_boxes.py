@@ -37,8 +37,10 @@ def test_rasterize_exact_pixels_and_channels():
     labels = np.array([1, 2])
     t = rasterize_boxes(boxes, labels, num_classes=3, height=8, width=9, background=0)
     assert t.shape == (3, 8, 9)
-    expect1 = np.zeros((8, 9)); expect1[1:4, 2:5] = 1  # noqa: E702
-    expect2 = np.zeros((8, 9)); expect2[3:6, 4:7] = 1  # noqa: E702
+    expect1 = np.zeros((8, 9))
+    expect1[1:4, 2:5] = 1  # noqa: E702
+    expect2 = np.zeros((8, 9))
+    expect2[3:6, 4:7] = 1  # noqa: E702
     np.testing.assert_array_equal(t[1], expect1)
     np.testing.assert_array_equal(t[2], expect2)
     # background channel: 1 exactly outside all boxes; overlap sets both class channels

@@ -22,11 +22,14 @@ def test_split_from_list(tmp_path):
     assert full == ["im001", "im004"] and len(weak) == 48
 
 
-@pytest.mark.parametrize("spec, msg", [
-    (SplitSpec(num_full=51), "between 1 and the 50"),
-    (SplitSpec(num_full=0), "between 1"),
-    (SplitSpec(), "--num-full"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec, msg",
+    [
+        (SplitSpec(num_full=51), "between 1 and the 50"),
+        (SplitSpec(num_full=0), "between 1"),
+        (SplitSpec(), "--num-full"),
+    ],
+)
 def test_split_errors(spec, msg):
     with pytest.raises(BoxsegError, match=msg):
         split_full_weak(IDS, spec)
