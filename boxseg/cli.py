@@ -122,6 +122,10 @@ def train_anc_cmd(
     workers: Workers = 0,
     amp: Amp = "off",
     val_split: ValSplit = "val",
+    full_fraction: Annotated[
+        float,
+        typer.Option(help="Train on this fraction of F (0.5 for stage 1 of the conv recipe)."),
+    ] = 1.0,
     quiet: Quiet = False,
 ) -> None:
     """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks."""
@@ -163,6 +167,7 @@ def train_anc_cmd(
         pretrained,
         val_split or None,
         quiet,
+        full_fraction,
     )
 
 
@@ -209,7 +214,13 @@ def train_primary_cmd(
             help="Logits store from gen-logits; without it the primary trains on F alone."
         ),
     ] = None,
-    self_corr: Annotated[str, typer.Option(help="none or linear.")] = "none",
+    anc_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ancillary model.pt run online on each crop (instead of --logits; conv needs it)."
+        ),
+    ] = None,
+    self_corr: Annotated[str, typer.Option(help="none, linear or conv.")] = "none",
     alpha_start: Annotated[
         float, typer.Option(help="Linear self-correction: initial alpha.")
     ] = 30.0,
@@ -220,6 +231,18 @@ def train_primary_cmd(
             help="Fraction of training over which alpha decays geometrically, then stays flat."
         ),
     ] = 0.5,
+    conv_hidden: Annotated[
+        int, typer.Option(help="Conv self-correction: hidden channels of g.")
+    ] = 128,
+    conv_warmup: Annotated[
+        int | None,
+        typer.Option(
+            help="Conv: steps of stage 2 (primary + g on F only); default a third of training."
+        ),
+    ] = None,
+    conv_grad_to_primary: Annotated[
+        bool, typer.Option(help="Conv: let the F-term gradient reach the primary net through g.")
+    ] = False,
     weak_weight: Annotated[float, typer.Option(help="Weight of the W loss term.")] = 1.0,
     weak_batch_size: Annotated[int | None, typer.Option(help="W images per batch.")] = None,
     num_full: NumFull = None,
@@ -270,16 +293,20 @@ def train_primary_cmd(
             workers=workers,
             amp=amp,
         ),
-        logits,
-        self_corr,
-        alpha_start,
-        alpha_end,
-        alpha_decay_fraction,
-        weak_weight,
-        weak_batch_size,
-        pretrained,
-        val_split or None,
-        quiet,
+        logits=logits,
+        anc_model=anc_model,
+        self_corr=self_corr,
+        alpha_start=alpha_start,
+        alpha_end=alpha_end,
+        alpha_decay_fraction=alpha_decay_fraction,
+        conv_hidden=conv_hidden,
+        conv_warmup=conv_warmup,
+        conv_grad_to_primary=conv_grad_to_primary,
+        weak_weight=weak_weight,
+        weak_batch_size=weak_batch_size,
+        pretrained=pretrained,
+        val_split=val_split or None,
+        quiet=quiet,
     )
 
 

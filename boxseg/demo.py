@@ -58,13 +58,24 @@ def run_demo(
         overwrite=True,
         quiet=quiet,
     )
+    weak = str(out / "weak.zarr")
     for mode in ("none", "linear"):
-        results[mode] = train_primary(
-            data, out / mode, split, DEMO_SPEC, cfg, str(out / "weak.zarr"), mode, quiet=quiet
-        )["miou"]
+        run = train_primary(data, out / mode, split, DEMO_SPEC, cfg, logits=weak, self_corr=mode,
+                            quiet=quiet)  # fmt: skip
+        results[mode] = run["miou"]
     results["f_only"] = train_primary(data, out / "f_only", split, DEMO_SPEC, cfg, quiet=quiet)[
         "miou"
     ]
+    # conv recipe: stage 1 = an ancillary net on half of F; stages 2-3 inside train-primary
+    anc_half = out / "anc_half" / "model.pt"
+    train_anc(data, anc_half.parent, split, BoxSpec(min_area=4), DEMO_SPEC, cfg, quiet=quiet,
+              full_fraction=0.5, val_split=None)  # fmt: skip
+    gen_logits(data, anc_half, str(out / "weak_half.zarr"), split, device=device, overwrite=True,
+               quiet=quiet)  # fmt: skip
+    results["conv"] = train_primary(
+        data, out / "conv", split, DEMO_SPEC, cfg, logits=str(out / "weak_half.zarr"),
+        anc_model=anc_half, self_corr="conv", conv_hidden=32, quiet=quiet,
+    )["miou"]  # fmt: skip
     write_json(out / "results.json", results)
     if not quiet:
         table = Table(title=f"boxseg demo: val mIoU % ({time.perf_counter() - t0:.0f} s)")

@@ -111,6 +111,13 @@ def poly_lr(base_lr: float, step: int, total: int, power: float = 0.9) -> float:
     return base_lr * (1 - step / max(total, 1)) ** power
 
 
+def to_device(obj, device: torch.device):
+    """Move a batch (tensors in nested dicts; None allowed) to the device."""
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj.to(device, non_blocking=True) if isinstance(obj, torch.Tensor) else obj
+
+
 StepFn = Callable[[dict, int], tuple[torch.Tensor, dict, int]]
 
 
@@ -150,7 +157,7 @@ def fit(
             lr = poly_lr(cfg.lr, step, iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            batch = to_device(next(batches), device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, logs, n = step_fn(batch, step)
             if not math.isfinite(loss.item()):

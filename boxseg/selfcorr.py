@@ -3,14 +3,16 @@
 - none:   q = softmax(l_anc)
 - linear: l_q = (l + a * l_anc) / (1 + a), the minimiser of KL(q||p) + a KL(q||p_anc) for
           softmax outputs (method.md), with a annealed by `alpha_at`.
+- conv:   q = softmax(g(l, l_anc)), g a small CNN (`ConvMerger`) trained on F.
 q is always detached: no gradient flows into the target.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-SELF_CORR_MODES = ("none", "linear")
+SELF_CORR_MODES = ("none", "linear", "conv")
 
 
 def linear_combine(
@@ -35,15 +37,17 @@ def soft_target(
     primary_logits: torch.Tensor | None = None,
     mode: str = "none",
     alpha: float = 1.0,
+    merger: nn.Module | None = None,
 ) -> torch.Tensor:
     """The detached target distribution q (N x K x H x W) for one self-correction mode."""
     with torch.no_grad():
         if mode == "none":
             logits = anc_logits
-        elif mode == "linear":
+        elif mode in ("linear", "conv"):
             if primary_logits is None:
-                raise ValueError("linear self-correction needs the primary logits")
-            logits = linear_combine(primary_logits.detach().float(), anc_logits.float(), alpha)
+                raise ValueError(f"{mode} self-correction needs the primary logits")
+            l, la = primary_logits.detach().float(), anc_logits.float()
+            logits = linear_combine(l, la, alpha) if mode == "linear" else merger(l, la)
         else:
             raise ValueError(f"unknown self-correction mode {mode!r}")
         return torch.softmax(logits.float(), dim=1)
@@ -61,3 +65,20 @@ def soft_cross_entropy(
         return per_pixel.mean()
     valid = valid.to(per_pixel.dtype)
     return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+class ConvMerger(nn.Module):
+    """Convolutional self-correction g: [l, l_anc] (2K channels) -> conv3x3 -> hidden -> ReLU
+    -> conv3x3 -> K logits. No activation or normalisation on the output: logits may be negative.
+    """
+
+    def __init__(self, num_classes: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * num_classes, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_classes, 3, padding=1),
+        )
+
+    def forward(self, primary_logits: torch.Tensor, anc_logits: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([primary_logits, anc_logits], dim=1))

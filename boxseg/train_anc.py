@@ -11,7 +11,7 @@ from boxseg.checkpoint import save_model
 from boxseg.data.boxes import BoxSpec, box_channels
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
-from boxseg.data.split import SplitSpec, split_full_weak
+from boxseg.data.split import SplitSpec, fraction_of, split_full_weak
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.engine import TrainConfig, fit, forever, make_loader, resolve_device, total_iters
@@ -31,12 +31,17 @@ def train_anc(
     pretrained: str = "none",
     val_split: str | None = "val",
     quiet: bool = False,
+    full_fraction: float = 1.0,
 ) -> dict:
-    """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {})."""
+    """Train on F (or a `full_fraction` of it: the conv recipe's stage 1).
+
+    Writes RUN/model.pt, config.json, metrics.jsonl; returns the val scores (or {}).
+    """
     cfg.validate()
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
     full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
+    full_ids = fraction_of(full_ids, full_fraction, split.seed) if full_fraction < 1 else full_ids
     out = prepare_run_dir(out)
     torch.manual_seed(cfg.seed)
     channels = box_channels(ds.num_classes, ds.background)

@@ -1,30 +1,41 @@
 """`boxseg train-primary`: train p(y|x) on F (hard labels) + W (soft targets q, detached).
 
-Without --logits it trains on F alone (the F-only baseline).
+W's ancillary logits come from a store (`--logits`) or from running the ancillary net online
+on each augmented crop (`--anc-model`). Without either, it trains on F alone (the F-only
+baseline). `--self-corr conv` runs stages 2 and 3 of the paper's recipe: primary + merger g on
+F for `--conv-warmup` steps, then F and W together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import count
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from boxseg.checkpoint import save_model
+from boxseg.checkpoint import load_model, save_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
 from boxseg.data.split import SplitSpec, split_full_weak
-from boxseg.data.torchsets import AugmentSpec, FullTrainSet, WeakTrainSet
+from boxseg.data.torchsets import AugmentSpec, FullTrainSet, OnlineWeakTrainSet, WeakTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.engine import TrainConfig, fit, forever, make_loader, resolve_device, total_iters
 from boxseg.errors import BoxsegError
-from boxseg.evaluate import evaluate_model
+from boxseg.evaluate import check_classes, evaluate_model
 from boxseg.io import append_jsonl
 from boxseg.models import ModelSpec, build_model
 from boxseg.run_dir import model_meta, prepare_run_dir, write_config
-from boxseg.selfcorr import SELF_CORR_MODES, alpha_at, soft_cross_entropy, soft_target
+from boxseg.selfcorr import (
+    SELF_CORR_MODES,
+    ConvMerger,
+    alpha_at,
+    soft_cross_entropy,
+    soft_target,
+)
 from boxseg.store import LogitsStore
 
 
@@ -38,16 +49,18 @@ def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> 
         raise BoxsegError(f"--alpha-decay-fraction {decay_fraction}: must be in (0, 1]")
 
 
-def paired(full: Iterator[dict], weak: Iterator[dict]) -> Iterator[dict]:
-    """One F batch and one W batch per step, as one dict."""
-    for f, w in zip(full, weak, strict=False):
-        yield {
-            "image_f": f["image"],
-            "mask": f["mask"],
-            "image_w": w["image"],
-            "logits": w["logits"],
-            "valid": w["valid"],
-        }
+def mixed(full: Iterator[dict], weak: Iterator[dict] | None, weak_from: int) -> Iterator[dict]:
+    """Per step an F batch, plus a W batch from step `weak_from` on (conv's stage 3)."""
+    for step in count():
+        use_weak = weak is not None and step >= weak_from
+        yield {"f": next(full), "w": next(weak) if use_weak else None}
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def train_primary(
@@ -57,10 +70,14 @@ def train_primary(
     spec: ModelSpec,
     cfg: TrainConfig,
     logits: str | None = None,
+    anc_model: Path | None = None,
     self_corr: str = "none",
     alpha_start: float = 30.0,
     alpha_end: float = 0.5,
     alpha_decay_fraction: float = 0.5,
+    conv_hidden: int = 128,
+    conv_warmup: int | None = None,
+    conv_grad_to_primary: bool = False,
     weak_weight: float = 1.0,
     weak_batch_size: int | None = None,
     pretrained: str = "none",
@@ -74,76 +91,95 @@ def train_primary(
     check_alpha(alpha_start, alpha_end, alpha_decay_fraction)
     if weak_weight < 0:
         raise BoxsegError(f"--weak-weight {weak_weight}: must be >= 0")
+    if self_corr == "conv" and anc_model is None:
+        raise BoxsegError("--self-corr conv needs --anc-model (g learns on F from its logits)")
+    if logits is not None and anc_model is not None and self_corr != "conv":
+        raise BoxsegError("give --logits or --anc-model, not both (both only with conv)")
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
     full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
+    weak_source = "store" if logits else ("online" if anc_model else None)
+    if weak_source and not weak_ids:
+        raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
     if logits is not None:
-        if not weak_ids:
-            raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
         LogitsStore.open(logits).check_matches(list(ds.class_names), weak_ids)
+    anc = anc_meta = None
+    if anc_model is not None:
+        anc, anc_meta = load_model(anc_model, kind="ancillary", device=device)
+        check_classes(anc_meta, ds, str(anc_model))
+        anc = frozen(anc)
     out = prepare_run_dir(out)
     torch.manual_seed(cfg.seed)
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
+    merger = ConvMerger(ds.num_classes, conv_hidden).to(device) if self_corr == "conv" else None
+    trainable = nn.ModuleDict({"primary": model, **({"merger": merger} if merger else {})})
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    f_loader = make_loader(
-        FullTrainSet(ds, split.split, full_ids, BoxSpec(), aug, False, mean, std),
-        cfg.batch_size,
-        cfg.workers,
-    )
+    box_spec = BoxSpec.from_dict(anc_meta["boxes"]) if anc_meta else BoxSpec()
+    f_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, merger is not None, mean, std)
+    f_loader = make_loader(f_set, cfg.batch_size, cfg.workers)
+    w_loader = None
+    if weak_source == "store":
+        w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
+    elif weak_source == "online":
+        w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std)
+    if weak_source:
+        w_loader = make_loader(w_set, weak_batch_size or cfg.batch_size, cfg.workers)
     iters = total_iters(cfg, f_loader)
-    mode = "f_only" if logits is None else self_corr
-    write_config(
-        out,
-        "train-primary",
-        {
-            "data": ds.describe(),
-            "split": split.to_dict(),
-            "num_full": len(full_ids),
-            "num_weak": len(weak_ids) if logits else 0,
-            "logits": logits,
-            "self_corr": mode,
-            "alpha": {
-                "start": alpha_start,
-                "end": alpha_end,
-                "decay_fraction": alpha_decay_fraction,
-            },
-            "weak_weight": weak_weight,
-            "model": spec.to_dict(),
-            "pretrained": pretrained,
-            "train": cfg.to_dict(),
-            "iters": iters,
-        },
-        device,
-    )
+    warmup = 0
+    if merger is not None:
+        warmup = iters // 3 if conv_warmup is None else conv_warmup
+        if not 0 <= warmup < iters:
+            raise BoxsegError(f"--conv-warmup {warmup}: must be in 0..{iters - 1} (iters {iters})")
+    mode = self_corr if weak_source else "f_only"
+    write_config(out, "train-primary", {
+        "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
+        "num_weak": len(weak_ids) if weak_source else 0, "weak_source": weak_source,
+        "logits": logits, "anc_model": str(anc_model) if anc_model else None, "self_corr": mode,
+        "alpha": {"start": alpha_start, "end": alpha_end, "decay_fraction": alpha_decay_fraction},
+        "conv": {"hidden": conv_hidden, "warmup": warmup, "grad_to_primary": conv_grad_to_primary},
+        "weak_weight": weak_weight, "model": spec.to_dict(), "pretrained": pretrained,
+        "train": cfg.to_dict(), "iters": iters,
+    }, device)  # fmt: skip
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
 
-    if logits is None:
-        batches: Iterator[dict] = forever(f_loader)
+    def anc_logits_of(b: dict) -> torch.Tensor:
+        if "logits" in b:
+            return b["logits"]
+        with torch.no_grad():
+            return anc(b["image"], b["boxes"]).float()
 
-        def step(batch: dict, _: int):
-            out_f = model(batch["image"])
-            loss = F.cross_entropy(out_f.float(), batch["mask"], ignore_index=VOID)
-            return loss, {}, batch["image"].shape[0]
-    else:
-        w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
-        w_loader = make_loader(w_set, weak_batch_size or cfg.batch_size, cfg.workers)
-        batches = paired(forever(f_loader), forever(w_loader))
-
-        def step(batch: dict, i: int):
-            nf = batch["image_f"].shape[0]
-            out_all = model(torch.cat([batch["image_f"], batch["image_w"]]))
-            out_f, out_w = out_all[:nf], out_all[nf:]
-            loss_f = F.cross_entropy(out_f.float(), batch["mask"], ignore_index=VOID)
+    def step(batch: dict, i: int):
+        f, w = batch["f"], batch["w"]
+        nf = f["image"].shape[0]
+        images = f["image"] if w is None else torch.cat([f["image"], w["image"]])
+        out_all = model(images)
+        out_f = out_all[:nf]
+        loss = F.cross_entropy(out_f.float(), f["mask"], ignore_index=VOID)
+        logs = {"loss_f": loss.item()}
+        if merger is not None:  # stages 2 and 3: g learns on F, CE(y, q_conv)
+            g_in = out_f if conv_grad_to_primary else out_f.detach()
+            loss_g = F.cross_entropy(merger(g_in.float(), anc_logits_of(f)), f["mask"],
+                                     ignore_index=VOID)  # fmt: skip
+            loss = loss + loss_g
+            logs |= {"loss_g": loss_g.item(), "stage": 2 if w is None else 3}
+        if w is not None:
+            out_w = out_all[nf:]
             alpha = alpha_at(i, iters, alpha_start, alpha_end, alpha_decay_fraction)
-            q = soft_target(batch["logits"], out_w, self_corr, alpha)
-            loss_w = soft_cross_entropy(out_w, q, batch["valid"])
-            logs = {"loss_f": loss_f.item(), "loss_w": loss_w.item(), "alpha": alpha}
-            return loss_f + weak_weight * loss_w, logs, out_all.shape[0]
+            q = soft_target(anc_logits_of(w), out_w, self_corr, alpha, merger)
+            loss_w = soft_cross_entropy(out_w, q, w["valid"])
+            loss = loss + weak_weight * loss_w
+            logs |= {"loss_w": loss_w.item()} | ({"alpha": alpha} if self_corr == "linear" else {})
+        return loss, logs, images.shape[0]
 
-    timing = fit(model, step, batches, cfg, iters, device, metrics, f"train-primary {mode}", quiet)
+    batches = mixed(forever(f_loader), forever(w_loader) if w_loader else None, warmup)
+    desc = f"train-primary {mode}"
+    timing = fit(trainable, step, batches, cfg, iters, device, metrics, desc, quiet)
     meta = model_meta("primary", spec, ds, BoxSpec(), None, mean, std) | {"self_corr": mode}
+    if merger is not None:
+        meta["merger"] = {"hidden": conv_hidden}
+        meta["merger_state_dict"] = {k: v.detach().cpu() for k, v in merger.state_dict().items()}
     save_model(out / "model.pt", model, meta)
     result: dict = {}
     if val_split and ds.has_split(val_split):

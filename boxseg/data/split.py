@@ -58,3 +58,15 @@ def split_full_weak(ids: list[str], spec: SplitSpec) -> tuple[list[str], list[st
             f"the split gives an empty F (no fully labelled images in '{spec.split}')"
         )
     return full, weak
+
+
+def fraction_of(ids: list[str], fraction: float, seed: int) -> list[str]:
+    """A deterministic subset of `fraction` of `ids` (at least one), in their order.
+
+    The conv recipe's stage 1 trains the ancillary net on half of F with this.
+    """
+    if not 0 < fraction <= 1:
+        raise BoxsegError(f"--full-fraction {fraction}: must be in (0, 1]")
+    n = max(1, round(len(ids) * fraction))
+    keep = set(np.random.default_rng(seed + 1).permutation(len(ids))[:n].tolist())
+    return [x for i, x in enumerate(ids) if i in keep]

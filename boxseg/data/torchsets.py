@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from boxseg.data.boxes import BoxSpec, rasterize_boxes
-from boxseg.data.formats import SegDataset, load_full
+from boxseg.data.formats import SegDataset, load_full, load_weak
 from boxseg.data.transforms import Aligned, apply, draw_params, to_tensor
 from boxseg.errors import BoxsegError
 from boxseg.store import LogitsStore
@@ -112,5 +112,32 @@ class WeakTrainSet(Dataset):
         return {
             "image": to_tensor(a.image, self.mean, self.std),
             "logits": a.logits,
+            "valid": torch.from_numpy(a.valid),
+        }
+
+
+class OnlineWeakTrainSet(Dataset):
+    """W for online mode: augmented image + its box tensor, for the ancillary net to run on.
+
+    Reads W through `load_weak`, which returns no mask.
+    """
+
+    def __init__(self, ds: SegDataset, split: str, ids: list[str], box_spec: BoxSpec,
+                 aug: AugmentSpec, mean, std):  # fmt: skip
+        self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
+        self.aug, self.mean, self.std = aug, mean, std
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s = load_weak(self.ds, self.split, self.ids[i], self.box_spec)
+        a = apply(Aligned(s.image, boxes=s.boxes, labels=s.labels), self.aug.draw(*s.size),
+                  self.aug.crop)  # fmt: skip
+        c = self.aug.crop
+        boxes = rasterize_boxes(a.boxes, a.labels, self.ds.num_classes, c, c, self.ds.background)
+        return {
+            "image": to_tensor(a.image, self.mean, self.std),
+            "boxes": torch.from_numpy(boxes),
             "valid": torch.from_numpy(a.valid),
         }
