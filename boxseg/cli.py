@@ -353,5 +353,14 @@ def main() -> None:
     except BoxsegError as e:
         if _debug["on"]:
             raise
-        print(f"boxseg: error: {e}", file=sys.stderr)
+        print(f"boxseg: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(error: BoxsegError) -> str:
+    """The message; for an error raised in a DataLoader worker, torch wraps it in a traceback,
+    whose last line holds the original message."""
+    msg = str(error).strip()
+    if "Original Traceback" in msg:
+        msg = msg.splitlines()[-1].split(": ", 1)[-1]
+    return msg

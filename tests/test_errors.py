@@ -178,7 +178,8 @@ def test_debug_shows_traceback(tmp_path, capsys):
         )
 
 
-def test_mask_image_size_mismatch(tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_mask_image_size_mismatch(tiny_data, tmp_path, capsys, workers):
     from boxseg.io import write_label_png
 
     data = tmp_path / "d"
@@ -186,7 +187,18 @@ def test_mask_image_size_mismatch(tiny_data, tmp_path, capsys):
     first = (data / "train.txt").read_text().split()[0]
     write_label_png(data / "trainannot" / f"{first}.png", np.zeros((10, 12), np.uint8))
     code, _, err = run_cli(
-        ["train-anc", data, "--out", tmp_path / "r", "--num-full", "12", *TINY_MODEL, *TINY_TRAIN],
+        [
+            "train-anc",
+            data,
+            "--out",
+            tmp_path / "r",
+            "--num-full",
+            "12",
+            "--workers",
+            workers,
+            *TINY_MODEL,
+            *TINY_TRAIN,
+        ],
         capsys,
     )
     _assert_user_error(code, err, f"{first}.png", "12x10")

@@ -1,0 +1,109 @@
+"""Convolutional self-correction and the online ancillary mode."""
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from boxseg.checkpoint import load_model, read_checkpoint
+from boxseg.data.boxes import BoxSpec, rasterize_boxes
+from boxseg.data.formats import load_weak, open_dataset
+from boxseg.data.split import SplitSpec, fraction_of
+from boxseg.data.transforms import to_tensor
+from boxseg.engine import TrainConfig
+from boxseg.models import ModelSpec
+from boxseg.selfcorr import ConvMerger, soft_cross_entropy, soft_target
+from boxseg.store import LogitsStore
+from boxseg.train_primary import mixed, train_primary
+from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+
+
+def test_merger_shape_and_unclamped_output():
+    g = ConvMerger(num_classes=4, hidden=16)
+    assert isinstance(g.net[-1], nn.Conv2d)  # no activation or norm after the last conv
+    out = g(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8))
+    assert out.shape == (2, 4, 8, 8)
+    assert (out < 0).any() and (out > 0).any()
+
+
+def test_weak_term_neither_updates_g_nor_flows_through_q():
+    torch.manual_seed(0)
+    g = ConvMerger(3, 8)
+    out_w = torch.randn(2, 3, 5, 5, requires_grad=True)
+    q = soft_target(torch.randn(2, 3, 5, 5), out_w, "conv", merger=g)
+    assert not q.requires_grad
+    soft_cross_entropy(out_w, q).backward()
+    assert all(p.grad is None for p in g.parameters())  # the W term never updates g
+    # stop-gradient: d loss / d logits is exactly softmax(l) - q (no path through q)
+    expected = (torch.softmax(out_w, 1) - q) / (2 * 5 * 5)
+    torch.testing.assert_close(out_w.grad, expected.detach())
+
+
+def test_stage_three_starts_only_after_warmup():
+    f = iter(range(100))
+    w = iter(range(100))
+    steps = [b["w"] for _, b in zip(range(6), mixed(f, w, weak_from=4), strict=False)]
+    assert steps[:4] == [None] * 4 and steps[4:] == [0, 1]
+
+
+def test_full_fraction_is_half_and_deterministic():
+    ids = [f"i{k}" for k in range(10)]
+    half = fraction_of(ids, 0.5, 0)
+    assert len(half) == 5 and half == fraction_of(ids, 0.5, 0) and set(half) <= set(ids)
+
+
+def test_conv_training_records_stages_and_keeps_g(pipeline, tmp_path):
+    run = tmp_path / "conv"
+    cfg = TrainConfig(iters=6, batch_size=2, crop=32, device="cpu", log_every=1)
+    train_primary(pipeline["data"], run, SplitSpec("train", 4, 0), ModelSpec("resnet18", 16, 16, 16, 8),
+                  cfg, logits=str(pipeline["store"]), anc_model=pipeline["anc"], self_corr="conv",
+                  conv_hidden=8, conv_warmup=2, quiet=True)  # fmt: skip
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    stages = [x["stage"] for x in lines if "stage" in x]
+    assert stages == [2, 2, 3, 3, 3, 3]
+    assert all("loss_w" not in x for x in lines if x.get("stage") == 2)
+    assert all("loss_w" in x and "loss_g" in x for x in lines if x.get("stage") == 3)
+    ckpt = read_checkpoint(run / "model.pt")
+    assert ckpt["self_corr"] == "conv" and ckpt["merger_state_dict"]["net.0.weight"].shape[:2] == (
+        8,
+        10,
+    )
+    model, meta = load_model(run / "model.pt", kind="primary")  # eval uses the primary net only
+    assert model.box_encoder is None
+
+
+def test_conv_cli_needs_anc_model(pipeline, tmp_path, capsys):
+    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "c",
+                            "--logits", pipeline["store"], "--self-corr", "conv", "--num-full", "4",
+                            *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    assert code == 2 and "--anc-model" in err
+
+
+def test_online_mode_runs(pipeline, tmp_path, capsys):
+    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "o",
+                            "--anc-model", pipeline["anc"], "--self-corr", "linear",
+                            "--num-full", "4", *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    assert code == 0, err
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["weak_source"] == "online"
+
+
+def test_online_q_equals_stored_q_up_to_storage_error(pipeline):
+    """On the same (identity-transformed) image, q from the online ancillary net and q from
+    the store differ only by float16 and stride-4 resampling."""
+    model, meta = load_model(pipeline["anc"], kind="ancillary")
+    ds = open_dataset(pipeline["data"])
+    store = LogitsStore.open(pipeline["store"])
+    errors, agree = [], []
+    for i, image_id in enumerate(store.image_ids):
+        s = load_weak(ds, "train", image_id, BoxSpec.from_dict(meta["boxes"]))
+        boxes = rasterize_boxes(s.boxes, s.labels, ds.num_classes, 32, 32, ds.background)
+        with torch.no_grad():
+            online = model(to_tensor(s.image)[None], torch.from_numpy(boxes)[None])
+        q_online = soft_target(online)
+        q_stored = soft_target(store.read_full(i)[None])
+        errors.append((q_online - q_stored).abs().mean().item())
+        agree.append((q_online.argmax(1) == q_stored.argmax(1)).float().mean().item())
+    assert np.mean(errors) < 0.05, errors
+    assert np.mean(agree) > 0.9, agree
