@@ -74,10 +74,13 @@ def _split(split: str, num_full: int | None, seed: int, full_list: Path | None):
     return SplitSpec(split, num_full, seed, full_list)
 
 
-def _train_cfg(**kw):
+def _train_cfg(args: dict):
+    """TrainConfig from a command's arguments (every TrainConfig field the command has)."""
+    from dataclasses import fields
+
     from boxseg.engine import TrainConfig
 
-    return TrainConfig(**kw)
+    return TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args})
 
 
 def _model_spec(backbone: str, output_stride: int, aspp_channels: int, decoder_channels: int):
@@ -149,21 +152,7 @@ def train_anc_cmd(
         _split(split, num_full, seed_split, full_list),
         BoxSpec(box_min_area, classes),
         _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
-        _train_cfg(
-            iters=iters,
-            epochs=epochs,
-            batch_size=batch_size,
-            crop=crop,
-            scale_min=scale_min,
-            scale_max=scale_max,
-            lr=lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            seed=seed,
-            device=device,
-            workers=workers,
-            amp=amp,
-        ),
+        _train_cfg(locals()),
         pretrained,
         val_split or None,
         quiet,
@@ -278,21 +267,7 @@ def train_primary_cmd(
         out,
         _split(split, num_full, seed_split, full_list),
         _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
-        _train_cfg(
-            iters=iters,
-            epochs=epochs,
-            batch_size=batch_size,
-            crop=crop,
-            scale_min=scale_min,
-            scale_max=scale_max,
-            lr=lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            seed=seed,
-            device=device,
-            workers=workers,
-            amp=amp,
-        ),
+        _train_cfg(locals()),
         logits=logits,
         anc_model=anc_model,
         self_corr=self_corr,

@@ -53,3 +53,22 @@ def model_meta(kind: str, spec, ds, box_spec, box_channels: int | None, mean, st
         "mean": list(mean),
         "std": list(std),
     }
+
+
+def finish_run(out: Path, model, meta: dict, ds, val_split: str | None, device: torch.device,
+               timing: dict, iters: int, label: str, quiet: bool) -> dict:  # fmt: skip
+    """Write RUN/model.pt, then score the val split (if any) and log it; return the scores."""
+    from boxseg.checkpoint import save_model
+    from boxseg.evaluate import evaluate_model
+    from boxseg.io import append_jsonl
+
+    save_model(out / "model.pt", model, meta)
+    if not (val_split and ds.has_split(val_split)):
+        return {}
+    result = evaluate_model(model, meta, ds, val_split, device, quiet)
+    append_jsonl(
+        out / "metrics.jsonl", {"step": iters, f"{val_split}_miou": result["miou"], **timing}
+    )
+    if not quiet:
+        print(f"{label}: {val_split} mIoU {result['miou']:.2f}")
+    return result

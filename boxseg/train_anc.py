@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from boxseg.checkpoint import save_model
 from boxseg.data.boxes import BoxSpec, box_channels
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
@@ -15,10 +14,8 @@ from boxseg.data.split import SplitSpec, fraction_of, split_full_weak
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.engine import TrainConfig, fit, forever, make_loader, resolve_device, total_iters
-from boxseg.evaluate import evaluate_model
-from boxseg.io import append_jsonl
 from boxseg.models import ModelSpec, build_model
-from boxseg.run_dir import model_meta, prepare_run_dir, write_config
+from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
 
 
 def train_anc(
@@ -78,11 +75,5 @@ def train_anc(
 
     timing = fit(model, step, forever(loader), cfg, iters, device, metrics, "train-anc", quiet)
     meta = model_meta("ancillary", spec, ds, box_spec, channels, IMAGENET_MEAN, IMAGENET_STD)
-    save_model(out / "model.pt", model, meta)
-    result: dict = {}
-    if val_split and ds.has_split(val_split):
-        result = evaluate_model(model, meta, ds, val_split, device, quiet)
-        append_jsonl(metrics, {"step": iters, f"{val_split}_miou": result["miou"], **timing})
-        if not quiet:
-            print(f"train-anc: {val_split} mIoU {result['miou']:.2f} (boxes given)")
-    return result
+    return finish_run(out, model, meta, ds, val_split, device, timing, iters,
+                      "train-anc (boxes given)", quiet)  # fmt: skip

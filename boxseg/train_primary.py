@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from boxseg.checkpoint import load_model, save_model
+from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
@@ -25,10 +25,9 @@ from boxseg.data.torchsets import AugmentSpec, FullTrainSet, OnlineWeakTrainSet,
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.engine import TrainConfig, fit, forever, make_loader, resolve_device, total_iters
 from boxseg.errors import BoxsegError
-from boxseg.evaluate import check_classes, evaluate_model
-from boxseg.io import append_jsonl
+from boxseg.evaluate import check_classes
 from boxseg.models import ModelSpec, build_model
-from boxseg.run_dir import model_meta, prepare_run_dir, write_config
+from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
 from boxseg.selfcorr import (
     SELF_CORR_MODES,
     ConvMerger,
@@ -180,11 +179,5 @@ def train_primary(
     if merger is not None:
         meta["merger"] = {"hidden": conv_hidden}
         meta["merger_state_dict"] = {k: v.detach().cpu() for k, v in merger.state_dict().items()}
-    save_model(out / "model.pt", model, meta)
-    result: dict = {}
-    if val_split and ds.has_split(val_split):
-        result = evaluate_model(model, meta, ds, val_split, device, quiet)
-        append_jsonl(metrics, {"step": iters, f"{val_split}_miou": result["miou"], **timing})
-        if not quiet:
-            print(f"train-primary ({mode}): {val_split} mIoU {result['miou']:.2f}")
-    return result
+    return finish_run(out, model, meta, ds, val_split, device, timing, iters,
+                      f"train-primary ({mode})", quiet)  # fmt: skip

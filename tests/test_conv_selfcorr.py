@@ -56,8 +56,9 @@ def test_full_fraction_is_half_and_deterministic():
 def test_conv_training_records_stages_and_keeps_g(pipeline, tmp_path):
     run = tmp_path / "conv"
     cfg = TrainConfig(iters=6, batch_size=2, crop=32, device="cpu", log_every=1)
-    train_primary(pipeline["data"], run, SplitSpec("train", 4, 0), ModelSpec("resnet18", 16, 16, 16, 8),
-                  cfg, logits=str(pipeline["store"]), anc_model=pipeline["anc"], self_corr="conv",
+    spec = ModelSpec("resnet18", 16, 16, 16, 8)
+    train_primary(pipeline["data"], run, SplitSpec("train", 4, 0), spec, cfg,
+                  logits=str(pipeline["store"]), anc_model=pipeline["anc"], self_corr="conv",
                   conv_hidden=8, conv_warmup=2, quiet=True)  # fmt: skip
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     stages = [x["stage"] for x in lines if "stage" in x]
