@@ -57,6 +57,8 @@ Seed = Annotated[int, typer.Option(help="Training seed.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 Amp = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16.")]
+CheckpointEvery = Annotated[int, typer.Option(help="Save RUN/last.pt every this many steps.")]
+Resume = Annotated[bool, typer.Option(help="Continue from RUN/last.pt if it is there.")]
 ValSplit = Annotated[str, typer.Option(help="Split scored at the end of training ('' to skip).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")]
 
@@ -124,6 +126,8 @@ def train_anc_cmd(
     device: Device = "auto",
     workers: Workers = 0,
     amp: Amp = "off",
+    checkpoint_every: CheckpointEvery = 200,
+    resume: Resume = False,
     val_split: ValSplit = "val",
     full_fraction: Annotated[
         float,
@@ -256,6 +260,8 @@ def train_primary_cmd(
     device: Device = "auto",
     workers: Workers = 0,
     amp: Amp = "off",
+    checkpoint_every: CheckpointEvery = 200,
+    resume: Resume = False,
     val_split: ValSplit = "val",
     quiet: Quiet = False,
 ) -> None:

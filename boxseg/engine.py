@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from boxseg.errors import BoxsegError
-from boxseg.io import append_jsonl
+from boxseg.io import append_jsonl, save_torch
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,14 @@ class TrainConfig:
     workers: int = 0
     amp: str = "off"
     log_every: int = 10
+    checkpoint_every: int = 200  # steps between RUN/last.pt saves (0: only at the end)
+    resume: bool = False  # continue from RUN/last.pt if it exists
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def validate(self) -> None:
-        if self.lr <= 0:
+        if not self.lr > 0:  # also refuses NaN
             raise BoxsegError(f"--lr {self.lr}: must be positive")
         if self.batch_size < 1:
             raise BoxsegError(f"--batch-size {self.batch_size}: must be at least 1")
@@ -55,6 +57,8 @@ class TrainConfig:
             raise BoxsegError(f"--iters {self.iters}: must be at least 1")
         if self.optimizer not in ("sgd", "adamw"):
             raise BoxsegError(f"--optimizer {self.optimizer}: choose sgd or adamw")
+        if self.checkpoint_every < 0:
+            raise BoxsegError(f"--checkpoint-every {self.checkpoint_every}: must be >= 0")
         if self.amp not in ("off", "bf16", "fp16"):
             raise BoxsegError(f"--amp {self.amp}: choose off, bf16 or fp16")
 
@@ -121,26 +125,66 @@ def to_device(obj, device: torch.device):
 StepFn = Callable[[dict, int], tuple[torch.Tensor, dict, int]]
 
 
+TRAIN_STATE = "boxseg-train-state-v1"
+
+
+def save_train_state(path: Path, model, optimizer, scaler, step: int, iters: int) -> None:
+    """RUN/last.pt: everything needed to continue training after `step` steps."""
+    save_torch(path, {
+        "format": TRAIN_STATE, "step": step, "iters": iters, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    })  # fmt: skip
+
+
+def load_train_state(path: Path, model, optimizer, scaler, iters: int) -> int:
+    """Restore RUN/last.pt into model, optimizer and scaler; return the step to continue from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file
+        raise BoxsegError(f"{path}: unreadable training state ({str(e).splitlines()[0]})") from e
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE:
+        raise BoxsegError(f"{path}: not a boxseg training state")
+    if state["iters"] != iters:
+        raise BoxsegError(f"{path}: saved for a {state['iters']}-step run, this one has {iters}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise BoxsegError(f"{path}: saved for another model ({str(e).splitlines()[0]})") from e
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
 def fit(
     model: torch.nn.Module,
     step_fn: StepFn,
-    batches: Iterator,
+    next_batch: Callable[[int], dict],
     cfg: TrainConfig,
     iters: int,
     device: torch.device,
-    metrics_path: Path,
+    run_dir: Path,
     description: str,
     quiet: bool = False,
 ) -> dict:
-    """Train for `iters` steps. step_fn(batch_on_device, step) -> (loss, logs, n_images).
+    """Train for `iters` steps: next_batch(step) -> batch; step_fn(batch_on_device, step) ->
+    (loss, logs, n_images).
 
-    Logs loss, lr and images/s to metrics.jsonl every `log_every` steps; stops with a clear
-    error on a NaN/Inf loss.
+    Logs loss, lr and images/s to RUN/metrics.jsonl every `log_every` steps; saves RUN/last.pt
+    every `checkpoint_every` steps (atomically) and continues from it with `resume`; stops
+    with a clear error on a NaN/Inf loss, leaving the last good RUN/last.pt in place.
     """
     model.train()
     optimizer = make_optimizer(model, cfg)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    metrics_path, state_path = run_dir / "metrics.jsonl", run_dir / "last.pt"
+    start = 0
+    if cfg.resume and state_path.is_file():
+        start = load_train_state(state_path, model, optimizer, scaler, iters)
+    elif not cfg.resume:
+        metrics_path.unlink(missing_ok=True)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -152,17 +196,18 @@ def fit(
     logs: dict = {}
     t0, seen = time.perf_counter(), 0
     with Progress(*columns, disable=quiet or os.environ.get("BOXSEG_QUIET") == "1") as bar:
-        task = bar.add_task(description, total=iters, loss=float("nan"), ips=0.0)
-        for step in range(iters):
+        task = bar.add_task(description, total=iters, completed=start, loss=float("nan"), ips=0.0)
+        for step in range(start, iters):
             lr = poly_lr(cfg.lr, step, iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = to_device(next(batches), device)
+            batch = to_device(next_batch(step), device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, logs, n = step_fn(batch, step)
             if not math.isfinite(loss.item()):
                 raise BoxsegError(
                     f"{description}: loss became {loss.item()} at step {step}; try a lower --lr"
+                    + (f" ({state_path} holds the last good state)" if state_path.is_file() else "")
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -174,6 +219,9 @@ def fit(
             if (step + 1) % cfg.log_every == 0 or step + 1 == iters:
                 record = {"step": step + 1, "loss": loss.item(), "lr": lr, "img_per_s": ips}
                 append_jsonl(metrics_path, record | {k: float(v) for k, v in logs.items()})
+            every = cfg.checkpoint_every
+            if (every and (step + 1) % every == 0) or step + 1 == iters:
+                save_train_state(state_path, model, optimizer, scaler, step + 1, iters)
     model.eval()
     return {
         "seconds": time.perf_counter() - t0,

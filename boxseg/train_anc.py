@@ -65,15 +65,14 @@ def train_anc(
         },
         device,
     )
-    metrics = out / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
 
     def step(batch: dict, _: int):
         logits = model(batch["image"], batch["boxes"])
         loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=VOID)
         return loss, {}, batch["image"].shape[0]
 
-    timing = fit(model, step, forever(loader), cfg, iters, device, metrics, "train-anc", quiet)
+    batches = forever(loader)
+    timing = fit(model, step, lambda _: next(batches), cfg, iters, device, out, "train-anc", quiet)
     meta = model_meta("ancillary", spec, ds, box_spec, channels, IMAGENET_MEAN, IMAGENET_STD)
     return finish_run(out, model, meta, ds, val_split, device, timing, iters,
                       "train-anc (boxes given)", quiet)  # fmt: skip

@@ -9,7 +9,6 @@ F for `--conv-warmup` steps, then F and W together.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import count
 from pathlib import Path
 
 import torch
@@ -48,11 +47,14 @@ def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> 
         raise BoxsegError(f"--alpha-decay-fraction {decay_fraction}: must be in (0, 1]")
 
 
-def mixed(full: Iterator[dict], weak: Iterator[dict] | None, weak_from: int) -> Iterator[dict]:
-    """Per step an F batch, plus a W batch from step `weak_from` on (conv's stage 3)."""
-    for step in count():
+def mixed(full: Iterator[dict], weak: Iterator[dict] | None, weak_from: int):
+    """next_batch(step): an F batch, plus a W batch from step `weak_from` on (conv's stage 3)."""
+
+    def next_batch(step: int) -> dict:
         use_weak = weak is not None and step >= weak_from
-        yield {"f": next(full), "w": next(weak) if use_weak else None}
+        return {"f": next(full), "w": next(weak) if use_weak else None}
+
+    return next_batch
 
 
 def frozen(model: nn.Module) -> nn.Module:
@@ -140,8 +142,6 @@ def train_primary(
         "weak_weight": weak_weight, "model": spec.to_dict(), "pretrained": pretrained,
         "train": cfg.to_dict(), "iters": iters,
     }, device)  # fmt: skip
-    metrics = out / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
 
     def anc_logits_of(b: dict) -> torch.Tensor:
         if "logits" in b:
@@ -174,7 +174,7 @@ def train_primary(
 
     batches = mixed(forever(f_loader), forever(w_loader) if w_loader else None, warmup)
     desc = f"train-primary {mode}"
-    timing = fit(trainable, step, batches, cfg, iters, device, metrics, desc, quiet)
+    timing = fit(trainable, step, batches, cfg, iters, device, out, desc, quiet)
     meta = model_meta("primary", spec, ds, BoxSpec(), None, mean, std) | {"self_corr": mode}
     if merger is not None:
         meta["merger"] = {"hidden": conv_hidden}

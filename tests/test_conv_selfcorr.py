@@ -43,8 +43,10 @@ def test_weak_term_neither_updates_g_nor_flows_through_q():
 def test_stage_three_starts_only_after_warmup():
     f = iter(range(100))
     w = iter(range(100))
-    steps = [b["w"] for _, b in zip(range(6), mixed(f, w, weak_from=4), strict=False)]
+    next_batch = mixed(f, w, weak_from=4)
+    steps = [next_batch(step)["w"] for step in range(6)]
     assert steps[:4] == [None] * 4 and steps[4:] == [0, 1]
+    assert next_batch(2)["w"] is None  # a resumed run asks by step, not by count
 
 
 def test_full_fraction_is_half_and_deterministic():

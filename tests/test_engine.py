@@ -1,0 +1,65 @@
+"""The training loop: checkpoints, resume, NaN guard."""
+
+import json
+
+import pytest
+import torch
+
+import boxseg.engine as engine
+from boxseg.data.boxes import BoxSpec
+from boxseg.data.split import SplitSpec
+from boxseg.engine import TrainConfig, poly_lr
+from boxseg.errors import BoxsegError
+from boxseg.models import ModelSpec
+from boxseg.train_anc import train_anc
+
+SPEC = ModelSpec("resnet18", 16, 16, 16, 8)
+
+
+def _train(data, run, **kw):
+    cfg = TrainConfig(iters=6, batch_size=2, crop=32, device="cpu", log_every=1, **kw)
+    train_anc(data, run, SplitSpec("train", 4, 0), BoxSpec(4), SPEC, cfg, val_split=None,
+              quiet=True)  # fmt: skip
+    return torch.load(run / "model.pt", weights_only=True)["state_dict"]
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    straight = _train(tiny_data, tmp_path / "a", checkpoint_every=2)
+
+    real_save = engine.save_train_state
+
+    def save_then_die(path, model, optimizer, scaler, step, iters):
+        real_save(path, model, optimizer, scaler, step, iters)
+        if step == 4:
+            raise KeyboardInterrupt  # killed right after the step-4 checkpoint
+
+    monkeypatch.setattr(engine, "save_train_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_data, tmp_path / "b", checkpoint_every=2)
+    monkeypatch.setattr(engine, "save_train_state", real_save)
+    resumed = _train(tiny_data, tmp_path / "b", checkpoint_every=2, resume=True)
+
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # continued at step 5, nothing repeated
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[4] == pytest.approx(poly_lr(0.01, 4, 6))
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], msg=k)
+
+
+def test_resume_refuses_a_state_of_another_run(tiny_data, tmp_path):
+    _train(tiny_data, tmp_path / "a")
+    cfg = TrainConfig(iters=9, batch_size=2, crop=32, device="cpu", resume=True)
+    with pytest.raises(BoxsegError, match="last.pt: saved for a 6-step run"):
+        train_anc(tiny_data, tmp_path / "a", SplitSpec("train", 4, 0), BoxSpec(4), SPEC, cfg,
+                  val_split=None, quiet=True)  # fmt: skip
+    (tmp_path / "a" / "last.pt").write_bytes(b"torn")
+    with pytest.raises(BoxsegError, match="unreadable training state"):
+        _train(tiny_data, tmp_path / "a", resume=True)
+
+
+def test_nan_loss_stops_with_the_step(tiny_data, tmp_path):
+    with pytest.raises(BoxsegError, match=r"loss became (nan|inf|-inf) at step \d+; try a lower"):
+        _train(tiny_data, tmp_path / "n", lr=1e30)
+    with pytest.raises(BoxsegError, match="--lr nan"):
+        _train(tiny_data, tmp_path / "n", lr=float("nan"))
