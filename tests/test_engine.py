@@ -39,10 +39,9 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_
     monkeypatch.setattr(engine, "save_train_state", real_save)
     resumed = _train(tiny_data, tmp_path / "b", checkpoint_every=2, resume=True)
 
-    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]  # continued at step 5, nothing repeated
-    lrs = [json.loads(x)["lr"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert lrs[4] == pytest.approx(poly_lr(0.01, 4, 6))
+    records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # continued at 5, nothing repeated
+    assert records[4]["lr"] == pytest.approx(poly_lr(0.01, 4, 6))
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], msg=k)
 
