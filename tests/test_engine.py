@@ -62,3 +62,9 @@ def test_nan_loss_stops_with_the_step(tiny_data, tmp_path):
         _train(tiny_data, tmp_path / "n", lr=1e30)
     with pytest.raises(BoxsegError, match="--lr nan"):
         _train(tiny_data, tmp_path / "n", lr=float("nan"))
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path):
+    state = _train(tiny_data, tmp_path / "bf16", amp="bf16")
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert all(v.dtype != torch.bfloat16 for v in state.values())  # weights stay float32
