@@ -11,6 +11,12 @@ from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 SPLIT = ["--num-full", "4"]
 
 
+def _primary(pipeline, tmp_path, *flags):
+    """A tiny train-primary command line on the session's pipeline data."""
+    return ["train-primary", pipeline["data"], "--out", tmp_path / "p", *TINY_MODEL, *TINY_TRAIN,
+            *flags]  # fmt: skip
+
+
 def _assert_user_error(code, err, *needles):
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -57,18 +63,7 @@ def test_garbage_checkpoint(tiny_data, tmp_path, capsys):
 
 
 def test_primary_model_given_to_gen_logits(pipeline, tmp_path, capsys):
-    code, _, err = run_cli(
-        [
-            "train-primary",
-            pipeline["data"],
-            "--out",
-            tmp_path / "p",
-            *SPLIT,
-            *TINY_MODEL,
-            *TINY_TRAIN,
-        ],
-        capsys,
-    )
+    code, _, err = run_cli(_primary(pipeline, tmp_path, *SPLIT), capsys)
     assert code == 0, err
     code, _, err = run_cli(
         [
@@ -90,55 +85,20 @@ def test_store_with_other_classes_is_refused(pipeline, tmp_path, capsys):
     shutil.copytree(pipeline["store"], store)
     s = LogitsStore.open(store, mode="r+")
     s.group.attrs["class_names"] = list(reversed(s.class_names))
-    code, _, err = run_cli(
-        [
-            "train-primary",
-            pipeline["data"],
-            "--out",
-            tmp_path / "p",
-            "--logits",
-            store,
-            *SPLIT,
-            *TINY_MODEL,
-            *TINY_TRAIN,
-        ],
-        capsys,
-    )
+    code, _, err = run_cli(_primary(pipeline, tmp_path, "--logits", store, *SPLIT), capsys)
     _assert_user_error(code, err, "w.zarr", "classes")
 
 
 def test_store_for_another_split_is_refused(pipeline, tmp_path, capsys):
     code, _, err = run_cli(
-        [
-            "train-primary",
-            pipeline["data"],
-            "--out",
-            tmp_path / "p",
-            "--logits",
-            pipeline["store"],
-            "--num-full",
-            "5",
-            *TINY_MODEL,
-            *TINY_TRAIN,
-        ],
-        capsys,
+        _primary(pipeline, tmp_path, "--logits", pipeline["store"], "--num-full", "5"), capsys
     )
     _assert_user_error(code, err, "weak.zarr", "not weak images of this split")
 
 
 def test_not_a_store(pipeline, tmp_path, capsys):
     code, _, err = run_cli(
-        [
-            "train-primary",
-            pipeline["data"],
-            "--out",
-            tmp_path / "p",
-            "--logits",
-            tmp_path / "none.zarr",
-            *SPLIT,
-            *TINY_TRAIN,
-        ],
-        capsys,
+        _primary(pipeline, tmp_path, "--logits", tmp_path / "none.zarr", *SPLIT), capsys
     )
     _assert_user_error(code, err, "none.zarr", "no logits store")
 
@@ -155,17 +115,8 @@ def test_not_a_store(pipeline, tmp_path, capsys):
     ],
 )
 def test_bad_options(pipeline, tmp_path, capsys, flags, needle):
-    args = [
-        "train-primary",
-        pipeline["data"],
-        "--out",
-        tmp_path / "p",
-        "--logits",
-        pipeline["store"],
-        *SPLIT,
-        *TINY_TRAIN,
-    ]
-    code, _, err = run_cli([*args[:7], *args[7:], *flags], capsys)
+    args = _primary(pipeline, tmp_path, "--logits", pipeline["store"], *SPLIT, *flags)
+    code, _, err = run_cli(args, capsys)
     _assert_user_error(code, err, needle)
 
 
