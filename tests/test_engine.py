@@ -68,3 +68,10 @@ def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path):
     state = _train(tiny_data, tmp_path / "bf16", amp="bf16")
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert all(v.dtype != torch.bfloat16 for v in state.values())  # weights stay float32
+
+
+def test_epochs_override_iters():
+    loader = engine.make_loader(list(range(10)), batch_size=4, workers=0)
+    assert len(loader) == 2  # the partial batch is dropped (BatchNorm needs > 1 sample)
+    assert engine.total_iters(TrainConfig(iters=100, epochs=3), loader) == 6
+    assert engine.total_iters(TrainConfig(iters=100), loader) == 100
