@@ -74,10 +74,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
 def make_loader(ds: Dataset, batch_size: int, workers: int, shuffle: bool = True) -> DataLoader:
     """A shuffling loader that drops the last partial batch (BatchNorm needs >1 sample)."""
     if len(ds) == 0:
