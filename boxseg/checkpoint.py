@@ -45,13 +45,20 @@ def load_model(
     """Rebuild the model from model.pt (in eval mode). `kind` refuses the other kind of model."""
     ckpt = read_checkpoint(path)
     if kind is not None and ckpt["kind"] != kind:
-        raise BoxsegError(f"{path}: this is a {ckpt['kind']} model; a {kind} model is needed here")
+        have, want = ckpt["kind"], kind
+        raise BoxsegError(
+            f"{path}: this is {_a(have)} {have} model; {_a(want)} {want} model is needed here"
+        )
     model = build_model(
         ModelSpec(**ckpt["model"]), len(ckpt["class_names"]), ckpt.get("box_channels")
     )
     model.load_state_dict(ckpt["state_dict"])
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model.to(device).eval(), meta
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def file_sha256(path: Path | str) -> str:
