@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from boxseg.checkpoint import load_model
+from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
@@ -103,7 +103,11 @@ def train_primary(
     if weak_source and not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
     if logits is not None:
-        LogitsStore.open(logits).check_matches(list(ds.class_names), weak_ids)
+        store = LogitsStore.open(logits)
+        store.check_matches(list(ds.class_names), weak_ids)
+        if anc_model is not None and store.attrs.get("checkpoint_sha256") != file_sha256(anc_model):
+            raise BoxsegError(f"{logits}: made by another ancillary model than {anc_model}; "
+                              "run gen-logits with it")  # fmt: skip
     anc = anc_meta = None
     if anc_model is not None:
         anc, anc_meta = load_model(anc_model, kind="ancillary", device=device)

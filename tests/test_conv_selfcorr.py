@@ -110,3 +110,31 @@ def test_online_q_equals_stored_q_up_to_storage_error(pipeline):
         agree.append((q_online.argmax(1) == q_stored.argmax(1)).float().mean().item())
     assert np.mean(errors) < 0.05, errors
     assert np.mean(agree) > 0.9, agree
+
+
+def test_conv_refuses_a_store_from_another_ancillary_model(pipeline, tmp_path, capsys):
+    import shutil
+
+    store = tmp_path / "w.zarr"
+    shutil.copytree(pipeline["store"], store)
+    LogitsStore.open(store, mode="r+").group.attrs["checkpoint_sha256"] = "0" * 64
+    code, _, err = run_cli(
+        [
+            "train-primary",
+            pipeline["data"],
+            "--out",
+            tmp_path / "c",
+            "--logits",
+            store,
+            "--anc-model",
+            pipeline["anc"],
+            "--self-corr",
+            "conv",
+            "--num-full",
+            "4",
+            *TINY_MODEL,
+            *TINY_TRAIN,
+        ],
+        capsys,
+    )
+    assert code == 2 and "another ancillary model" in err
