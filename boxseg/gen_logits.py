@@ -20,7 +20,9 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
 from boxseg.inference import predict_logits
-from boxseg.store import LogitsStore
+from boxseg.store import LogitsStore, pool_logits
+
+WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -69,10 +71,23 @@ def gen_logits(
         task = bar.add_task(
             "gen-logits", total=len(store), completed=len(store) - len(todo), ips=0.0
         )
+        block: list = []  # consecutive images written together: fewer, concurrent writes
+        block_start = 0
         for n, i in enumerate(todo, 1):
+            if block and block_start + len(block) != i:
+                store.write_block(block_start, block)
+                block = []
+            if not block:
+                block_start = i
             s = load_weak(ds, split.split, store.image_ids[i], box_spec)
-            store.write(i, predict_logits(model, meta, s.image, dev, s.boxes, s.labels))
+            block.append(pool_logits(predict_logits(model, meta, s.image, dev, s.boxes, s.labels),
+                                     stride))  # fmt: skip
+            if len(block) == WRITE_BLOCK:
+                store.write_block(block_start, block)
+                block = []
             bar.update(task, advance=1, ips=n / (time.perf_counter() - t0))
+        if block:
+            store.write_block(block_start, block)
     return store
 
 

@@ -104,9 +104,11 @@ class LogitsStore:
             dtype="float16",
             compressors=ZstdCodec(level=3),
             fill_value=0,
+            chunk_key_encoding={"name": "default", "separator": "."},  # one file per image, no dirs
         )
         group.create_array("sizes", data=np.asarray(sizes, dtype=np.int32))
-        group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False)
+        group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False,
+                           chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
         return LogitsStore(group, str(location))
 
     @staticmethod
@@ -132,16 +134,25 @@ class LogitsStore:
 
     def write(self, i: int, logits: torch.Tensor) -> None:
         """Store image i's logits (KxHxW at pixel resolution, or already pooled to the stride)."""
-        h, w = (int(v) for v in self.sizes[i])
-        hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
-        if logits.shape[-2:] == (h, w):
-            logits = pool_logits(logits.float(), self.stride)
-        if tuple(logits.shape[-2:]) != (hs, ws):
-            raise ValueError(f"logits of shape {tuple(logits.shape)} for an image of {h}x{w}")
-        canvas = np.zeros(self.logits.shape[1:], dtype=np.float16)
-        canvas[:, :hs, :ws] = logits.detach().cpu().numpy().astype(np.float16)
-        self.logits[i] = canvas
-        self.done[i] = True  # only after the chunk is written
+        self.write_block(i, [logits])
+
+    def write_block(self, start: int, logits: list[torch.Tensor]) -> None:
+        """Store images start, start+1, ... in one call (zarr writes their chunks concurrently),
+        then set their done flags."""
+        canvas = np.zeros((len(logits), *self.logits.shape[1:]), dtype=np.float16)
+        for k, x in enumerate(logits):
+            i = start + k
+            h, w = (int(v) for v in self.sizes[i])
+            hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
+            if x.shape[-2:] == (h, w):
+                x = pool_logits(x.float(), self.stride)
+            if tuple(x.shape[-2:]) != (hs, ws):
+                raise ValueError(f"logits of shape {tuple(x.shape)} for an image of {h}x{w}")
+            canvas[k, :, :hs, :ws] = x.detach().cpu().numpy().astype(np.float16)
+        end = start + len(logits)
+        self.logits[start:end] = canvas
+        self.done[start:end] = True  # only after the chunks are written
+        self._known_done[start:end] = True
 
     def read(self, i: int) -> torch.Tensor:
         """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32)."""
