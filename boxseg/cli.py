@@ -311,6 +311,22 @@ def eval_cmd(
     run_eval(data, split, model, pred_dir, json_out, device, quiet)
 
 
+@app.command("predict")
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="A primary model.pt.")],
+    images: Annotated[Path, typer.Argument(help="An image, or a directory of .png/.jpg images.")],
+    out: Annotated[Path, typer.Option(help="Directory for <stem>.png and <stem>_overlay.png.")],
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Predict class-index PNGs and colour overlays for images."""
+    from boxseg.predict import run_predict
+
+    written = run_predict(model, images, out, device, quiet)
+    if not quiet:
+        print(f"predict: {len(written)} images written to {out}")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[
