@@ -96,7 +96,11 @@ def _open_or_create(
 ) -> LogitsStore:
     """Resume a matching store, refuse a mismatched one, or create a new one."""
     exists = "://" not in out and Path(out, "zarr.json").is_file()
-    if exists and not overwrite:
+    state = LogitsStore.state(out) if exists and not overwrite else None
+    if state == "foreign":
+        raise BoxsegError(f"{out}: exists and is not a boxseg logits store; "
+                          "choose another --out, or pass --overwrite to replace it")  # fmt: skip
+    if state == "complete":
         store = LogitsStore.open(out, mode="r+")
         for what, have, want in (
             ("image ids", store.image_ids, weak_ids),

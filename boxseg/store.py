@@ -92,8 +92,8 @@ class LogitsStore:
             "boxseg_version": __version__,
             **attributes,
         }
-        try:
-            group = zarr.open_group(str(location), mode="w", attributes=attrs)
+        try:  # the attributes (with `format`) go in last: a store killed while being
+            group = zarr.open_group(str(location), mode="w")  # created is then seen as unfinished
         except OSError as e:
             raise BoxsegError(f"{location}: cannot create the store ({e})") from e
         n = len(image_ids)
@@ -109,7 +109,21 @@ class LogitsStore:
         group.create_array("sizes", data=np.asarray(sizes, dtype=np.int32))
         group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False,
                            chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
+        group.attrs.update(attrs)
         return LogitsStore(group, str(location))
+
+    @staticmethod
+    def state(location: str | Path) -> str:
+        """'complete' (created, maybe not yet filled), 'unfinished' (killed while being
+        created: safe to create anew) or 'foreign' (some other zarr data: never overwritten)."""
+        try:
+            group = zarr.open_group(str(location), mode="r")
+        except (FileNotFoundError, ValueError, KeyError, OSError):
+            return "foreign"
+        if group.attrs.get("format") == FORMAT:
+            return "complete"
+        ours = not dict(group.attrs) and set(group.keys()) <= {"logits", "sizes", "done"}
+        return "unfinished" if ours else "foreign"
 
     @staticmethod
     def open(location: str | Path, mode: str = "r") -> LogitsStore:

@@ -1,0 +1,82 @@
+"""gen-logits killed at any point and run again ends with the same store as an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import boxseg.gen_logits as gl
+from boxseg.data.split import SplitSpec
+from boxseg.errors import BoxsegError
+from boxseg.store import LogitsStore
+
+
+def _reference(pipeline) -> np.ndarray:
+    return LogitsStore.open(pipeline["store"]).logits[:]
+
+
+def _finish(pipeline, out):
+    gl.gen_logits(pipeline["data"], pipeline["anc"], str(out), SplitSpec("train", 4, 0),
+                  device="cpu", quiet=True)  # fmt: skip
+    s = LogitsStore.open(out)
+    assert s.done_mask().all()
+    return s.logits[:]
+
+
+def test_crash_between_blocks_then_resume(pipeline, tmp_path, monkeypatch):
+    real = LogitsStore.write_block
+    calls = []
+
+    def crash_on_second(self, start, logits):
+        calls.append(start)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        real(self, start, logits)
+
+    monkeypatch.setattr(gl, "WRITE_BLOCK", 3)
+    monkeypatch.setattr(LogitsStore, "write_block", crash_on_second)
+    with pytest.raises(RuntimeError):
+        _finish(pipeline, tmp_path / "w.zarr")
+    monkeypatch.setattr(LogitsStore, "write_block", real)
+    assert LogitsStore.open(tmp_path / "w.zarr").done_mask().tolist() == [True] * 3 + [False] * 5
+    np.testing.assert_array_equal(_finish(pipeline, tmp_path / "w.zarr"), _reference(pipeline))
+
+
+def test_store_killed_while_being_created_is_made_again(pipeline, tmp_path):
+    import zarr
+
+    zarr.open_group(str(tmp_path / "w.zarr"), mode="w")  # only the empty root got written
+    np.testing.assert_array_equal(_finish(pipeline, tmp_path / "w.zarr"), _reference(pipeline))
+
+
+def test_foreign_zarr_is_never_overwritten(pipeline, tmp_path):
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "mine.zarr"), mode="w", attributes={"owner": "me"})
+    g.create_array("data", shape=(2,), dtype="int8")
+    with pytest.raises(BoxsegError, match="not a boxseg logits store"):
+        _finish(pipeline, tmp_path / "mine.zarr")
+    assert "data" in zarr.open_group(str(tmp_path / "mine.zarr"), mode="r")
+
+
+@pytest.mark.parametrize("delay", [1.0, 3.0, 4.0, 5.0, 6.0])
+def test_kill_9_at_random_points(pipeline, tmp_path, delay):
+    """A real `kill -9` of a gen-logits process (wherever it lands: import, store creation,
+    writing, or after the end), then the same command again."""
+    out = tmp_path / "w.zarr"
+    cmd = [sys.executable, "-m", "boxseg", "gen-logits", str(pipeline["data"]), "--model",
+           str(pipeline["anc"]), "--out", str(out), "--num-full", "4", "--device", "cpu",
+           "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    s = LogitsStore.open(out)
+    assert s.done_mask().all()
+    np.testing.assert_array_equal(s.logits[:], _reference(pipeline))
