@@ -41,7 +41,7 @@ def evaluate_model(
     conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
     model.eval()
     for image_id in track(ds.ids(split), description=f"eval {split}", disable=quiet):
-        s = load_full(ds, split, image_id, box_spec)
+        s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
         logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels)
         conf += confusion_matrix(logits.argmax(0), torch.from_numpy(s.mask), ds.num_classes)
     return scores(conf, list(ds.class_names))

@@ -144,8 +144,11 @@ def open_dataset(root: Path | str) -> SegDataset:
     raise BoxsegError(f"{root}: unknown dataset layout (supported: {supported})")
 
 
-def load_full(ds: SegDataset, split: str, image_id: str, spec: BoxSpec) -> Sample:
-    """A fully labelled sample: image, mask and boxes (derived from the mask where needed)."""
+def load_full(
+    ds: SegDataset, split: str, image_id: str, spec: BoxSpec, with_boxes: bool = True
+) -> Sample:
+    """A fully labelled sample: image, mask and (unless not wanted) boxes, derived from the mask
+    where the dataset has none."""
     image = ds.read_image(split, image_id)
     mask = ds.read_mask(split, image_id)
     if mask.shape != image.shape[:2]:
@@ -153,6 +156,8 @@ def load_full(ds: SegDataset, split: str, image_id: str, spec: BoxSpec) -> Sampl
             f"{ds.mask_path(split, image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} "
             f"but its image is {image.shape[1]}x{image.shape[0]}"
         )
+    if not with_boxes:
+        return Sample(image_id, image, mask, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     boxes, labels = ds.read_boxes(split, image_id, spec, mask)
     return Sample(image_id, image, mask, boxes, labels)
 

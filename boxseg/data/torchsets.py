@@ -54,7 +54,7 @@ class FullTrainSet(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        s = load_full(self.ds, self.split, self.ids[i], self.box_spec)
+        s = load_full(self.ds, self.split, self.ids[i], self.box_spec, self.with_boxes)
         a = apply(
             Aligned(s.image, s.mask, s.boxes, s.labels), self.aug.draw(*s.size), self.aug.crop
         )
