@@ -56,7 +56,9 @@ WeightDecay = Annotated[float, typer.Option(help="Weight decay.")]
 Seed = Annotated[int, typer.Option(help="Training seed.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
-Amp = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16.")]
+Amp = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16 (with GradScaler).")]
+ChannelsLast = Annotated[bool, typer.Option(help="channels_last memory format (faster on GPUs).")]
+Compile = Annotated[bool, typer.Option(help="torch.compile the networks.")]
 CheckpointEvery = Annotated[int, typer.Option(help="Save RUN/last.pt every this many steps.")]
 Resume = Annotated[bool, typer.Option(help="Continue from RUN/last.pt if it is there.")]
 ValSplit = Annotated[str, typer.Option(help="Split scored at the end of training ('' to skip).")]
@@ -126,6 +128,8 @@ def train_anc_cmd(
     device: Device = "auto",
     workers: Workers = 0,
     amp: Amp = "off",
+    channels_last: ChannelsLast = False,
+    compile: Compile = False,
     checkpoint_every: CheckpointEvery = 200,
     resume: Resume = False,
     val_split: ValSplit = "val",
@@ -174,6 +178,9 @@ def gen_logits_cmd(
     full_list: FullList = None,
     split: Split = "train",
     stride: Annotated[int, typer.Option(help="Store logits every this many pixels.")] = 4,
+    dtype: Annotated[
+        str, typer.Option(help="float16, or int8 (8-bit log-probability codes; docs/store.md).")
+    ] = "float16",
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing store that does not match.")
     ] = False,
@@ -192,6 +199,7 @@ def gen_logits_cmd(
         device,
         overwrite,
         quiet,
+        dtype,
     )
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")
@@ -260,6 +268,8 @@ def train_primary_cmd(
     device: Device = "auto",
     workers: Workers = 0,
     amp: Amp = "off",
+    channels_last: ChannelsLast = False,
+    compile: Compile = False,
     checkpoint_every: CheckpointEvery = 200,
     resume: Resume = False,
     val_split: ValSplit = "val",
@@ -345,6 +355,8 @@ def demo_cmd(
 
 def main() -> None:
     """Entry point: user mistakes print one line and exit 2; --debug shows the traceback."""
+    from boxseg import distributed
+
     try:
         app()
     except BoxsegError as e:
@@ -352,6 +364,8 @@ def main() -> None:
             raise
         print(f"boxseg: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        distributed.cleanup()
 
 
 def one_line(error: BoxsegError) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from boxseg import distributed
 from boxseg.errors import BoxsegError
 from boxseg.io import append_jsonl, save_torch
 
@@ -35,6 +37,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
     log_every: int = 10
     checkpoint_every: int = 200  # steps between RUN/last.pt saves (0: only at the end)
     resume: bool = False  # continue from RUN/last.pt if it exists
@@ -64,39 +68,13 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto = cuda when available, else cpu; asking for cuda without one is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BoxsegError(f"--device {name}: no CUDA device is available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise BoxsegError(f"--device {name}: choose auto, cpu or cuda")
-    return torch.device(name)
+    """auto = cuda when available, else cpu; under torchrun also joins the process group."""
+    return distributed.setup(name)
 
 
-def make_loader(ds: Dataset, batch_size: int, workers: int, shuffle: bool = True) -> DataLoader:
-    """A shuffling loader that drops the last partial batch (BatchNorm needs >1 sample)."""
-    if len(ds) == 0:
-        raise BoxsegError("nothing to train on: the set is empty")
-    return DataLoader(
-        ds,
-        batch_size=min(batch_size, len(ds)),
-        shuffle=shuffle,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
-    )
-
-
-def forever(loader: DataLoader) -> Iterator:
-    """Cycle through a loader epoch after epoch."""
-    while True:
-        yield from loader
-
-
-def total_iters(cfg: TrainConfig, loader: DataLoader) -> int:
-    return cfg.epochs * len(loader) if cfg.epochs else cfg.iters
+def total_iters(cfg: TrainConfig, batches) -> int:
+    """--epochs (over F, i.e. over the main batch stream) overrides --iters."""
+    return cfg.epochs * len(batches) if cfg.epochs else cfg.iters
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -111,30 +89,49 @@ def poly_lr(base_lr: float, step: int, total: int, power: float = 0.9) -> float:
     return base_lr * (1 - step / max(total, 1)) ** power
 
 
-def to_device(obj, device: torch.device):
-    """Move a batch (tensors in nested dicts; None allowed) to the device."""
+def to_device(obj, device: torch.device, channels_last: bool = False):
+    """Move a batch (tensors in nested dicts; None allowed) to the device; 4-D tensors
+    (images, boxes, logits) to channels_last memory format when asked."""
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj.to(device, non_blocking=True) if isinstance(obj, torch.Tensor) else obj
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
+    if not isinstance(obj, torch.Tensor):
+        return obj
+    if channels_last and obj.dim() == 4:
+        return obj.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return obj.to(device, non_blocking=True)
 
 
-StepFn = Callable[[dict, int], tuple[torch.Tensor, dict, int]]
+StepFn = Callable[[nn.Module, dict, int], tuple[torch.Tensor, dict, int]]
+
+
+class TrainStep(nn.Module):
+    """One training step as a module's forward, so DDP sees every network it must synchronise:
+    forward(batch, step) = step_fn(nets, batch, step) -> (loss, logs, n_images)."""
+
+    def __init__(self, nets: nn.Module, step_fn: StepFn):
+        super().__init__()
+        self.nets, self.step_fn = nets, step_fn
+
+    def forward(self, batch: dict, step: int):
+        return self.step_fn(self.nets, batch, step)
 
 
 TRAIN_STATE = "boxseg-train-state-v1"
 
 
-def save_train_state(path: Path, model, optimizer, scaler, step: int, iters: int) -> None:
-    """RUN/last.pt: everything needed to continue training after `step` steps."""
+def save_train_state(path: Path, nets, optimizer, scaler, step: int, iters: int) -> None:
+    """RUN/last.pt: everything needed to continue after `step` steps. The data position, alpha
+    and conv stage are functions of the step, so the step is all they need."""
     save_torch(path, {
-        "format": TRAIN_STATE, "step": step, "iters": iters, "model": model.state_dict(),
+        "format": TRAIN_STATE, "step": step, "iters": iters, "model": nets.state_dict(),
         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     })  # fmt: skip
 
 
-def load_train_state(path: Path, model, optimizer, scaler, iters: int) -> int:
-    """Restore RUN/last.pt into model, optimizer and scaler; return the step to continue from."""
+def load_train_state(path: Path, nets, optimizer, scaler, iters: int) -> int:
+    """Restore RUN/last.pt into nets, optimizer and scaler; return the step to continue from."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a torn or foreign file
@@ -144,17 +141,31 @@ def load_train_state(path: Path, model, optimizer, scaler, iters: int) -> int:
     if state["iters"] != iters:
         raise BoxsegError(f"{path}: saved for a {state['iters']}-step run, this one has {iters}")
     try:
-        model.load_state_dict(state["model"])
+        nets.load_state_dict(state["model"])
     except RuntimeError as e:
         raise BoxsegError(f"{path}: saved for another model ({str(e).splitlines()[0]})") from e
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["step"])
 
 
+def prepare_nets(nets: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """channels_last, SyncBatchNorm (several CUDA processes only) and torch.compile."""
+    if cfg.channels_last:
+        nets.to(memory_format=torch.channels_last)
+    if distributed.world() > 1 and device.type == "cuda":
+        nets = nn.SyncBatchNorm.convert_sync_batchnorm(nets)  # CPU (gloo) keeps plain BN
+    if cfg.compile:
+        for child in nets.children():
+            child.compile()  # in place: state_dict keys stay unchanged
+    return nets
+
+
 def fit(
-    model: torch.nn.Module,
+    nets: nn.Module,
     step_fn: StepFn,
     next_batch: Callable[[int], dict],
     cfg: TrainConfig,
@@ -164,23 +175,29 @@ def fit(
     description: str,
     quiet: bool = False,
 ) -> dict:
-    """Train for `iters` steps: next_batch(step) -> batch; step_fn(batch_on_device, step) ->
+    """Train `nets` for `iters` steps: next_batch(step) -> batch; step_fn(nets, batch, step) ->
     (loss, logs, n_images).
 
-    Logs loss, lr and images/s to RUN/metrics.jsonl every `log_every` steps; saves RUN/last.pt
-    every `checkpoint_every` steps (atomically) and continues from it with `resume`; stops
-    with a clear error on a NaN/Inf loss, leaving the last good RUN/last.pt in place.
+    Under torchrun the step runs through DistributedDataParallel and only rank 0 logs and
+    writes. Logs loss, lr and images/s to RUN/metrics.jsonl every `log_every` steps; saves
+    RUN/last.pt every `checkpoint_every` steps (atomically) and continues from it with
+    `resume`; stops with a clear error on a NaN/Inf loss, keeping the last good RUN/last.pt.
     """
-    model.train()
-    optimizer = make_optimizer(model, cfg)
+    nets.train()
+    optimizer = make_optimizer(nets, cfg)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     metrics_path, state_path = run_dir / "metrics.jsonl", run_dir / "last.pt"
+    main = distributed.is_main()
     start = 0
     if cfg.resume and state_path.is_file():
-        start = load_train_state(state_path, model, optimizer, scaler, iters)
-    elif not cfg.resume:
+        start = load_train_state(state_path, nets, optimizer, scaler, iters)
+    elif not cfg.resume and main:
         metrics_path.unlink(missing_ok=True)
+    train_step: nn.Module = TrainStep(prepare_nets(nets, cfg, device), step_fn)
+    if distributed.world() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_step = DistributedDataParallel(train_step, device_ids=ids)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -191,34 +208,37 @@ def fit(
     )
     logs: dict = {}
     t0, seen = time.perf_counter(), 0
-    with Progress(*columns, disable=quiet or os.environ.get("BOXSEG_QUIET") == "1") as bar:
+    hide = quiet or not main or os.environ.get("BOXSEG_QUIET") == "1"
+    with Progress(*columns, disable=hide) as bar:
         task = bar.add_task(description, total=iters, completed=start, loss=float("nan"), ips=0.0)
         for step in range(start, iters):
             lr = poly_lr(cfg.lr, step, iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = to_device(next_batch(step), device)
+            batch = to_device(next_batch(step), device, cfg.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, logs, n = step_fn(batch, step)
-            if not math.isfinite(loss.item()):
+                loss, logs, n = train_step(batch, step)
+            mean_loss = distributed.mean_over_ranks(loss.detach()).item()  # same on every rank
+            if not math.isfinite(mean_loss):
                 raise BoxsegError(
-                    f"{description}: loss became {loss.item()} at step {step}; try a lower --lr"
+                    f"{description}: loss became {mean_loss} at step {step}; try a lower --lr"
                     + (f" ({state_path} holds the last good state)" if state_path.is_file() else "")
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            seen += n
+            seen += n * distributed.world()
             ips = seen / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, advance=1, loss=loss.item(), ips=ips)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == iters:
-                record = {"step": step + 1, "loss": loss.item(), "lr": lr, "img_per_s": ips}
+            bar.update(task, advance=1, loss=mean_loss, ips=ips)
+            if main and ((step + 1) % cfg.log_every == 0 or step + 1 == iters):
+                record = {"step": step + 1, "loss": mean_loss, "lr": lr, "img_per_s": ips}
                 append_jsonl(metrics_path, record | {k: float(v) for k, v in logs.items()})
             every = cfg.checkpoint_every
-            if (every and (step + 1) % every == 0) or step + 1 == iters:
-                save_train_state(state_path, model, optimizer, scaler, step + 1, iters)
-    model.eval()
+            if main and ((every and (step + 1) % every == 0) or step + 1 == iters):
+                save_train_state(state_path, nets, optimizer, scaler, step + 1, iters)
+    nets.eval()
+    distributed.barrier()  # the last checkpoint is complete before any rank goes on
     return {
         "seconds": time.perf_counter() - t0,
         "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),

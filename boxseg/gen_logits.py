@@ -1,6 +1,8 @@
 """`boxseg gen-logits`: run the ancillary net over W with its boxes and fill the logits store.
 
 Resumable: images whose done flag is set are skipped, so a killed run continues where it stopped.
+Under torchrun each rank takes a contiguous share of the images still to do and writes their
+chunks itself: one chunk (and one done flag) per image, so no two ranks ever write the same file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from boxseg import distributed
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import load_weak, open_dataset
@@ -20,7 +23,7 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
 from boxseg.inference import predict_logits
-from boxseg.store import LogitsStore, pool_logits
+from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
 
@@ -43,10 +46,13 @@ def gen_logits(
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,
+    dtype: str = "float16",
 ) -> LogitsStore:
     """Write (or finish) the store at `out` for every W image of the split."""
     if stride < 1:
         raise BoxsegError(f"--stride {stride}: must be a positive integer")
+    if dtype not in DTYPES:
+        raise BoxsegError(f"--dtype {dtype}: choose float16 or int8")
     dev = resolve_device(device)
     ds = open_dataset(data)
     model, meta = load_model(model_path, kind="ancillary", device=dev)
@@ -56,9 +62,14 @@ def gen_logits(
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
     sha = file_sha256(model_path)
     box_spec = BoxSpec.from_dict(meta["boxes"])
-    store = _open_or_create(out, ds, split, weak_ids, stride, sha, overwrite)
+    if distributed.is_main():  # one rank creates (or checks) the store, then all open it
+        store = _open_or_create(out, ds, split, weak_ids, stride, sha, overwrite, dtype)
+    distributed.barrier()
+    if not distributed.is_main():
+        store = LogitsStore.open(out, mode="r+")
     done = store.done_mask()
     todo = [i for i in range(len(store)) if not done[i]]
+    todo = [int(i) for i in np.array_split(todo, distributed.world())[distributed.rank()]]
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -67,10 +78,8 @@ def gen_logits(
         TimeRemainingColumn(),
     )
     t0 = time.perf_counter()
-    with Progress(*columns, disable=quiet) as bar:
-        task = bar.add_task(
-            "gen-logits", total=len(store), completed=len(store) - len(todo), ips=0.0
-        )
+    with Progress(*columns, disable=quiet or not distributed.is_main()) as bar:
+        task = bar.add_task("gen-logits", total=len(todo), ips=0.0)
         block: list = []  # consecutive images written together: fewer, concurrent writes
         block_start = 0
         for n, i in enumerate(todo, 1):
@@ -88,14 +97,23 @@ def gen_logits(
             bar.update(task, advance=1, ips=n / (time.perf_counter() - t0))
         if block:
             store.write_block(block_start, block)
-    return store
+    distributed.barrier()  # every rank's share is written before anyone reads the store
+    return LogitsStore.open(out)
 
 
 def _open_or_create(
-    out: str, ds, split: SplitSpec, weak_ids: list[str], stride: int, sha: str, overwrite: bool
+    out: str,
+    ds,
+    split: SplitSpec,
+    weak_ids: list[str],
+    stride: int,
+    sha: str,
+    overwrite: bool,
+    dtype: str,
 ) -> LogitsStore:
     """Resume a matching store, refuse a mismatched one, or create a new one."""
-    exists = "://" not in out and Path(out, "zarr.json").is_file()
+    path = local_path(out)
+    exists = path is not None and (path / "zarr.json").is_file()
     state = LogitsStore.state(out) if exists and not overwrite else None
     if state == "foreign":
         raise BoxsegError(f"{out}: exists and is not a boxseg logits store; "
@@ -106,6 +124,7 @@ def _open_or_create(
             ("image ids", store.image_ids, weak_ids),
             ("classes", store.class_names, list(ds.class_names)),
             ("stride", store.stride, stride),
+            ("dtype", store.dtype, dtype),
             ("checkpoint", store.attrs.get("checkpoint_sha256"), sha),
         ):
             if have != want:
@@ -116,4 +135,4 @@ def _open_or_create(
         return store
     sizes = np.array([image_size(ds.image_path(split.split, i)) for i in weak_ids], np.int32)
     attrs = {"checkpoint_sha256": sha, "dataset": ds.describe() | {"split": split.to_dict()}}
-    return LogitsStore.create(out, weak_ids, sizes, list(ds.class_names), stride, attrs)
+    return LogitsStore.create(out, weak_ids, sizes, list(ds.class_names), stride, attrs, dtype)

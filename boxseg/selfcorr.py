@@ -70,6 +70,10 @@ def soft_cross_entropy(
 class ConvMerger(nn.Module):
     """Convolutional self-correction g: [l, l_anc] (2K channels) -> conv3x3 -> hidden -> ReLU
     -> conv3x3 -> K logits. No activation or normalisation on the output: logits may be negative.
+
+    Both inputs enter as log-probabilities (log_softmax over classes): the same information as
+    the logits (softmax ignores a per-pixel shift), but g then gives the same answer for logits
+    stored as float16, as int8 codes of log-probabilities, or computed online.
     """
 
     def __init__(self, num_classes: int, hidden: int = 128):
@@ -81,4 +85,5 @@ class ConvMerger(nn.Module):
         )
 
     def forward(self, primary_logits: torch.Tensor, anc_logits: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([primary_logits, anc_logits], dim=1))
+        x = torch.cat([torch.log_softmax(primary_logits, 1), torch.log_softmax(anc_logits, 1)], 1)
+        return self.net(x)

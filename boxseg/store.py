@@ -1,11 +1,16 @@
 """The ancillary logits store: a chunked zarr v3 group, one compressed chunk per weak image.
 
 Layout (a zarr v3 group at any local path or zarr store URL):
-- `logits`: float16 (N, K, Hc/s, Wc/s): image i's logits, pooled to stride s, in the top-left
+- `logits`: (N, K, Hc/s, Wc/s): image i's logits, pooled to stride s, in the top-left
   corner of a canvas big enough for the largest image; one chunk per image (random access).
+  float16, or with dtype int8 8-bit codes of log-probabilities (see `encode_int8`).
 - `sizes`:  int32 (N, 2): each image's true (height, width) in pixels.
 - `done`:   bool (N,): set only after image i's chunk is written, so a killed run resumes.
-- attributes: format, class_names, image_ids, stride, checkpoint_sha256, dataset, boxseg_version.
+- attributes: format, class_names, image_ids, stride, dtype, checkpoint_sha256, dataset,
+  boxseg_version.
+
+`location` is a local path, a `file://` URL, or any URL zarr opens through fsspec (`memory://`,
+`s3://` with s3fs installed, ...).
 
 Logits at stride s are the mean over each s x s pixel block; `upsample_logits` maps them back to
 pixel resolution with bilinear interpolation (half-pixel centres), which puts each stored cell
@@ -27,6 +32,38 @@ from boxseg import __version__
 from boxseg.errors import BoxsegError
 
 FORMAT = "boxseg-logits-v1"
+DTYPES = ("float16", "int8")
+INT8_RANGE = 16.0  # int8 codes cover log-probabilities in [-16, 0]; below is clamped
+
+
+def encode_int8(logits: torch.Tensor) -> np.ndarray:
+    """KxHxW logits -> uint8 codes of log-probabilities: round(-log_softmax * 255 / 16).
+
+    Softmax ignores a per-pixel shift, so log-probabilities keep all the information in the
+    logits; they lie in (-inf, 0], and classes below -16 (probability < 1.2e-7) are clamped.
+    The step is 16/255 = 0.063 nats, so a decoded logit is within 0.032 of the original and
+    each probability within about 3% of its value (docs/store.md)."""
+    logp = torch.log_softmax(logits.float(), dim=0).clamp_min(-INT8_RANGE)
+    return torch.round(-logp * (255 / INT8_RANGE)).to(torch.uint8).numpy()
+
+
+def decode_int8(codes: np.ndarray) -> torch.Tensor:
+    """uint8 codes -> float32 log-probabilities (usable as logits)."""
+    return torch.from_numpy(codes.astype(np.float32) * (-INT8_RANGE / 255))
+
+
+def local_path(location: str | Path) -> Path | None:
+    """The filesystem path of a local location (a path or file:// URL), else None."""
+    location = str(location)
+    if location.startswith("file://"):
+        return Path(location[len("file://") :])
+    return None if "://" in location else Path(location)
+
+
+def zarr_location(location: str | Path) -> str:
+    """What to hand zarr: local paths (file:// URLs too) as plain paths, other URLs as they are."""
+    path = local_path(location)
+    return str(path) if path is not None else str(location)
 
 
 def pool_logits(logits: torch.Tensor, stride: int) -> torch.Tensor:
@@ -62,6 +99,7 @@ class LogitsStore:
         self.class_names: list[str] = list(attrs["class_names"])
         self.image_ids: list[str] = list(attrs["image_ids"])
         self.stride: int = int(attrs["stride"])
+        self.dtype: str = attrs.get("dtype", "float16")
         self.attrs = attrs
         self._index = {k: i for i, k in enumerate(self.image_ids)}
         self.logits = group["logits"]
@@ -77,10 +115,13 @@ class LogitsStore:
         class_names: list[str],
         stride: int,
         attributes: dict,
+        dtype: str = "float16",
     ) -> LogitsStore:
         """A new, empty store (all done flags False) sized for the given images."""
         if stride < 1:
             raise BoxsegError(f"--stride {stride}: must be a positive integer")
+        if dtype not in DTYPES:
+            raise BoxsegError(f"--dtype {dtype}: choose float16 or int8")
         k = len(class_names)
         hc = math.ceil(int(sizes[:, 0].max()) / stride)
         wc = math.ceil(int(sizes[:, 1].max()) / stride)
@@ -89,11 +130,12 @@ class LogitsStore:
             "class_names": list(class_names),
             "image_ids": list(image_ids),
             "stride": stride,
+            "dtype": dtype,
             "boxseg_version": __version__,
             **attributes,
         }
         try:  # the attributes (with `format`) go in last: a store killed while being
-            group = zarr.open_group(str(location), mode="w")  # created is then seen as unfinished
+            group = zarr.open_group(zarr_location(location), mode="w")  # is seen as unfinished
         except OSError as e:
             raise BoxsegError(f"{location}: cannot create the store ({e})") from e
         n = len(image_ids)
@@ -101,7 +143,7 @@ class LogitsStore:
             "logits",
             shape=(n, k, hc, wc),
             chunks=(1, k, hc, wc),
-            dtype="float16",
+            dtype="float16" if dtype == "float16" else "uint8",
             compressors=ZstdCodec(level=3),
             fill_value=0,
             chunk_key_encoding={"name": "default", "separator": "."},  # one file per image, no dirs
@@ -117,7 +159,7 @@ class LogitsStore:
         """'complete' (created, maybe not yet filled), 'unfinished' (killed while being
         created: safe to create anew) or 'foreign' (some other zarr data: never overwritten)."""
         try:
-            group = zarr.open_group(str(location), mode="r")
+            group = zarr.open_group(zarr_location(location), mode="r")
         except (FileNotFoundError, ValueError, KeyError, OSError):
             return "foreign"
         if group.attrs.get("format") == FORMAT:
@@ -129,10 +171,11 @@ class LogitsStore:
     def open(location: str | Path, mode: str = "r") -> LogitsStore:
         """Open an existing store; a clear error if there is none or it is not ours."""
         location = str(location)
-        if "://" not in location and not Path(location, "zarr.json").is_file():
+        path = local_path(location)
+        if path is not None and not (path / "zarr.json").is_file():
             raise BoxsegError(f"{location}: no logits store here")
         try:
-            group = zarr.open_group(location, mode=mode)
+            group = zarr.open_group(zarr_location(location), mode=mode)
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise BoxsegError(f"{location}: cannot open the logits store ({e})") from e
         return LogitsStore(group, location)
@@ -153,7 +196,7 @@ class LogitsStore:
     def write_block(self, start: int, logits: list[torch.Tensor]) -> None:
         """Store images start, start+1, ... in one call (zarr writes their chunks concurrently),
         then set their done flags."""
-        canvas = np.zeros((len(logits), *self.logits.shape[1:]), dtype=np.float16)
+        canvas = np.zeros((len(logits), *self.logits.shape[1:]), dtype=self.logits.dtype)
         for k, x in enumerate(logits):
             i = start + k
             h, w = (int(v) for v in self.sizes[i])
@@ -162,7 +205,11 @@ class LogitsStore:
                 x = pool_logits(x.float(), self.stride)
             if tuple(x.shape[-2:]) != (hs, ws):
                 raise ValueError(f"logits of shape {tuple(x.shape)} for an image of {h}x{w}")
-            canvas[k, :, :hs, :ws] = x.detach().cpu().numpy().astype(np.float16)
+            x = x.detach().cpu()
+            if self.dtype == "int8":
+                canvas[k, :, :hs, :ws] = encode_int8(x)
+            else:
+                canvas[k, :, :hs, :ws] = x.numpy().astype(np.float16)
         end = start + len(logits)
         self.logits[start:end] = canvas
         self.done[start:end] = True  # only after the chunks are written
@@ -177,7 +224,10 @@ class LogitsStore:
             )
         h, w = (int(v) for v in self.sizes[i])
         hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
-        return torch.from_numpy(self.logits[i, :, :hs, :ws].astype(np.float32))
+        chunk = self.logits[i, :, :hs, :ws]
+        if self.dtype == "int8":
+            return decode_int8(chunk)
+        return torch.from_numpy(chunk.astype(np.float32))
 
     def read_full(self, i: int) -> torch.Tensor:
         """Image i's logits resampled to pixel resolution (KxHxW float32)."""

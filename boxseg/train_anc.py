@@ -6,14 +6,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from boxseg import distributed
 from boxseg.data.boxes import BoxSpec, box_channels
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
+from boxseg.data.sampling import Batches
 from boxseg.data.split import SplitSpec, fraction_of, split_full_weak
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from boxseg.engine import TrainConfig, fit, forever, make_loader, resolve_device, total_iters
+from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
 from boxseg.models import ModelSpec, build_model
 from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
 
@@ -39,7 +42,7 @@ def train_anc(
     ds = open_dataset(data)
     full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
     full_ids = fraction_of(full_ids, full_fraction, split.seed) if full_fraction < 1 else full_ids
-    out = prepare_run_dir(out)
+    out = prepare_run_dir(out) if distributed.is_main() else Path(out)
     torch.manual_seed(cfg.seed)
     channels = box_channels(ds.num_classes, ds.background)
     model = build_model(spec, ds.num_classes, channels, pretrained).to(device)
@@ -47,32 +50,35 @@ def train_anc(
     train_set = FullTrainSet(
         ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN, IMAGENET_STD
     )
-    loader = make_loader(train_set, cfg.batch_size, cfg.workers)
-    iters = total_iters(cfg, loader)
-    write_config(
-        out,
-        "train-anc",
-        {
-            "data": ds.describe(),
-            "split": split.to_dict(),
-            "num_full": len(full_ids),
-            "num_weak": len(weak_ids),
-            "boxes": box_spec.to_dict(),
-            "model": spec.to_dict(),
-            "pretrained": pretrained,
-            "train": cfg.to_dict(),
-            "iters": iters,
-        },
-        device,
-    )
+    batches = Batches(train_set, cfg.batch_size, cfg.workers, cfg.seed)
+    iters = total_iters(cfg, batches)
+    if distributed.is_main():
+        write_config(
+            out,
+            "train-anc",
+            {
+                "data": ds.describe(),
+                "split": split.to_dict(),
+                "num_full": len(full_ids),
+                "num_weak": len(weak_ids),
+                "boxes": box_spec.to_dict(),
+                "model": spec.to_dict(),
+                "pretrained": pretrained,
+                "train": cfg.to_dict(),
+                "iters": iters,
+            },
+            device,
+        )
 
-    def step(batch: dict, _: int):
-        logits = model(batch["image"], batch["boxes"])
+    def step(nets: nn.ModuleDict, batch: dict, _: int):
+        logits = nets["ancillary"](batch["image"], batch["boxes"])
         loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=VOID)
         return loss, {}, batch["image"].shape[0]
 
-    batches = forever(loader)
-    timing = fit(model, step, lambda _: next(batches), cfg, iters, device, out, "train-anc", quiet)
+    nets = nn.ModuleDict({"ancillary": model})
+    timing = fit(nets, step, batches, cfg, iters, device, out, "train-anc", quiet)
+    if not distributed.is_main():
+        return {}
     meta = model_meta("ancillary", spec, ds, box_spec, channels, IMAGENET_MEAN, IMAGENET_STD)
     return finish_run(out, model, meta, ds, val_split, device, timing, iters,
                       "train-anc (boxes given)", quiet)  # fmt: skip

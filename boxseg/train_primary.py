@@ -8,21 +8,23 @@ F for `--conv-warmup` steps, then F and W together.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxseg import distributed
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
+from boxseg.data.sampling import Batches
 from boxseg.data.split import SplitSpec, split_full_weak
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet, OnlineWeakTrainSet, WeakTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from boxseg.engine import TrainConfig, fit, forever, make_loader, resolve_device, total_iters
+from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
 from boxseg.models import ModelSpec, build_model
@@ -47,12 +49,15 @@ def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> 
         raise BoxsegError(f"--alpha-decay-fraction {decay_fraction}: must be in (0, 1]")
 
 
-def mixed(full: Iterator[dict], weak: Iterator[dict] | None, weak_from: int):
+Stream = Callable[[int], dict]
+
+
+def mixed(full: Stream, weak: Stream | None, weak_from: int) -> Stream:
     """next_batch(step): an F batch, plus a W batch from step `weak_from` on (conv's stage 3)."""
 
     def next_batch(step: int) -> dict:
         use_weak = weak is not None and step >= weak_from
-        return {"f": next(full), "w": next(weak) if use_weak else None}
+        return {"f": full(step), "w": weak(step) if use_weak else None}
 
     return next_batch
 
@@ -113,7 +118,7 @@ def train_primary(
         anc, anc_meta = load_model(anc_model, kind="ancillary", device=device)
         check_classes(anc_meta, ds, str(anc_model))
         anc = frozen(anc)
-    out = prepare_run_dir(out)
+    out = prepare_run_dir(out) if distributed.is_main() else Path(out)
     torch.manual_seed(cfg.seed)
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
     merger = ConvMerger(ds.num_classes, conv_hidden).to(device) if self_corr == "conv" else None
@@ -122,30 +127,35 @@ def train_primary(
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     box_spec = BoxSpec.from_dict(anc_meta["boxes"]) if anc_meta else BoxSpec()
     f_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, merger is not None, mean, std)
-    f_loader = make_loader(f_set, cfg.batch_size, cfg.workers)
-    w_loader = None
+    f_batches = Batches(f_set, cfg.batch_size, cfg.workers, cfg.seed)
+    w_set = None
     if weak_source == "store":
         w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
     elif weak_source == "online":
         w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std)
-    if weak_source:
-        w_loader = make_loader(w_set, weak_batch_size or cfg.batch_size, cfg.workers)
-    iters = total_iters(cfg, f_loader)
+    iters = total_iters(cfg, f_batches)
     warmup = 0
     if merger is not None:
         warmup = iters // 3 if conv_warmup is None else conv_warmup
         if not 0 <= warmup < iters:
             raise BoxsegError(f"--conv-warmup {warmup}: must be in 0..{iters - 1} (iters {iters})")
     mode = self_corr if weak_source else "f_only"
-    write_config(out, "train-primary", {
-        "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
-        "num_weak": len(weak_ids) if weak_source else 0, "weak_source": weak_source,
-        "logits": logits, "anc_model": str(anc_model) if anc_model else None, "self_corr": mode,
-        "alpha": {"start": alpha_start, "end": alpha_end, "decay_fraction": alpha_decay_fraction},
-        "conv": {"hidden": conv_hidden, "warmup": warmup, "grad_to_primary": conv_grad_to_primary},
-        "weak_weight": weak_weight, "model": spec.to_dict(), "pretrained": pretrained,
-        "train": cfg.to_dict(), "iters": iters,
-    }, device)  # fmt: skip
+    w_batches = None
+    if w_set is not None:  # W joins at step `warmup` (0 unless conv): its stream starts there
+        w_batches = Batches(w_set, weak_batch_size or cfg.batch_size, cfg.workers, cfg.seed + 1,
+                            offset=warmup)  # fmt: skip
+    if distributed.is_main():
+        write_config(out, "train-primary", {
+            "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
+            "num_weak": len(weak_ids) if weak_source else 0, "weak_source": weak_source,
+            "logits": logits, "anc_model": str(anc_model) if anc_model else None, "self_corr": mode,
+            "alpha": {"start": alpha_start, "end": alpha_end,
+                      "decay_fraction": alpha_decay_fraction},
+            "conv": {"hidden": conv_hidden, "warmup": warmup,
+                     "grad_to_primary": conv_grad_to_primary},
+            "weak_weight": weak_weight, "model": spec.to_dict(), "pretrained": pretrained,
+            "train": cfg.to_dict(), "iters": iters,
+        }, device)  # fmt: skip
 
     def anc_logits_of(b: dict) -> torch.Tensor:
         if "logits" in b:
@@ -153,7 +163,8 @@ def train_primary(
         with torch.no_grad():
             return anc(b["image"], b["boxes"]).float()
 
-    def step(batch: dict, i: int):
+    def step(nets: nn.ModuleDict, batch: dict, i: int):
+        model, merger = nets["primary"], nets["merger"] if "merger" in nets else None
         f, w = batch["f"], batch["w"]
         nf = f["image"].shape[0]
         images = f["image"] if w is None else torch.cat([f["image"], w["image"]])
@@ -176,9 +187,11 @@ def train_primary(
             logs |= {"loss_w": loss_w.item()} | ({"alpha": alpha} if self_corr == "linear" else {})
         return loss, logs, images.shape[0]
 
-    batches = mixed(forever(f_loader), forever(w_loader) if w_loader else None, warmup)
+    batches = mixed(f_batches, w_batches, warmup)
     desc = f"train-primary {mode}"
     timing = fit(trainable, step, batches, cfg, iters, device, out, desc, quiet)
+    if not distributed.is_main():
+        return {}
     meta = model_meta("primary", spec, ds, BoxSpec(), None, mean, std) | {"self_corr": mode}
     if merger is not None:
         meta["merger"] = {"hidden": conv_hidden}

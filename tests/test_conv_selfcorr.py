@@ -41,12 +41,10 @@ def test_weak_term_neither_updates_g_nor_flows_through_q():
 
 
 def test_stage_three_starts_only_after_warmup():
-    f = iter(range(100))
-    w = iter(range(100))
-    next_batch = mixed(f, w, weak_from=4)
-    steps = [next_batch(step)["w"] for step in range(6)]
-    assert steps[:4] == [None] * 4 and steps[4:] == [0, 1]
-    assert next_batch(2)["w"] is None  # a resumed run asks by step, not by count
+    next_batch = mixed(lambda s: ("f", s), lambda s: ("w", s), weak_from=4)
+    ws = [next_batch(step)["w"] for step in range(6)]
+    assert ws[:4] == [None] * 4 and ws[4:] == [("w", 4), ("w", 5)]
+    assert next_batch(2) == {"f": ("f", 2), "w": None}  # a resumed run asks by step
 
 
 def test_full_fraction_is_half_and_deterministic():

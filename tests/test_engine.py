@@ -7,6 +7,7 @@ import torch
 
 import boxseg.engine as engine
 from boxseg.data.boxes import BoxSpec
+from boxseg.data.sampling import Batches
 from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig, poly_lr
 from boxseg.errors import BoxsegError
@@ -71,7 +72,7 @@ def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path):
 
 
 def test_epochs_override_iters():
-    loader = engine.make_loader(list(range(10)), batch_size=4, workers=0)
-    assert len(loader) == 2  # the partial batch is dropped (BatchNorm needs > 1 sample)
-    assert engine.total_iters(TrainConfig(iters=100, epochs=3), loader) == 6
-    assert engine.total_iters(TrainConfig(iters=100), loader) == 100
+    batches = Batches(list(range(10)), batch_size=4, workers=0, seed=0)
+    assert len(batches) == 2  # the partial batch is dropped (BatchNorm needs > 1 sample)
+    assert engine.total_iters(TrainConfig(iters=100, epochs=3), batches) == 6
+    assert engine.total_iters(TrainConfig(iters=100), batches) == 100

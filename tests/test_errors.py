@@ -149,6 +149,8 @@ def test_mask_image_size_mismatch(tiny_data, tmp_path, capsys, workers):
             workers,
             *TINY_MODEL,
             *TINY_TRAIN,
+            "--iters",
+            "6",  # one epoch: every image is read
         ],
         capsys,
     )

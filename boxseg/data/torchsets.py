@@ -16,9 +16,12 @@ from boxseg.errors import BoxsegError
 from boxseg.store import LogitsStore
 
 
-def item_rng() -> np.random.Generator:
-    """A generator seeded from torch's RNG, so DataLoader worker seeding makes runs repeatable."""
-    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+def item_key(key: int | tuple[int, int]) -> tuple[int, np.random.Generator]:
+    """(index, augmentation generator) for a dataset key: an index with its own seed, as
+    `ShardedBatches` yields them, or a bare index (then seeded from torch's RNG)."""
+    if isinstance(key, tuple):
+        return int(key[0]), np.random.default_rng(int(key[1]))
+    return int(key), np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
 class AugmentSpec:
@@ -29,8 +32,8 @@ class AugmentSpec:
     ):
         self.crop, self.scale_range, self.hflip = crop, scale_range, hflip
 
-    def draw(self, height: int, width: int):
-        return draw_params(item_rng(), height, width, self.crop, self.scale_range, self.hflip)
+    def draw(self, rng: np.random.Generator, height: int, width: int):
+        return draw_params(rng, height, width, self.crop, self.scale_range, self.hflip)
 
 
 class FullTrainSet(Dataset):
@@ -53,10 +56,11 @@ class FullTrainSet(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, rng = item_key(key)
         s = load_full(self.ds, self.split, self.ids[i], self.box_spec, self.with_boxes)
         a = apply(
-            Aligned(s.image, s.mask, s.boxes, s.labels), self.aug.draw(*s.size), self.aug.crop
+            Aligned(s.image, s.mask, s.boxes, s.labels), self.aug.draw(rng, *s.size), self.aug.crop
         )
         out = {
             "image": to_tensor(a.image, self.mean, self.std),
@@ -96,7 +100,8 @@ class WeakTrainSet(Dataset):
             self._store = LogitsStore.open(self.store_location)
         return self._store
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, rng = item_key(key)
         image_id = self.ids[i]
         image = self.ds.read_image(self.split, image_id)
         j = self.store.index(image_id)
@@ -107,7 +112,7 @@ class WeakTrainSet(Dataset):
                 f"the dataset's is {image.shape[1]}x{image.shape[0]}"
             )
         a = apply(
-            Aligned(image, logits=self.store.read_full(j)), self.aug.draw(h, w), self.aug.crop
+            Aligned(image, logits=self.store.read_full(j)), self.aug.draw(rng, h, w), self.aug.crop
         )
         return {
             "image": to_tensor(a.image, self.mean, self.std),
@@ -130,9 +135,10 @@ class OnlineWeakTrainSet(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, rng = item_key(key)
         s = load_weak(self.ds, self.split, self.ids[i], self.box_spec)
-        a = apply(Aligned(s.image, boxes=s.boxes, labels=s.labels), self.aug.draw(*s.size),
+        a = apply(Aligned(s.image, boxes=s.boxes, labels=s.labels), self.aug.draw(rng, *s.size),
                   self.aug.crop)  # fmt: skip
         c = self.aug.crop
         boxes = rasterize_boxes(a.boxes, a.labels, self.ds.num_classes, c, c, self.ds.background)

@@ -1,0 +1,96 @@
+"""Resumable, sharded, endless training batches.
+
+Each epoch is a fresh permutation of the set (seeded by (seed, epoch)), split over ranks the way
+DistributedSampler does (rank r takes every world-th index). Every item carries its own
+augmentation seed, derived from (seed, epoch, index), so the batch at training step s, and its
+augmentation, depend only on s: not on the number of DataLoader workers, and not on whether the
+run was interrupted. That is what makes `--resume` exact mid-epoch, which DistributedSampler
+(whose position cannot be set) does not allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import count
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from boxseg import distributed
+from boxseg.errors import BoxsegError
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0])
+
+
+class ShardedBatches(Sampler):
+    """Endless batches of (index, augmentation seed) keys for one rank, from batch `start` on."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start: int = 0):  # fmt: skip
+        self.per_rank = size // world
+        if self.per_rank < 1:
+            raise BoxsegError(f"nothing to train on: {size} images for {world} processes")
+        self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
+        self.batch_size = min(batch_size, self.per_rank)
+        self.per_epoch = self.per_rank // self.batch_size  # the partial batch is dropped
+
+    def __len__(self) -> int:
+        """Batches per epoch (the iterator itself never ends)."""
+        return self.per_epoch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        perm = np.random.default_rng((self.seed, epoch)).permutation(self.size)
+        return perm[: self.per_rank * self.world][self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order, order_epoch = None, -1
+        for b in count(self.start):
+            epoch, k = divmod(b, self.per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = self.epoch_order(epoch), epoch
+            chunk = order[k * self.batch_size : (k + 1) * self.batch_size]
+            yield [(int(i), item_seed(self.seed, epoch, int(i))) for i in chunk]
+
+
+class Batches:
+    """`batches(step)` -> the collated batch for training step `step`.
+
+    The DataLoader is made on the first call, starting at that step (minus `offset`, for a set
+    that joins training later), so a resumed run picks up exactly where it stopped.
+    """
+
+    def __init__(self, ds: Dataset, batch_size: int, workers: int, seed: int, offset: int = 0):
+        if len(ds) == 0:
+            raise BoxsegError("nothing to train on: the set is empty")
+        self.ds, self.workers, self.seed, self.offset = ds, workers, seed, offset
+        self.batch_size = batch_size
+        self.sampler = ShardedBatches(len(ds), batch_size, seed, distributed.rank(),
+                                      distributed.world())  # fmt: skip
+        self._it: Iterator | None = None
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __call__(self, step: int) -> dict:
+        if self._it is None:
+            s = self.sampler
+            sampler = ShardedBatches(s.size, self.batch_size, s.seed, s.rank, s.world,
+                                     step - self.offset)  # fmt: skip
+            own_rng = torch.Generator().manual_seed(s.seed)  # leaves the global RNG untouched
+            loader = DataLoader(
+                self.ds,
+                batch_sampler=sampler,
+                num_workers=self.workers,
+                pin_memory=torch.cuda.is_available(),
+                generator=own_rng,
+            )
+            self._it = iter(loader)
+            self._next = step
+        if step != self._next:
+            raise RuntimeError(f"batches asked for step {step}, expected {self._next}")
+        self._next += 1
+        return next(self._it)

@@ -1,0 +1,71 @@
+"""torch.distributed when launched by torchrun; a plain single process otherwise.
+
+Every helper works without a process group (world size 1), so single-process runs never need
+one. Under torchrun (WORLD_SIZE > 1) `setup` joins the group: nccl on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from boxseg.errors import BoxsegError
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device_name: str) -> torch.device:
+    """Resolve the device (auto = cuda when available) and, under torchrun, join the group."""
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise BoxsegError(f"--device {device_name}: no CUDA device is available")
+    if device_name != "cpu" and not device_name.startswith("cuda"):
+        raise BoxsegError(f"--device {device_name}: choose auto, cpu or cuda")
+    device = torch.device(device_name)
+    if launched_by_torchrun():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not active():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all ranks (the tensor itself in a single process)."""
+    if not active():
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / world()
+
+
+def cleanup() -> None:
+    if active():
+        dist.destroy_process_group()
