@@ -66,6 +66,18 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / world()
 
 
+def assert_in_sync(module: torch.nn.Module) -> None:
+    """Check that every rank holds the same parameters (what DDP promises) before rank 0 saves."""
+    if not active():
+        return
+    total = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum()
+    low, high = total.clone().reshape(1), total.clone().reshape(1)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise RuntimeError(f"ranks ended with different weights ({low.item()} != {high.item()})")
+
+
 def cleanup() -> None:
     if active():
         dist.destroy_process_group()

@@ -238,7 +238,7 @@ def fit(
             if main and ((every and (step + 1) % every == 0) or step + 1 == iters):
                 save_train_state(state_path, nets, optimizer, scaler, step + 1, iters)
     nets.eval()
-    distributed.barrier()  # the last checkpoint is complete before any rank goes on
+    distributed.assert_in_sync(nets)  # also a barrier: rank 0's last checkpoint is written
     return {
         "seconds": time.perf_counter() - t0,
         "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),

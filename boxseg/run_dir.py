@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from boxseg import __version__
+from boxseg import __version__, distributed
 from boxseg.errors import BoxsegError
 from boxseg.io import write_json
 
@@ -30,6 +30,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "device": str(device),
+        "world_size": distributed.world(),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
 

@@ -66,3 +66,13 @@ def pipeline(tmp_path_factory, tiny_data) -> dict[str, Path]:
         quiet=True,
     )
     return {"data": tiny_data, "anc": root / "anc" / "model.pt", "store": root / "weak.zarr"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only with BOXSEG_SLOW=1."""
+    if os.environ.get("BOXSEG_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set BOXSEG_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -11,7 +11,7 @@ from boxseg.data.sampling import Batches
 from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig, poly_lr
 from boxseg.errors import BoxsegError
-from boxseg.models import ModelSpec
+from boxseg.models import ModelSpec, build_model
 from boxseg.train_anc import train_anc
 
 SPEC = ModelSpec("resnet18", 16, 16, 16, 8)
@@ -76,3 +76,64 @@ def test_epochs_override_iters():
     assert len(batches) == 2  # the partial batch is dropped (BatchNorm needs > 1 sample)
     assert engine.total_iters(TrainConfig(iters=100, epochs=3), batches) == 6
     assert engine.total_iters(TrainConfig(iters=100), batches) == 100
+
+
+def test_channels_last_trains(tiny_data, tmp_path):
+    state = _train(tiny_data, tmp_path / "a", channels_last=True)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    model = build_model(SPEC, 5, 4).eval()
+    x, boxes = torch.randn(2, 3, 32, 32), torch.rand(2, 4, 32, 32)
+    with torch.no_grad():
+        want = model(x, boxes)
+        engine.prepare_nets(model, TrainConfig(channels_last=True), torch.device("cpu"))
+        assert model.classifier.weight.is_contiguous(memory_format=torch.channels_last)
+        batch = engine.to_device({"x": x, "b": boxes}, torch.device("cpu"), channels_last=True)
+        torch.testing.assert_close(model(batch["x"], batch["b"]), want, atol=1e-4, rtol=1e-4)
+
+
+def _compile_cheaply(monkeypatch):
+    """torch.compile's default backend (inductor) takes a minute on CPU; the eager backend runs
+    the same capture path in seconds. The slow test below uses inductor."""
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda m: real(m, backend="eager"))
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compile_trains_and_saves_plain_keys(tiny_data, tmp_path, monkeypatch, backend):
+    if backend == "eager":
+        _compile_cheaply(monkeypatch)
+    compiled = _train(tiny_data, tmp_path / "b", compile=True)
+    plain = _train(tiny_data, tmp_path / "a")
+    assert compiled.keys() == plain.keys()  # no `_orig_mod.` prefixes in model.pt
+    assert all(torch.isfinite(v).all() for v in compiled.values() if v.is_floating_point())
+
+
+def test_primary_conv_resumed_mid_epoch_with_a_worker_ends_the_same(pipeline, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """Killed mid-epoch in stage 3 (F: 4 images, batches of 2; W: 8 images), resumed with a
+    DataLoader worker: data position, alpha, stage and RNG all continue exactly."""
+    from boxseg.train_primary import train_primary
+
+    def run(out, **kw):
+        cfg = TrainConfig(iters=7, batch_size=2, crop=32, device="cpu", checkpoint_every=1, **kw)
+        train_primary(pipeline["data"], out, SplitSpec("train", 4, 0), SPEC, cfg,
+                      logits=str(pipeline["store"]), anc_model=pipeline["anc"], self_corr="conv",
+                      conv_hidden=8, conv_warmup=3, val_split=None, quiet=True)  # fmt: skip
+        return torch.load(out / "model.pt", weights_only=True)
+
+    straight = run(tmp_path / "a")
+    real_save = engine.save_train_state
+
+    def save_then_die(path, nets, optimizer, scaler, step, iters):
+        real_save(path, nets, optimizer, scaler, step, iters)
+        if step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_train_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(engine, "save_train_state", real_save)
+    resumed = run(tmp_path / "b", resume=True, workers=1)
+    for part in ("state_dict", "merger_state_dict"):
+        for k, v in straight[part].items():
+            torch.testing.assert_close(resumed[part][k], v, rtol=0, atol=0, msg=f"{part} {k}")

@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from boxseg.errors import BoxsegError
-from boxseg.store import LogitsStore, pool_logits, upsample_logits
+from boxseg.store import (
+    INT8_RANGE,
+    LogitsStore,
+    decode_int8,
+    encode_int8,
+    pool_logits,
+    upsample_logits,
+)
 
 
 def _store(tmp_path, sizes=((13, 18), (16, 16)), stride=4):
@@ -81,3 +88,39 @@ def test_unfinished_store_is_refused(tmp_path):
 def test_open_missing_store(tmp_path):
     with pytest.raises(BoxsegError, match="no logits store"):
         LogitsStore.open(tmp_path / "nothing.zarr")
+
+
+def test_int8_codes_keep_the_softmax_close():
+    logits = torch.randn(5, 40, 40) * 6
+    decoded = decode_int8(encode_int8(logits))
+    logp = torch.log_softmax(logits, 0)
+    kept = logp > -INT8_RANGE  # below the range, classes are clamped (probability < 1.2e-7)
+    err = (decoded - logp)[kept].abs().max().item()
+    assert err <= INT8_RANGE / 255 / 2 + 1e-6  # half a code step
+    p, q = torch.softmax(logits, 0), torch.softmax(decoded, 0)
+    assert (p - q).abs().max() < 0.02
+    assert (p.argmax(0) == q.argmax(0)).float().mean() > 0.99
+
+
+def test_int8_store_roundtrip(tmp_path):
+    s = LogitsStore.create(tmp_path / "q.zarr", ["a"], np.array([[13, 18]]), ["bg", "x", "y"],
+                           4, {}, dtype="int8")  # fmt: skip
+    assert s.logits.dtype == np.uint8 and s.dtype == "int8"
+    logits = torch.randn(3, 13, 18) * 4
+    s.write(0, logits)
+    back = LogitsStore.open(tmp_path / "q.zarr").read(0)
+    want = torch.log_softmax(pool_logits(logits, 4), 0)
+    assert (back - want).abs().max() <= INT8_RANGE / 255 / 2 + 1e-5
+    with pytest.raises(BoxsegError, match="--dtype int4"):
+        LogitsStore.create(tmp_path / "r.zarr", ["a"], np.array([[4, 4]]), ["x"], 1, {}, "int4")
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_store_at_a_url(tmp_path, scheme):
+    url = f"file://{tmp_path}/u.zarr" if scheme == "file" else f"memory://{tmp_path.name}/u.zarr"
+    s = LogitsStore.create(url, ["a"], np.array([[8, 8]]), ["bg", "x"], 2, {})
+    s.write(0, torch.ones(2, 8, 8))
+    again = LogitsStore.open(url)
+    assert again.done_mask().all() and again.read(0).shape == (2, 4, 4)
+    if scheme == "file":
+        assert (tmp_path / "u.zarr" / "zarr.json").is_file()
