@@ -171,8 +171,13 @@ def train_anc_cmd(
 @app.command("gen-logits")
 def gen_logits_cmd(
     data: Data,
-    model: Annotated[Path, typer.Option(help="Ancillary model.pt from train-anc.")],
     out: Annotated[str, typer.Option(help="Logits store to write (a .zarr path or store URL).")],
+    model: Annotated[
+        Path | None, typer.Option(help="Ancillary model.pt from train-anc (--method anc).")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="anc (the ancillary net), box (box-fill) or grabcut.")
+    ] = "anc",
     num_full: NumFull = None,
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
@@ -181,15 +186,35 @@ def gen_logits_cmd(
     dtype: Annotated[
         str, typer.Option(help="float16, or int8 (8-bit log-probability codes; docs/store.md).")
     ] = "float16",
+    confidence: Annotated[
+        float, typer.Option(help="box/grabcut: probability of the painted class.")
+    ] = 0.9,
+    grabcut_iters: Annotated[int, typer.Option(help="grabcut: GrabCut iterations.")] = 5,
+    grabcut_margin: Annotated[
+        int, typer.Option(help="grabcut: pixels added around each box for GrabCut's rectangle.")
+    ] = 0,
+    box_min_area: Annotated[
+        int, typer.Option(help="box/grabcut: smallest component (pixels) that gets a box.")
+    ] = 16,
+    workers: Annotated[
+        int | None, typer.Option(help="grabcut: processes (default: every core).")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing store that does not match.")
     ] = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Run the ancillary net over W (images + boxes) and store its logits; resumes if killed."""
-    from boxseg.gen_logits import gen_logits
+    """Fill the logits store for W: the ancillary net's logits (images + boxes), or box-fill /
+    GrabCut pseudo-labels; resumes if killed."""
+    from boxseg.box_labels import METHODS
+    from boxseg.gen_logits import BoxMethod, gen_logits
 
+    if method not in METHODS:
+        raise BoxsegError(f"--method {method}: choose from {', '.join(METHODS)}")
+    box_method = None
+    if method != "anc":
+        box_method = BoxMethod(method, confidence, grabcut_iters, grabcut_margin, box_min_area)
     store = gen_logits(
         data,
         model,
@@ -200,6 +225,8 @@ def gen_logits_cmd(
         overwrite,
         quiet,
         dtype,
+        box_method,
+        workers,
     )
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")
@@ -309,16 +336,21 @@ def eval_cmd(
     pred_dir: Annotated[
         Path | None, typer.Option(help="Folder of <id>.png class-index predictions.")
     ] = None,
+    logits: Annotated[
+        str | None,
+        typer.Option(help="A logits store: score its pseudo-labels against the split's masks."),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the scores as JSON here.")
     ] = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Score a model (or a folder of predictions): mIoU, per-class IoU, pixel accuracy."""
+    """Score a model, a folder of predictions, or a store's pseudo-labels: mIoU, per-class IoU,
+    pixel accuracy."""
     from boxseg.evaluate import run_eval
 
-    run_eval(data, split, model, pred_dir, json_out, device, quiet)
+    run_eval(data, split, model, pred_dir, json_out, device, quiet, logits)
 
 
 @app.command("predict")

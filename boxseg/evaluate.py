@@ -18,6 +18,7 @@ from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
 from boxseg.io import read_label_png, write_json
 from boxseg.metrics import confusion_matrix, scores
+from boxseg.store import LogitsStore
 
 
 def check_classes(meta: dict, ds: SegDataset, source: str) -> None:
@@ -68,6 +69,33 @@ def evaluate_pred_dir(ds: SegDataset, split: str, pred_dir: Path) -> dict:
     return scores(conf, list(ds.class_names))
 
 
+def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = False) -> dict:
+    """Scores of a logits store's argmax (the pseudo-labels W gets) against the masks of its
+    images in `split`. Void pseudo-label pixels count as misses; `coverage` is the share of
+    labelled ground-truth pixels that got a pseudo-label."""
+    store = LogitsStore.open(location)
+    if list(store.class_names) != list(ds.class_names):
+        raise BoxsegError(f"{location}: the store's classes differ from the dataset's")
+    missing = [i for i in store.image_ids if not ds.image_path(split, i).is_file()]
+    if missing:
+        raise BoxsegError(
+            f"{location}: {len(missing)} of its images are not in split '{split}' "
+            f"(first: {missing[0]}); pass the --split it was made from"
+        )
+    k = ds.num_classes
+    conf = np.zeros((k + 1, k + 1), np.int64)
+    for i, image_id in enumerate(track(store.image_ids, description="eval store", disable=quiet)):
+        logits = store.read_full(i)
+        pred = logits.nan_to_num(float("-inf")).argmax(0)
+        pred[torch.isnan(logits).any(0)] = k  # void pseudo-label
+        conf += confusion_matrix(pred, torch.from_numpy(ds.read_mask(split, image_id)), k + 1)
+    result = scores(conf[:k, :k], list(ds.class_names), unlabelled=conf[:k, k])
+    labelled = conf[:k].sum()
+    result["coverage"] = float(conf[:k, :k].sum() / labelled * 100) if labelled else 0.0
+    result["method"] = store.attrs.get("method", "anc")
+    return result
+
+
 def print_scores(result: dict, title: str, console: Console | None = None) -> None:
     table = Table(title=title)
     table.add_column("class")
@@ -76,6 +104,8 @@ def print_scores(result: dict, title: str, console: Console | None = None) -> No
         table.add_row(name, "-" if v is None else f"{v:.2f}")
     table.add_row("[bold]mIoU", f"[bold]{result['miou']:.2f}")
     table.add_row("pixel acc", f"{result['pixel_acc']:.2f}")
+    if "coverage" in result:
+        table.add_row("coverage", f"{result['coverage']:.2f}")
     (console or Console()).print(table)
 
 
@@ -87,12 +117,17 @@ def run_eval(
     json_out: Path | None,
     device: str = "auto",
     quiet: bool = False,
+    logits: str | None = None,
 ) -> dict:
-    """The CLI stage: score a model or a prediction folder, print a table, write JSON."""
+    """The CLI stage: score a model, a prediction folder or a logits store; print a table,
+    write JSON."""
     ds = open_dataset(data)
-    if (model_path is None) == (pred_dir is None):
-        raise BoxsegError("give exactly one of --model or --pred-dir")
-    if pred_dir is not None:
+    if sum(x is not None for x in (model_path, pred_dir, logits)) != 1:
+        raise BoxsegError("give exactly one of --model, --pred-dir or --logits")
+    if logits is not None:
+        result = evaluate_store(ds, split, logits, quiet)
+        title = f"pseudo-labels of {logits} ({result['method']}) on {split}"
+    elif pred_dir is not None:
         result = evaluate_pred_dir(ds, split, pred_dir)
         title = f"{pred_dir} on {split}"
     else:

@@ -1,23 +1,32 @@
-"""`boxseg gen-logits`: run the ancillary net over W with its boxes and fill the logits store.
+"""`boxseg gen-logits`: fill the logits store for W, from the ancillary net (`--method anc`) or
+from the boxes alone (`box`: box-fill, `grabcut`: OpenCV GrabCut; see box_labels.py).
 
 Resumable: images whose done flag is set are skipped, so a killed run continues where it stopped.
 Under torchrun each rank takes a contiguous share of the images still to do and writes their
 chunks itself: one chunk (and one done flag) per image, so no two ranks ever write the same file.
+GrabCut runs one image per process on every core (`--workers`).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from boxseg import distributed
+from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
-from boxseg.data.formats import load_weak, open_dataset
+from boxseg.data.formats import SegDataset, load_weak, open_dataset
 from boxseg.data.split import SplitSpec, split_full_weak
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
@@ -26,6 +35,25 @@ from boxseg.inference import predict_logits
 from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
+
+
+@dataclass(frozen=True)
+class BoxMethod:
+    """Options of the box-only methods (recorded in the store's attributes)."""
+
+    method: str = "box"
+    confidence: float = 0.9  # probability given to the painted class
+    grabcut_iters: int = 5
+    grabcut_margin: int = 0  # pixels added around each box for GrabCut's rectangle
+    box_min_area: int = 16
+
+    def validate(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise BoxsegError(f"--confidence {self.confidence}: must be in (0, 1)")
+        if self.grabcut_iters < 1:
+            raise BoxsegError(f"--grabcut-iters {self.grabcut_iters}: must be at least 1")
+        if self.grabcut_margin < 0:
+            raise BoxsegError(f"--grabcut-margin {self.grabcut_margin}: must be >= 0")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -37,9 +65,18 @@ def image_size(path: Path) -> tuple[int, int]:
         raise BoxsegError(f"{path}: not a readable image ({e})") from e
 
 
+def box_label_map(ds: SegDataset, split: str, opts: BoxMethod, image_id: str):
+    """One weak image's label map from its boxes (run in worker processes for GrabCut)."""
+    s = load_weak(ds, split, image_id, BoxSpec(opts.box_min_area))
+    if opts.method == "box":
+        return box_fill(*s.size, s.boxes, s.labels, ds.background), 0
+    return grabcut_fill(s.image, s.boxes, s.labels, ds.background, opts.grabcut_iters,
+                        opts.grabcut_margin)  # fmt: skip
+
+
 def gen_logits(
     data: Path,
-    model_path: Path,
+    model_path: Path | None,
     out: str,
     split: SplitSpec,
     stride: int = 4,
@@ -47,29 +84,93 @@ def gen_logits(
     overwrite: bool = False,
     quiet: bool = False,
     dtype: str = "float16",
+    box_method: BoxMethod | None = None,
+    workers: int | None = None,
 ) -> LogitsStore:
-    """Write (or finish) the store at `out` for every W image of the split."""
+    """Write (or finish) the store at `out` for every W image of the split: from the ancillary
+    model at `model_path`, or (with `box_method`) from the boxes alone."""
     if stride < 1:
         raise BoxsegError(f"--stride {stride}: must be a positive integer")
     if dtype not in DTYPES:
         raise BoxsegError(f"--dtype {dtype}: choose float16 or int8")
+    if box_method is not None:
+        box_method.validate()
+    elif model_path is None:
+        raise BoxsegError("--method anc needs --model (an ancillary model.pt from train-anc)")
     dev = resolve_device(device)
     ds = open_dataset(data)
-    model, meta = load_model(model_path, kind="ancillary", device=dev)
-    check_classes(meta, ds, str(model_path))
     _, weak_ids = split_full_weak(ds.ids(split.split), split)
     if not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
-    sha = file_sha256(model_path)
-    box_spec = BoxSpec.from_dict(meta["boxes"])
+    if box_method is None:
+        model, meta = load_model(model_path, kind="ancillary", device=dev)
+        check_classes(meta, ds, str(model_path))
+        box_spec = BoxSpec.from_dict(meta["boxes"])
+        provenance = {"method": "anc", "checkpoint_sha256": file_sha256(model_path)}
+    else:
+        provenance = {"method": box_method.method, "method_options": asdict(box_method),
+                      "checkpoint_sha256": None}  # fmt: skip
     if distributed.is_main():  # one rank creates (or checks) the store, then all open it
-        store = _open_or_create(out, ds, split, weak_ids, stride, sha, overwrite, dtype)
+        store = _open_or_create(out, ds, split, weak_ids, stride, provenance, overwrite, dtype)
     distributed.barrier()
     if not distributed.is_main():
         store = LogitsStore.open(out, mode="r+")
     done = store.done_mask()
     todo = [i for i in range(len(store)) if not done[i]]
     todo = [int(i) for i in np.array_split(todo, distributed.world())[distributed.rank()]]
+
+    if box_method is None:
+
+        def results() -> Iterator[torch.Tensor]:
+            for i in todo:
+                s = load_weak(ds, split.split, store.image_ids[i], box_spec)
+                yield predict_logits(model, meta, s.image, dev, s.boxes, s.labels)
+
+        _fill(store, todo, results(), stride, quiet, "gen-logits")
+    else:
+        label_map = partial(box_label_map, ds, split.split, box_method)
+        ids = [store.image_ids[i] for i in todo]
+        to_logits = partial(labels_to_logits, num_classes=ds.num_classes,
+                            confidence=box_method.confidence)  # fmt: skip
+        with _mapper(box_method.method, workers, len(ids)) as imap:
+            maps = imap(label_map, ids)
+            fallbacks = [0]
+
+            def results() -> Iterator[torch.Tensor]:
+                for labels, n_fallback in maps:
+                    fallbacks[0] += n_fallback
+                    yield to_logits(labels)
+
+            _fill(store, todo, results(), stride, quiet, f"gen-logits {box_method.method}")
+        if box_method.method == "grabcut" and not quiet and distributed.is_main():
+            print(f"gen-logits: GrabCut fell back to box-fill for {fallbacks[0]} boxes")
+    distributed.barrier()  # every rank's share is written before anyone reads the store
+    return LogitsStore.open(out)
+
+
+class _mapper:
+    """`with _mapper(method, workers, n) as imap`: an ordered map over a process pool for
+    GrabCut (one image per task), or the plain built-in map for the cheap box-fill."""
+
+    def __init__(self, method: str, workers: int | None, n: int):
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        self.pool = None
+        if method == "grabcut" and workers > 1 and n > 1:
+            self.pool = multiprocessing.get_context("spawn").Pool(min(workers, n))
+
+    def __enter__(self) -> Callable:
+        if self.pool is None:
+            return map
+        return lambda fn, items: self.pool.imap(fn, items, chunksize=1)
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
+
+def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], stride: int,
+          quiet: bool, description: str) -> None:  # fmt: skip
+    """Write each image's logits (in todo's order) in blocks of consecutive images."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -79,38 +180,28 @@ def gen_logits(
     )
     t0 = time.perf_counter()
     with Progress(*columns, disable=quiet or not distributed.is_main()) as bar:
-        task = bar.add_task("gen-logits", total=len(todo), ips=0.0)
+        task = bar.add_task(description, total=len(todo), ips=0.0)
         block: list = []  # consecutive images written together: fewer, concurrent writes
         block_start = 0
-        for n, i in enumerate(todo, 1):
+        for n, (i, x) in enumerate(zip(todo, logits, strict=True), 1):
             if block and block_start + len(block) != i:
                 store.write_block(block_start, block)
                 block = []
             if not block:
                 block_start = i
-            s = load_weak(ds, split.split, store.image_ids[i], box_spec)
-            block.append(pool_logits(predict_logits(model, meta, s.image, dev, s.boxes, s.labels),
-                                     stride))  # fmt: skip
+            block.append(pool_logits(x, stride))
             if len(block) == WRITE_BLOCK:
                 store.write_block(block_start, block)
                 block = []
             bar.update(task, advance=1, ips=n / (time.perf_counter() - t0))
         if block:
             store.write_block(block_start, block)
-    distributed.barrier()  # every rank's share is written before anyone reads the store
-    return LogitsStore.open(out)
 
 
 def _open_or_create(
-    out: str,
-    ds,
-    split: SplitSpec,
-    weak_ids: list[str],
-    stride: int,
-    sha: str,
-    overwrite: bool,
-    dtype: str,
-) -> LogitsStore:
+    out: str, ds, split: SplitSpec, weak_ids: list[str], stride: int, provenance: dict,
+    overwrite: bool, dtype: str,
+) -> LogitsStore:  # fmt: skip
     """Resume a matching store, refuse a mismatched one, or create a new one."""
     path = local_path(out)
     exists = path is not None and (path / "zarr.json").is_file()
@@ -125,7 +216,9 @@ def _open_or_create(
             ("classes", store.class_names, list(ds.class_names)),
             ("stride", store.stride, stride),
             ("dtype", store.dtype, dtype),
-            ("checkpoint", store.attrs.get("checkpoint_sha256"), sha),
+            ("method", store.attrs.get("method", "anc"), provenance["method"]),
+            ("method options", store.attrs.get("method_options"), provenance.get("method_options")),
+            ("checkpoint", store.attrs.get("checkpoint_sha256"), provenance["checkpoint_sha256"]),
         ):
             if have != want:
                 raise BoxsegError(
@@ -134,5 +227,5 @@ def _open_or_create(
                 )
         return store
     sizes = np.array([image_size(ds.image_path(split.split, i)) for i in weak_ids], np.int32)
-    attrs = {"checkpoint_sha256": sha, "dataset": ds.describe() | {"split": split.to_dict()}}
+    attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()}}
     return LogitsStore.create(out, weak_ids, sizes, list(ds.class_names), stride, attrs, dtype)

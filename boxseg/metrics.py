@@ -20,18 +20,20 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
 
 
-def scores(conf: np.ndarray, class_names: list[str]) -> dict:
+def scores(conf: np.ndarray, class_names: list[str], unlabelled: np.ndarray | None = None) -> dict:
     """mIoU over classes present in the ground truth or the prediction; percentages.
 
-    per_class_iou is null for a class absent from both.
+    per_class_iou is null for a class absent from both. `unlabelled[c]`: pixels of class c the
+    prediction left without a label (pseudo-label void); they count as misses.
     """
     conf = np.asarray(conf, dtype=np.int64)
+    missed = np.zeros(len(conf), np.int64) if unlabelled is None else np.asarray(unlabelled)
     tp = np.diag(conf).astype(np.float64)
-    gt, pr = conf.sum(1), conf.sum(0)
+    gt, pr = conf.sum(1) + missed, conf.sum(0)
     union = gt + pr - tp
     present = union > 0
     iou = np.where(present, tp / np.maximum(union, 1), np.nan)
-    total = conf.sum()
+    total = conf.sum() + missed.sum()
     return {
         "miou": float(np.nanmean(iou) * 100) if present.any() else 0.0,
         "per_class_iou": {

@@ -36,20 +36,26 @@ DTYPES = ("float16", "int8")
 INT8_RANGE = 16.0  # int8 codes cover log-probabilities in [-16, 0]; below is clamped
 
 
+INT8_STEPS = 254  # codes 0..254 hold log-probabilities; 255 marks a void pixel (NaN logits)
+
+
 def encode_int8(logits: torch.Tensor) -> np.ndarray:
-    """KxHxW logits -> uint8 codes of log-probabilities: round(-log_softmax * 255 / 16).
+    """KxHxW logits -> uint8 codes of log-probabilities: round(-log_softmax * 254 / 16).
 
     Softmax ignores a per-pixel shift, so log-probabilities keep all the information in the
     logits; they lie in (-inf, 0], and classes below -16 (probability < 1.2e-7) are clamped.
-    The step is 16/255 = 0.063 nats, so a decoded logit is within 0.032 of the original and
-    each probability within about 3% of its value (docs/store.md)."""
+    The step is 16/254 = 0.063 nats, so a decoded logit is within 0.032 of the original and
+    each probability within about 3% of its value (docs/store.md). NaN (void) -> code 255."""
     logp = torch.log_softmax(logits.float(), dim=0).clamp_min(-INT8_RANGE)
-    return torch.round(-logp * (255 / INT8_RANGE)).to(torch.uint8).numpy()
+    codes = torch.round(-logp * (INT8_STEPS / INT8_RANGE)).nan_to_num(255)
+    return codes.to(torch.uint8).numpy()
 
 
 def decode_int8(codes: np.ndarray) -> torch.Tensor:
-    """uint8 codes -> float32 log-probabilities (usable as logits)."""
-    return torch.from_numpy(codes.astype(np.float32) * (-INT8_RANGE / 255))
+    """uint8 codes -> float32 log-probabilities (usable as logits); NaN where void."""
+    out = codes.astype(np.float32) * (-INT8_RANGE / INT8_STEPS)
+    out[codes == 255] = np.nan
+    return torch.from_numpy(out)
 
 
 def local_path(location: str | Path) -> Path | None:
@@ -67,24 +73,43 @@ def zarr_location(location: str | Path) -> str:
 
 
 def pool_logits(logits: torch.Tensor, stride: int) -> torch.Tensor:
-    """KxHxW -> Kx ceil(H/s) x ceil(W/s): block means (edge blocks padded by replication)."""
+    """KxHxW -> Kx ceil(H/s) x ceil(W/s): block means (edge blocks padded by replication).
+
+    Void pixels (NaN logits) are left out of their block's mean; a block is void (NaN) only
+    when all of its pixels are."""
     if stride == 1:
         return logits
     h, w = logits.shape[-2:]
     ph, pw = -h % stride, -w % stride
     x = F.pad(logits[None], (0, pw, 0, ph), mode="replicate") if (ph or pw) else logits[None]
-    return F.avg_pool2d(x, stride)[0]
+    void = torch.isnan(x[:, :1])
+    if not void.any():
+        return F.avg_pool2d(x, stride)[0]
+    weight = F.avg_pool2d((~void).float(), stride)
+    mean = F.avg_pool2d(x.nan_to_num(0.0), stride) / weight.clamp_min(1e-6)
+    return torch.where(weight > 0, mean, torch.nan)[0]
 
 
 def upsample_logits(logits: torch.Tensor, stride: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of `pool_logits`: Kxhxw at stride s -> KxHxW at pixel resolution."""
+    """Inverse of `pool_logits`: Kxhxw at stride s -> KxHxW at pixel resolution.
+
+    With void cells (NaN), values are interpolated from the non-void neighbours only
+    (normalised interpolation), and a pixel is void where void cells outweigh the others, so
+    a void region keeps its size instead of spreading by a stride."""
     if stride == 1:
         return logits[:, :height, :width]
     h, w = logits.shape[-2:]
-    up = F.interpolate(
-        logits[None], size=(h * stride, w * stride), mode="bilinear", align_corners=False
-    )
-    return up[0, :, :height, :width]
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        size = (h * stride, w * stride)
+        return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    void = torch.isnan(logits[:1])
+    if not void.any():
+        return up(logits)[:, :height, :width]
+    weight = up((~void).float())
+    out = up(logits.nan_to_num(0.0)) / weight.clamp_min(1e-6)
+    return torch.where(weight >= 0.5, out, torch.nan)[:, :height, :width]
 
 
 class LogitsStore:
@@ -260,3 +285,35 @@ class LogitsStore:
                 f"{self.location}: {len(not_done)} weak images have no logits yet (first: "
                 f"{not_done[0]}); the gen-logits run was interrupted: run it again to finish"
             )
+
+
+class InMemoryLogits:
+    """Soft-label logits held in RAM (float32, pixel resolution), with the reading interface
+    of `LogitsStore`: train-primary takes either. Benchmarks use it as the no-storage baseline;
+    Python users can train from logits they made themselves."""
+
+    def __init__(self, logits: dict[str, torch.Tensor], class_names: list[str]):
+        self.image_ids = list(logits)
+        self.class_names = list(class_names)
+        self._logits = [logits[i].float() for i in self.image_ids]
+        self._index = {k: i for i, k in enumerate(self.image_ids)}
+        self.sizes = np.array([x.shape[-2:] for x in self._logits], dtype=np.int32)
+        self.stride, self.dtype, self.location = 1, "float32", "<logits in memory>"
+        self.attrs: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __str__(self) -> str:
+        return self.location
+
+    def index(self, image_id: str) -> int:
+        return self._index[image_id]
+
+    def done_mask(self) -> np.ndarray:
+        return np.ones(len(self), dtype=bool)
+
+    def read_full(self, i: int) -> torch.Tensor:
+        return self._logits[i]
+
+    check_matches = LogitsStore.check_matches

@@ -36,7 +36,7 @@ from boxseg.selfcorr import (
     soft_cross_entropy,
     soft_target,
 )
-from boxseg.store import LogitsStore
+from boxseg.store import InMemoryLogits, LogitsStore
 
 
 def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> None:
@@ -75,7 +75,7 @@ def train_primary(
     split: SplitSpec,
     spec: ModelSpec,
     cfg: TrainConfig,
-    logits: str | None = None,
+    logits: str | InMemoryLogits | None = None,
     anc_model: Path | None = None,
     self_corr: str = "none",
     alpha_start: float = 30.0,
@@ -104,11 +104,11 @@ def train_primary(
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
     full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
-    weak_source = "store" if logits else ("online" if anc_model else None)
+    weak_source = "store" if logits is not None else ("online" if anc_model else None)
     if weak_source and not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
     if logits is not None:
-        store = LogitsStore.open(logits)
+        store = logits if isinstance(logits, InMemoryLogits) else LogitsStore.open(logits)
         store.check_matches(list(ds.class_names), weak_ids)
         if anc_model is not None and store.attrs.get("checkpoint_sha256") != file_sha256(anc_model):
             raise BoxsegError(f"{logits}: made by another ancillary model than {anc_model}; "
@@ -148,7 +148,8 @@ def train_primary(
         write_config(out, "train-primary", {
             "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
             "num_weak": len(weak_ids) if weak_source else 0, "weak_source": weak_source,
-            "logits": logits, "anc_model": str(anc_model) if anc_model else None, "self_corr": mode,
+            "logits": logits if logits is None else str(logits),
+            "anc_model": str(anc_model) if anc_model else None, "self_corr": mode,
             "alpha": {"start": alpha_start, "end": alpha_end,
                       "decay_fraction": alpha_decay_fraction},
             "conv": {"hidden": conv_hidden, "warmup": warmup,

@@ -13,7 +13,7 @@ from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import SegDataset, load_full, load_weak
 from boxseg.data.transforms import Aligned, apply, draw_params, to_tensor
 from boxseg.errors import BoxsegError
-from boxseg.store import LogitsStore
+from boxseg.store import InMemoryLogits, LogitsStore
 
 
 def item_key(key: int | tuple[int, int]) -> tuple[int, np.random.Generator]:
@@ -82,7 +82,7 @@ class WeakTrainSet(Dataset):
         ds: SegDataset,
         split: str,
         ids: list[str],
-        store_location: str,
+        store_location: str | InMemoryLogits,
         aug: AugmentSpec,
         mean,
         std,
@@ -95,7 +95,9 @@ class WeakTrainSet(Dataset):
         return len(self.ids)
 
     @property
-    def store(self) -> LogitsStore:
+    def store(self) -> LogitsStore | InMemoryLogits:
+        if isinstance(self.store_location, InMemoryLogits):
+            return self.store_location
         if self._store is None:
             self._store = LogitsStore.open(self.store_location)
         return self._store
@@ -114,10 +116,11 @@ class WeakTrainSet(Dataset):
         a = apply(
             Aligned(image, logits=self.store.read_full(j)), self.aug.draw(rng, h, w), self.aug.crop
         )
+        void = torch.isnan(a.logits).any(0)  # box-method stores mark void pixels with NaN
         return {
             "image": to_tensor(a.image, self.mean, self.std),
-            "logits": a.logits,
-            "valid": torch.from_numpy(a.valid),
+            "logits": a.logits.nan_to_num(0.0),
+            "valid": torch.from_numpy(a.valid) & ~void,
         }
 
 

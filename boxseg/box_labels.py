@@ -1,0 +1,103 @@
+"""Pseudo-labels from boxes alone, the classical baselines `gen-logits --method box|grabcut`:
+
+- box-fill: every pixel inside a box takes its class, smaller boxes painted over larger ones;
+  pixels outside all boxes are background, or void where the dataset has no background class.
+- GrabCut: OpenCV's GrabCut initialised from each box (pixels outside the box are background to
+  it), painted in the same order; a box GrabCut rejects (an error, or no foreground left) is
+  box-filled instead. Pixels GrabCut puts in the background are background (or void).
+
+Both become soft logits for the store: log(confidence) for the painted class, the rest of the
+probability spread evenly; void pixels get NaN logits, which training reads as "ignore".
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from boxseg.data.sample import VOID
+
+METHODS = ("anc", "box", "grabcut")
+
+
+def painting_order(boxes: np.ndarray) -> np.ndarray:
+    """Indices of boxes from the largest to the smallest area (so small ones end on top)."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return np.argsort(-areas, kind="stable")
+
+
+def _pixel_box(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """xyxy (exclusive x2/y2, floats) -> integer pixel bounds inside the image."""
+    x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x2, y2 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+    return x1, y1, x2, y2
+
+
+def box_fill(
+    height: int, width: int, boxes: np.ndarray, labels: np.ndarray, background: int | None
+) -> np.ndarray:
+    """HxW uint8 label map: boxes painted largest first; outside them background or VOID."""
+    out = np.full((height, width), VOID if background is None else background, np.uint8)
+    for k in painting_order(boxes):
+        x1, y1, x2, y2 = _pixel_box(boxes[k], height, width)
+        out[y1:y2, x1:x2] = labels[k]
+    return out
+
+
+def grabcut_mask(image: np.ndarray, box: np.ndarray, iterations: int, margin: int) -> np.ndarray:
+    """HxW bool foreground of one box by GrabCut (rect = the box grown by `margin` pixels).
+    Raises cv2.error / ValueError when GrabCut cannot run on it."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = _pixel_box(box, h, w)
+    x1, y1 = max(0, x1 - margin), max(0, y1 - margin)
+    x2, y2 = min(w, x2 + margin), min(h, y2 + margin)
+    if x2 - x1 < 2 or y2 - y1 < 2 or (x2 - x1) * (y2 - y1) >= h * w:
+        raise ValueError("box too small, or no background outside it")  # GrabCut needs both
+    mask = np.zeros((h, w), np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), mask, (x1, y1, x2 - x1, y2 - y1), bgd,
+                fgd, iterations, cv2.GC_INIT_WITH_RECT)  # fmt: skip
+    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+
+
+def grabcut_fill(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    background: int | None,
+    iterations: int = 5,
+    margin: int = 0,
+) -> tuple[np.ndarray, int]:
+    """HxW uint8 label map from GrabCut per box (box-fill where it fails); also the number of
+    boxes that fell back to box-fill."""
+    h, w = image.shape[:2]
+    out = np.full((h, w), VOID if background is None else background, np.uint8)
+    fallbacks = 0
+    for k in painting_order(boxes):
+        x1, y1, x2, y2 = _pixel_box(boxes[k], h, w)
+        try:
+            fg = grabcut_mask(image, boxes[k], iterations, margin)
+            fg[:y1], fg[y2:], fg[:, :x1], fg[:, x2:] = False, False, False, False
+            if not fg.any():
+                raise ValueError("no foreground")
+        except (cv2.error, ValueError):
+            fallbacks += 1
+            fg = np.zeros((h, w), bool)
+            fg[y1:y2, x1:x2] = True
+        out[fg] = labels[k]
+    return out, fallbacks
+
+
+def labels_to_logits(label_map: np.ndarray, num_classes: int, confidence: float) -> torch.Tensor:
+    """HxW labels -> KxHxW logits: log(confidence) for the label, log((1 - c) / (K - 1)) for
+    the others; NaN everywhere on VOID pixels (ignored by the W loss)."""
+    rest = np.log((1 - confidence) / max(num_classes - 1, 1))
+    logits = np.full((num_classes, *label_map.shape), rest, np.float32)
+    void = label_map == VOID
+    ids = np.where(void, 0, label_map).astype(np.int64)
+    np.put_along_axis(logits, ids[None], np.float32(np.log(confidence)), axis=0)
+    logits[:, void] = np.nan
+    return torch.from_numpy(logits)

@@ -1,0 +1,202 @@
+"""Box-fill and GrabCut pseudo-labels, and `gen-logits --method box|grabcut`."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits, painting_order
+from boxseg.data.sample import VOID
+from boxseg.store import LogitsStore
+from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+
+
+def test_box_fill_paints_small_boxes_over_large_ones():
+    boxes = np.array([[5, 5, 10, 10], [0, 0, 15, 15], [12, 12, 20, 20]], np.float32)
+    labels = np.array([2, 1, 3])
+    assert painting_order(boxes).tolist() == [1, 2, 0]  # 225, 64, 25 pixels
+    out = box_fill(20, 20, boxes, labels, background=0)
+    want = np.zeros((20, 20), np.uint8)
+    want[0:15, 0:15] = 1
+    want[12:20, 12:20] = 3  # smaller than box 1: on top of it where they overlap
+    want[5:10, 5:10] = 2
+    np.testing.assert_array_equal(out, want)
+    no_bg = box_fill(20, 20, boxes, labels, background=None)
+    assert (no_bg[want == 0] == VOID).all() and (no_bg[want != 0] == want[want != 0]).all()
+
+
+def _disc_image():
+    rng = np.random.default_rng(0)
+    image = (rng.normal(120, 6, (80, 80, 3))).clip(0, 255).astype(np.uint8)  # plain grey
+    disc = np.zeros((80, 80), np.uint8)
+    cv2.circle(disc, (40, 40), 15, 1, -1)
+    image[disc == 1] = (200, 40, 40)
+    return image, disc.astype(bool)
+
+
+def test_grabcut_separates_an_object_inside_a_loose_box():
+    image, disc = _disc_image()
+    box = np.array([[15, 15, 66, 66]], np.float32)  # loose: 25 pixels around a 15 px radius
+    out, fallbacks = grabcut_fill(image, box, np.array([1]), background=0)
+    fg = out == 1
+
+    def iou(a, b):
+        return (a & b).sum() / (a | b).sum()
+
+    box_iou = iou(box_fill(80, 80, box, np.array([1]), 0) == 1, disc)
+    assert fallbacks == 0
+    assert iou(fg, disc) > 0.85 and iou(fg, disc) > box_iou + 0.3  # box alone: about 0.27
+
+
+def test_grabcut_falls_back_to_box_fill_and_keeps_void():
+    image, _ = _disc_image()
+    boxes = np.array([[3, 3, 4, 4], [0, 0, 80, 80]], np.float32)  # 1 pixel; the whole image
+    out, fallbacks = grabcut_fill(image, boxes, np.array([2, 1]), background=None)
+    assert fallbacks == 2
+    assert out[3, 3] == 2 and (out[np.arange(80) != 3] == 1).all()
+    out, _ = grabcut_fill(image, np.zeros((0, 4), np.float32), np.zeros(0, int), None)
+    assert (out == VOID).all()
+
+
+def test_labels_to_logits_confidence_and_void():
+    labels = np.array([[0, 1], [2, VOID]], np.uint8)
+    logits = labels_to_logits(labels, 3, confidence=0.9)
+    p = torch.softmax(logits[:, :1, :], 0)
+    torch.testing.assert_close(p[:, 0, 0], torch.tensor([0.9, 0.05, 0.05]))
+    assert logits[:, :, :].argmax(0)[0, 1] == 1 and logits[:, 1, 0].argmax() == 2
+    assert torch.isnan(logits[:, 1, 1]).all() and not torch.isnan(logits[:, :, 0]).any()
+
+
+def _no_background_copy(tiny_data, tmp_path):
+    """The tiny data without a background class, like CamVid: the class is renamed and its
+    pixels made void, so only the objects get boxes."""
+    from boxseg.io import read_label_png, write_label_png
+
+    data = tmp_path / "nobg"
+    shutil.copytree(tiny_data, data)
+    names = (data / "classes.txt").read_text().split("\n")
+    renamed = ["unused" if n == "background" else n for n in names]
+    (data / "classes.txt").write_text("\n".join(renamed))
+    for path in (data / "trainannot").glob("*.png"):
+        mask = read_label_png(path)
+        write_label_png(path, np.where(mask == names.index("background"), VOID, mask))
+    return data
+
+
+@pytest.mark.parametrize("method", ["box", "grabcut"])
+def test_gen_logits_box_methods_store_train_and_eval(tiny_data, tmp_path, capsys, method):
+    data = _no_background_copy(tiny_data, tmp_path)
+    store = tmp_path / f"{method}.zarr"
+    code, _, err = run_cli(
+        [
+            "gen-logits",
+            data,
+            "--method",
+            method,
+            "--out",
+            store,
+            "--num-full",
+            "4",
+            "--box-min-area",
+            "4",
+            "--workers",
+            "2",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    s = LogitsStore.open(store)
+    assert s.attrs["method"] == method and s.attrs["method_options"]["confidence"] == 0.9
+    assert s.attrs["checkpoint_sha256"] is None and s.done_mask().all()
+    void = torch.isnan(s.read_full(0)).any(0)
+    assert void.any() and not void.all()  # outside the boxes: void, not a class
+
+    report = tmp_path / "q.json"
+    code, _, err = run_cli(
+        ["eval", data, "--split", "train", "--logits", store, "--json", report, "--quiet"], capsys
+    )
+    assert code == 0, err
+    scores = json.loads(report.read_text())
+    assert scores["method"] == method and 0 < scores["coverage"] <= 100
+    if method == "box":  # objects of a few pixels are too small for GrabCut's colour models
+        assert scores["miou"] > 30 and scores["coverage"] > 90
+
+    code, _, err = run_cli(
+        [
+            "train-primary",
+            data,
+            "--out",
+            tmp_path / "p",
+            "--logits",
+            store,
+            "--num-full",
+            "4",
+            *TINY_MODEL,
+            *TINY_TRAIN,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    losses = [
+        json.loads(x)["loss"] for x in (tmp_path / "p" / "metrics.jsonl").open() if "loss" in x
+    ]
+    assert losses and all(np.isfinite(losses))  # NaN (void) pixels were ignored
+
+
+def test_box_store_with_background_fills_every_pixel(tiny_data, tmp_path, capsys):
+    store = tmp_path / "b.zarr"
+    code, _, err = run_cli(
+        [
+            "gen-logits",
+            tiny_data,
+            "--method",
+            "box",
+            "--out",
+            store,
+            "--num-full",
+            "4",
+            "--dtype",
+            "int8",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    s = LogitsStore.open(store)
+    assert not torch.isnan(s.read_full(0)).any()  # a background class: no void anywhere
+    code, _, err = run_cli(
+        [
+            "gen-logits",
+            tiny_data,
+            "--method",
+            "box",
+            "--out",
+            store,
+            "--num-full",
+            "4",
+            "--confidence",
+            "0.8",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 2 and "other dtype" in err
+    code, _, err = run_cli(
+        [
+            "gen-logits",
+            tiny_data,
+            "--method",
+            "anc",
+            "--out",
+            tmp_path / "x",
+            "--num-full",
+            "4",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 2 and "needs --model" in err
