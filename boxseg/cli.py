@@ -63,6 +63,10 @@ CheckpointEvery = Annotated[int, typer.Option(help="Save RUN/last.pt every this 
 Resume = Annotated[bool, typer.Option(help="Continue from RUN/last.pt if it is there.")]
 ValSplit = Annotated[str, typer.Option(help="Split scored at the end of training ('' to skip).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")]
+SkipBad = Annotated[
+    bool,
+    typer.Option(help="Leave out images with bad files (counted, listed in the run directory)."),
+]
 
 
 @app.callback()
@@ -137,6 +141,7 @@ def train_anc_cmd(
         float,
         typer.Option(help="Train on this fraction of F (0.5 for stage 1 of the conv recipe)."),
     ] = 1.0,
+    skip_bad: SkipBad = False,
     quiet: Quiet = False,
 ) -> None:
     """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks."""
@@ -165,6 +170,7 @@ def train_anc_cmd(
         val_split or None,
         quiet,
         full_fraction,
+        skip_bad,
     )
 
 
@@ -203,6 +209,7 @@ def gen_logits_cmd(
         bool, typer.Option(help="Replace an existing store that does not match.")
     ] = False,
     device: Device = "auto",
+    skip_bad: SkipBad = False,
     quiet: Quiet = False,
 ) -> None:
     """Fill the logits store for W: the ancillary net's logits (images + boxes), or box-fill /
@@ -227,6 +234,7 @@ def gen_logits_cmd(
         dtype,
         box_method,
         workers,
+        skip_bad,
     )
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")
@@ -300,6 +308,7 @@ def train_primary_cmd(
     checkpoint_every: CheckpointEvery = 200,
     resume: Resume = False,
     val_split: ValSplit = "val",
+    skip_bad: SkipBad = False,
     quiet: Quiet = False,
 ) -> None:
     """Train the primary net p(y|x) on F (masks) + W (stored ancillary logits, self-corrected)."""
@@ -325,6 +334,7 @@ def train_primary_cmd(
         pretrained=pretrained,
         val_split=val_split or None,
         quiet=quiet,
+        skip_bad=skip_bad,
     )
 
 

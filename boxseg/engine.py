@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -16,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from boxseg import distributed
 from boxseg.errors import BoxsegError
-from boxseg.io import append_jsonl, save_torch
+from boxseg.io import append_jsonl, atomic_write_bytes, save_torch
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,22 @@ def load_train_state(path: Path, nets, optimizer, scaler, iters: int) -> int:
     return int(state["step"])
 
 
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint a run resumes from (they will be logged again),
+    and a torn last line; rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step and "loss" in record:
+            kept.append(line)
+    atomic_write_bytes(path, "".join(f"{x}\n" for x in kept).encode())
+
+
 def prepare_nets(nets: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
     """channels_last, SyncBatchNorm (several CUDA processes only) and torch.compile."""
     if cfg.channels_last:
@@ -192,6 +209,8 @@ def fit(
     start = 0
     if cfg.resume and state_path.is_file():
         start = load_train_state(state_path, nets, optimizer, scaler, iters)
+        if main:
+            keep_metrics_until(metrics_path, start)
     elif not cfg.resume and main:
         metrics_path.unlink(missing_ok=True)
     train_step: nn.Module = TrainStep(prepare_nets(nets, cfg, device), step_fn)

@@ -28,6 +28,7 @@ from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_weak, open_dataset
 from boxseg.data.split import SplitSpec, split_full_weak
+from boxseg.data.validate import usable_ids
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
@@ -86,6 +87,7 @@ def gen_logits(
     dtype: str = "float16",
     box_method: BoxMethod | None = None,
     workers: int | None = None,
+    skip_bad: bool = False,
 ) -> LogitsStore:
     """Write (or finish) the store at `out` for every W image of the split: from the ancillary
     model at `model_path`, or (with `box_method`) from the boxes alone."""
@@ -102,6 +104,8 @@ def gen_logits(
     _, weak_ids = split_full_weak(ds.ids(split.split), split)
     if not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
+    all_weak = weak_ids  # W's masks are read for its boxes only (segnet layout)
+    weak_ids = usable_ids(ds, split.split, weak_ids, True, skip_bad, None, "W")
     if box_method is None:
         model, meta = load_model(model_path, kind="ancillary", device=dev)
         check_classes(meta, ds, str(model_path))
@@ -110,6 +114,7 @@ def gen_logits(
     else:
         provenance = {"method": box_method.method, "method_options": asdict(box_method),
                       "checkpoint_sha256": None}  # fmt: skip
+    provenance["skipped_ids"] = sorted(set(all_weak) - set(weak_ids))
     if distributed.is_main():  # one rank creates (or checks) the store, then all open it
         store = _open_or_create(out, ds, split, weak_ids, stride, provenance, overwrite, dtype)
     distributed.barrier()

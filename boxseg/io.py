@@ -29,8 +29,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, quota, permissions: the old file is untouched
+            raise BoxsegError(f"{path}: cannot write ({e.strerror or e}); "
+                              "the previous version, if any, is unchanged") from e  # fmt: skip
         raise
 
 

@@ -236,8 +236,13 @@ class LogitsStore:
             else:
                 canvas[k, :, :hs, :ws] = x.numpy().astype(np.float16)
         end = start + len(logits)
-        self.logits[start:end] = canvas
-        self.done[start:end] = True  # only after the chunks are written
+        try:
+            self.logits[start:end] = canvas
+            self.done[start:end] = True  # only after the chunks are written
+        except OSError as e:  # disk full and the like: done flags stay unset, so a rerun resumes
+            first, why = self.image_ids[start], e.strerror or e
+            raise BoxsegError(f"{self.location}: cannot write image {first} ({why}); "
+                              "free space and run again to resume") from e  # fmt: skip
         self._known_done[start:end] = True
 
     def read(self, i: int) -> torch.Tensor:
@@ -279,7 +284,7 @@ class LogitsStore:
                 f"split (first: {extra[0]}); was it made with other split options?"
             )
         done = self.done_mask()
-        not_done = [i for i in image_ids if not done[self._index[i]]]
+        not_done = [i for i in image_ids if not done[self._index[i]]]  # (in order of the split)
         if not_done:
             raise BoxsegError(
                 f"{self.location}: {len(not_done)} weak images have no logits yet (first: "

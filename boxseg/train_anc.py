@@ -16,6 +16,7 @@ from boxseg.data.sampling import Batches
 from boxseg.data.split import SplitSpec, fraction_of, split_full_weak
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from boxseg.data.validate import usable_ids
 from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
 from boxseg.models import ModelSpec, build_model
 from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
@@ -32,6 +33,7 @@ def train_anc(
     val_split: str | None = "val",
     quiet: bool = False,
     full_fraction: float = 1.0,
+    skip_bad: bool = False,
 ) -> dict:
     """Train on F (or a `full_fraction` of it: the conv recipe's stage 1).
 
@@ -43,6 +45,7 @@ def train_anc(
     full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
     full_ids = fraction_of(full_ids, full_fraction, split.seed) if full_fraction < 1 else full_ids
     out = prepare_run_dir(out) if distributed.is_main() else Path(out)
+    full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad, out / "skipped_full.json", "F")
     torch.manual_seed(cfg.seed)
     channels = box_channels(ds.num_classes, ds.background)
     model = build_model(spec, ds.num_classes, channels, pretrained).to(device)

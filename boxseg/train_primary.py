@@ -24,6 +24,7 @@ from boxseg.data.sampling import Batches
 from boxseg.data.split import SplitSpec, split_full_weak
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet, OnlineWeakTrainSet, WeakTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from boxseg.data.validate import check_image_file, usable_ids
 from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
@@ -50,6 +51,17 @@ def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> 
 
 
 Stream = Callable[[int], dict]
+
+
+def check_sizes(ds, split: str, store, weak_ids: list[str], location: str) -> None:
+    """Every W image has the size its logits were made for (another dataset with the same ids
+    would not); image headers only."""
+    for image_id in weak_ids:
+        h, w = check_image_file(ds.image_path(split, image_id))
+        sh, sw = (int(v) for v in store.sizes[store.index(image_id)])
+        if (sh, sw) != (h, w):
+            raise BoxsegError(f"{location}: logits of {image_id} are for a {sw}x{sh} image, "
+                              f"{ds.image_path(split, image_id)} is {w}x{h}")  # fmt: skip
 
 
 def mixed(full: Stream, weak: Stream | None, weak_from: int) -> Stream:
@@ -89,6 +101,7 @@ def train_primary(
     pretrained: str = "none",
     val_split: str | None = "val",
     quiet: bool = False,
+    skip_bad: bool = False,
 ) -> dict:
     """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {})."""
     cfg.validate()
@@ -107,12 +120,26 @@ def train_primary(
     weak_source = "store" if logits is not None else ("online" if anc_model else None)
     if weak_source and not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
+    out_dir = Path(out)
     if logits is not None:
         store = logits if isinstance(logits, InMemoryLogits) else LogitsStore.open(logits)
+        left_out = set(store.attrs.get("skipped_ids") or [])
+        if left_out and not skip_bad:
+            raise BoxsegError(f"{logits}: gen-logits left out {len(left_out)} bad images "
+                              "(--skip-bad); pass --skip-bad here too")  # fmt: skip
+        weak_ids = [i for i in weak_ids if i not in left_out]  # W's masks are never opened:
+        weak_ids = usable_ids(ds, split.split, weak_ids, False, skip_bad,  # images only
+                              out_dir / "skipped_weak.json", "W")  # fmt: skip
         store.check_matches(list(ds.class_names), weak_ids)
+        check_sizes(ds, split.split, store, weak_ids, str(logits))
         if anc_model is not None and store.attrs.get("checkpoint_sha256") != file_sha256(anc_model):
             raise BoxsegError(f"{logits}: made by another ancillary model than {anc_model}; "
                               "run gen-logits with it")  # fmt: skip
+    elif anc_model is not None:  # online: W's boxes are derived from its masks
+        weak_ids = usable_ids(ds, split.split, weak_ids, True, skip_bad,
+                              out_dir / "skipped_weak.json", "W")  # fmt: skip
+    full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad,
+                          out_dir / "skipped_full.json", "F")  # fmt: skip
     anc = anc_meta = None
     if anc_model is not None:
         anc, anc_meta = load_model(anc_model, kind="ancillary", device=device)

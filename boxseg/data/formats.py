@@ -120,6 +120,9 @@ def _open_segnet(root: Path) -> SegDataset:
         names = tuple(n.strip() for n in classes_file.read_text().splitlines() if n.strip())
         if not names:
             raise BoxsegError(f"{classes_file}: no class names")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise BoxsegError(f"{classes_file}: duplicate class name '{dup[0]}'")
         if len(names) > 255:
             raise BoxsegError(f"{classes_file}: at most 255 classes are supported")
         background = names.index("background") if "background" in names else None

@@ -1,0 +1,385 @@
+"""The catalogue of malformed inputs (docs/reliability.md): each case is one command line on
+broken data, a broken store or checkpoint, or a bad option, and must end with exit code 2 and
+one line on stderr naming the file (or option) and the problem; no traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from boxseg.io import write_label_png
+from boxseg.store import LogitsStore
+from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    pipeline: dict
+    monkeypatch: pytest.MonkeyPatch
+
+    def data(self) -> Path:
+        """A private copy of the tiny dataset to break."""
+        d = self.tmp / "d"
+        if not d.exists():
+            shutil.copytree(self.pipeline["data"], d)
+        return d
+
+    def first(self, split: str = "train") -> str:
+        return (self.data() / f"{split}.txt").read_text().split()[0]
+
+    def weak_id(self) -> str:
+        return LogitsStore.open(self.pipeline["store"]).image_ids[0]
+
+    def store(self) -> Path:
+        s = self.tmp / "w.zarr"
+        if not s.exists():
+            shutil.copytree(self.pipeline["store"], s)
+        return s
+
+    def anc(self, *extra) -> list:
+        """train-anc on all 12 train images (so every train file is in F)."""
+        return ["train-anc", self.data(), "--out", self.tmp / "r", "--num-full", "12",
+                *TINY_MODEL, *TINY_TRAIN, *extra]  # fmt: skip
+
+    def primary(self, *extra) -> list:
+        return ["train-primary", self.data(), "--out", self.tmp / "p", "--num-full", "4",
+                "--logits", self.store(), *TINY_MODEL, *TINY_TRAIN, *extra]  # fmt: skip
+
+    def gen(self, *extra) -> list:
+        out = self.tmp / "new.zarr"
+        return ["gen-logits", self.data(), "--model", self.pipeline["anc"], "--out", out,
+                "--num-full", "4", "--device", "cpu", "--quiet", *extra]  # fmt: skip
+
+
+def _write_garbage(path: Path) -> None:
+    path.write_bytes(b"this is not an image at all" * 3)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _image(c: Ctx, split="train") -> Path:
+    return c.data() / split / f"{c.first(split)}.png"
+
+
+def _mask(c: Ctx, split="train") -> Path:
+    return c.data() / f"{split}annot" / f"{c.first(split)}.png"
+
+
+def _store_attr(c: Ctx, key: str, value) -> Path:
+    s = LogitsStore.open(c.store(), mode="r+")
+    s.group.attrs[key] = value
+    return c.store()
+
+
+def _disk_full(c: Ctx) -> list:
+    import boxseg.io
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    c.monkeypatch.setattr(boxseg.io.os, "fsync", no_space)
+    return c.anc()
+
+
+def _resume_state(c: Ctx, content: bytes | None) -> list:
+    run = c.tmp / "r"
+    run.mkdir(parents=True, exist_ok=True)
+    if content is None:  # a real state, but of a 6-step run
+        from boxseg.engine import TRAIN_STATE
+
+        torch.save({"format": TRAIN_STATE, "step": 2, "iters": 6}, run / "last.pt")
+    else:
+        (run / "last.pt").write_bytes(content)
+    return c.anc("--resume")
+
+
+def _half_written(c: Ctx) -> list:
+    s = LogitsStore.open(c.store(), mode="r+")
+    s.done[3] = False
+    return c.primary()
+
+
+def _other_size(c: Ctx) -> list:
+    from boxseg.io import read_image, write_image
+
+    wid = c.weak_id()
+    img = read_image(c.data() / "train" / f"{wid}.png")
+    write_image(c.data() / "train" / f"{wid}.png", np.pad(img, ((0, 8), (0, 8), (0, 0))))
+    return c.primary()
+
+
+def _other_classes_model(c: Ctx) -> list:
+    names = (c.data() / "classes.txt").read_text().split("\n")
+    (c.data() / "classes.txt").write_text("\n".join(reversed([n for n in names if n])))
+    return c.gen()
+
+
+def _foreign_zarr(c: Ctx) -> list:
+    import zarr
+
+    zarr.open_group(str(c.tmp / "new.zarr"), mode="w").create_array("x", shape=(2,), dtype="i1")
+    return c.gen()
+
+
+def _primary_model(c: Ctx) -> list:
+    code, _, err = run_cli(c.primary(), capsys=None)
+    assert code == 0, err
+    return ["gen-logits", c.data(), "--model", c.tmp / "p" / "model.pt", "--out",
+            c.tmp / "x.zarr", "--num-full", "4"]  # fmt: skip
+
+
+def _truncated_checkpoint(c: Ctx) -> list:
+    ckpt = c.tmp / "half.pt"
+    shutil.copy(c.pipeline["anc"], ckpt)
+    _truncate(ckpt)
+    return ["gen-logits", c.data(), "--model", ckpt, "--out", c.tmp / "x.zarr", "--num-full", "4"]
+
+
+def _not_writable(c: Ctx) -> list:
+    (c.tmp / "a_file").write_text("x")
+    return ["train-anc", c.data(), "--out", c.tmp / "a_file" / "run", "--num-full", "12",
+            *TINY_MODEL, *TINY_TRAIN]  # fmt: skip
+
+
+Case = tuple[str, Callable[[Ctx], list], tuple[str, ...]]
+CASES: list[Case] = [
+    # dataset layout and split lists
+    (
+        "dataset directory missing",
+        lambda c: ["train-anc", c.tmp / "nope", "--out", c.tmp / "r", "--num-full", "4"],
+        ("nope", "not found"),
+    ),
+    (
+        "unknown layout",
+        lambda c: (
+            (c.tmp / "e").mkdir()
+            or ["train-anc", c.tmp / "e", "--out", c.tmp / "r", "--num-full", "4"]
+        ),
+        ("unknown dataset layout",),
+    ),
+    ("split list missing", lambda c: c.anc("--split", "test"), ("test.txt", "no such split")),
+    (
+        "split list empty",
+        lambda c: (c.data() / "train.txt").write_text("\n") and c.anc(),
+        ("train.txt", "empty"),
+    ),
+    (
+        "duplicate image ids",
+        lambda c: (
+            (c.data() / "train.txt").write_text(
+                (c.data() / "train.txt").read_text() + c.first() + "\n"
+            )
+            and c.anc()
+        ),
+        ("train.txt", "duplicate image ids"),
+    ),
+    (
+        "classes file empty",
+        lambda c: (c.data() / "classes.txt").write_text("\n\n") and c.anc(),
+        ("classes.txt", "no class names"),
+    ),
+    (
+        "duplicate class names",
+        lambda c: (
+            (c.data() / "classes.txt").write_text("background\ndisc\ndisc\ntriangle\nring\n")
+            and c.anc()
+        ),
+        ("classes.txt", "duplicate class name 'disc'"),
+    ),
+    # image files
+    ("image missing", lambda c: _image(c).unlink() or c.anc(), ("image not found",)),
+    (
+        "image corrupt",
+        lambda c: _write_garbage(_image(c)) or c.anc(),
+        (".png", "not a readable image", "--skip-bad"),
+    ),
+    ("image truncated", lambda c: _truncate(_image(c)) or c.anc(), (".png", "truncated PNG")),
+    (
+        "weak image truncated (gen-logits)",
+        lambda c: _truncate(c.data() / "train" / f"{c.weak_id()}.png") or c.gen(),
+        ("truncated PNG",),
+    ),
+    # masks
+    ("mask missing", lambda c: _mask(c).unlink() or c.anc(), ("annot", "file not found")),
+    (
+        "mask corrupt",
+        lambda c: _write_garbage(_mask(c)) or c.anc(),
+        ("annot", "not a readable image"),
+    ),
+    (
+        "mask of another size",
+        lambda c: write_label_png(_mask(c), np.zeros((10, 12), np.uint8)) or c.anc(),
+        ("annot", "mask is 12x10 but its image is 32x32"),
+    ),
+    (
+        "mask class id out of range",
+        lambda c: write_label_png(_mask(c), np.full((32, 32), 9, np.uint8)) or c.anc(),
+        ("annot", "class id 9 out of range"),
+    ),
+    (
+        "mask with colour channels",
+        lambda c: shutil.copy(_image(c), _mask(c)) and c.anc(),
+        ("annot", "single-channel"),
+    ),
+    # the F / W split
+    (
+        "--num-full larger than the split",
+        lambda c: c.anc("--num-full", "999"),
+        ("--num-full 999", "12 images"),
+    ),
+    ("full list missing", lambda c: c.anc("--full-list", c.tmp / "f.txt"), ("f.txt", "not found")),
+    (
+        "full list with an unknown id",
+        lambda c: (
+            (c.tmp / "f.txt").write_text("nosuch\n") and c.anc("--full-list", c.tmp / "f.txt")
+        ),
+        ("f.txt", "not in split", "nosuch"),
+    ),
+    (
+        "empty F",
+        lambda c: (c.tmp / "f.txt").write_text("\n") and c.anc("--full-list", c.tmp / "f.txt"),
+        ("empty F",),
+    ),
+    ("empty W", lambda c: c.primary("--num-full", "12"), ("W is empty",)),
+    # logits stores
+    (
+        "store with another class order",
+        lambda c: c.primary(
+            "--logits",
+            _store_attr(c, "class_names", ["disc", "background", "square", "triangle", "ring"]),
+        ),
+        ("classes",),
+    ),
+    (
+        "store for another split",
+        lambda c: c.primary("--num-full", "5"),
+        ("not weak images of this split",),
+    ),
+    ("store for another dataset (image sizes)", _other_size, ("logits of", "are for a 32x32")),
+    (
+        "store with another stride (gen-logits resume)",
+        lambda c: (
+            shutil.copytree(c.pipeline["store"], c.tmp / "new.zarr") and c.gen("--stride", "2")
+        ),
+        ("new.zarr", "other stride"),
+    ),
+    ("half-written store", _half_written, ("w.zarr", "interrupted")),
+    (
+        "not a store",
+        lambda c: c.primary("--logits", c.tmp / "none.zarr"),
+        ("none.zarr", "no logits store"),
+    ),
+    ("foreign zarr at --out", _foreign_zarr, ("new.zarr", "not a boxseg logits store")),
+    # checkpoints and training states
+    (
+        "checkpoint missing",
+        lambda c: [
+            "gen-logits",
+            c.data(),
+            "--model",
+            c.tmp / "m.pt",
+            "--out",
+            c.tmp / "x.zarr",
+            "--num-full",
+            "4",
+        ],
+        ("m.pt", "checkpoint not found"),
+    ),
+    (
+        "checkpoint unreadable",
+        lambda c: (
+            (c.tmp / "m.pt").write_bytes(b"junk") and ["eval", c.data(), "--model", c.tmp / "m.pt"]
+        ),
+        ("m.pt", "unreadable checkpoint"),
+    ),
+    ("checkpoint truncated", _truncated_checkpoint, ("half.pt", "unreadable checkpoint")),
+    ("checkpoint of the wrong kind", _primary_model, ("model.pt", "primary model")),
+    ("model for other classes", _other_classes_model, ("model.pt", "classes")),
+    (
+        "resume state of another run",
+        lambda c: _resume_state(c, None),
+        ("last.pt", "saved for a 6-step run"),
+    ),
+    (
+        "resume state torn",
+        lambda c: _resume_state(c, b"torn"),
+        ("last.pt", "unreadable training state"),
+    ),
+    # where results go
+    ("output directory not writable", _not_writable, ("a_file", "cannot create the run directory")),
+    ("disk full", _disk_full, ("config.json", "No space left on device")),
+    # option values
+    ("negative learning rate", lambda c: c.anc("--lr", "-1"), ("--lr -1",)),
+    ("NaN learning rate", lambda c: c.anc("--lr", "nan"), ("--lr nan",)),
+    ("batch size 0", lambda c: c.anc("--batch-size", "0"), ("--batch-size 0",)),
+    ("crop too small", lambda c: c.anc("--crop", "8"), ("--crop 8",)),
+    ("unknown backbone", lambda c: c.anc("--backbone", "vgg"), ("unknown backbone", "vgg")),
+    ("output stride 32", lambda c: c.anc("--output-stride", "32"), ("8 or 16",)),
+    ("unknown optimizer", lambda c: c.anc("--optimizer", "lamb"), ("--optimizer lamb",)),
+    ("unknown amp mode", lambda c: c.anc("--amp", "fp8"), ("--amp fp8",)),
+    ("stride 0", lambda c: c.gen("--stride", "0"), ("--stride 0",)),
+    ("unknown store dtype", lambda c: c.gen("--dtype", "int4"), ("--dtype int4",)),
+    ("unknown gen-logits method", lambda c: c.gen("--method", "magic"), ("--method magic",)),
+    (
+        "box confidence out of range",
+        lambda c: c.gen("--method", "box", "--confidence", "1.5"),
+        ("--confidence 1.5",),
+    ),
+    (
+        "alpha-end above alpha-start",
+        lambda c: c.primary("--self-corr", "linear", "--alpha-start", "0.1", "--alpha-end", "0.5"),
+        ("--alpha-end 0.5",),
+    ),
+    (
+        "unknown self-correction",
+        lambda c: c.primary("--self-corr", "cubic"),
+        ("--self-corr cubic",),
+    ),
+    (
+        "conv without an ancillary model",
+        lambda c: c.primary("--self-corr", "conv"),
+        ("needs --anc-model",),
+    ),
+    (
+        "eval given two sources",
+        lambda c: ["eval", c.data(), "--model", c.pipeline["anc"], "--pred-dir", c.tmp],
+        ("exactly one of",),
+    ),
+    ("NaN loss", lambda c: c.anc("--lr", "1e30"), ("loss became", "at step", "lower --lr")),
+]
+if not torch.cuda.is_available():
+    CASES.append(("--device cuda without a GPU", lambda c: c.anc("--device", "cuda"),
+                  ("--device cuda", "no CUDA device")))  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_malformed_input_gets_one_line(case: Case, pipeline, tmp_path, capsys, monkeypatch):
+    name, build, needles = case
+    argv = build(Ctx(tmp_path, pipeline, monkeypatch))
+    capsys.readouterr()
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, f"{name}: exit {code}\n{err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("boxseg: error: "), err
+    for needle in needles:
+        assert needle in lines[0], f"{name}: {needle!r} not in {lines[0]!r}"
+    if os.environ.get("BOXSEG_CATALOGUE_OUT"):  # docs/reliability.md's table is made from this
+        shown = lines[0].replace(str(tmp_path), "...")
+        with open(os.environ["BOXSEG_CATALOGUE_OUT"], "a") as f:
+            f.write(f"| {name} | `{shown}` |\n")
+
+
+def test_catalogue_has_at_least_thirty_cases():
+    assert len(CASES) >= 30
