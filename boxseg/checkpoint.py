@@ -33,7 +33,10 @@ def read_checkpoint(path: Path | str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torn, truncated or foreign files all land here
-        raise BoxsegError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0]})") from e
+        raise BoxsegError(
+            f"{path}: unreadable checkpoint, truncated or not a torch file "
+            f"({str(e).splitlines()[0].split('. ')[0][:80]})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise BoxsegError(f"{path}: not a boxseg model checkpoint")
     return ckpt

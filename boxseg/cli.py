@@ -353,6 +353,15 @@ def eval_cmd(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the scores as JSON here.")
     ] = None,
+    flip: Annotated[bool, typer.Option(help="Test-time augmentation: also the mirror image.")] = (
+        False
+    ),
+    scales: Annotated[
+        str, typer.Option(help="Test-time augmentation: image scales, e.g. 0.75,1.0,1.25.")
+    ] = "1.0",
+    save_pred: Annotated[
+        Path | None, typer.Option(help="Also write <id>.png class-index predictions here.")
+    ] = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -360,7 +369,14 @@ def eval_cmd(
     pixel accuracy."""
     from boxseg.evaluate import run_eval
 
-    run_eval(data, split, model, pred_dir, json_out, device, quiet, logits)
+    try:
+        scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
+    except ValueError:
+        scale_list = ()
+    if not scale_list or not all(0.1 <= x <= 4 for x in scale_list):
+        raise BoxsegError(f"--scales {scales}: give comma-separated scales between 0.1 and 4")
+    run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
+             save_pred)  # fmt: skip
 
 
 @app.command("predict")
@@ -377,6 +393,22 @@ def predict_cmd(
     written = run_predict(model, images, out, device, quiet)
     if not quiet:
         print(f"predict: {len(written)} images written to {out}")
+
+
+@app.command("split")
+def split_cmd(
+    data: Data,
+    out: Annotated[Path, typer.Option(help="Directory for full.txt, weak.txt, full_half.txt.")],
+    num_full: NumFull = None,
+    seed_split: SplitSeed = 0,
+    split: Split = "train",
+) -> None:
+    """Write the F and W lists of a split (and the half of F for conv's stage 1)."""
+    from boxseg.split_cmd import write_split
+
+    info = write_split(data, _split(split, num_full, seed_split, None), out)
+    print(f"split: F {info['num_full']} / W {info['num_weak']} images of '{split}' in {out}; "
+          f"pass --full-list {Path(out) / 'full.txt'} to every stage")  # fmt: skip
 
 
 @app.command("demo")

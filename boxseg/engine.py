@@ -136,7 +136,10 @@ def load_train_state(path: Path, nets, optimizer, scaler, iters: int) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a torn or foreign file
-        raise BoxsegError(f"{path}: unreadable training state ({str(e).splitlines()[0]})") from e
+        raise BoxsegError(
+            f"{path}: unreadable training state, truncated or not a torch file "
+            f"({str(e).splitlines()[0].split('. ')[0][:80]})"
+        ) from e
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE:
         raise BoxsegError(f"{path}: not a boxseg training state")
     if state["iters"] != iters:

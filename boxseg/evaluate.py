@@ -16,7 +16,7 @@ from boxseg.data.formats import SegDataset, load_full, open_dataset
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
-from boxseg.io import read_label_png, write_json
+from boxseg.io import read_label_png, write_json, write_label_png
 from boxseg.metrics import confusion_matrix, scores
 from boxseg.store import LogitsStore
 
@@ -36,15 +36,22 @@ def evaluate_model(
     split: str,
     device: torch.device,
     quiet: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+    save_pred: Path | None = None,
 ) -> dict:
-    """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks."""
+    """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks.
+    `scales`/`flip`: test-time augmentation; `save_pred`: also write <id>.png predictions."""
     box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
     conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
     model.eval()
     for image_id in track(ds.ids(split), description=f"eval {split}", disable=quiet):
         s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
-        logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels)
-        conf += confusion_matrix(logits.argmax(0), torch.from_numpy(s.mask), ds.num_classes)
+        logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels, scales, flip)
+        pred = logits.argmax(0)
+        if save_pred is not None:
+            write_label_png(Path(save_pred) / f"{image_id}.png", pred.numpy().astype(np.uint8))
+        conf += confusion_matrix(pred, torch.from_numpy(s.mask), ds.num_classes)
     return scores(conf, list(ds.class_names))
 
 
@@ -118,6 +125,9 @@ def run_eval(
     device: str = "auto",
     quiet: bool = False,
     logits: str | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+    save_pred: Path | None = None,
 ) -> dict:
     """The CLI stage: score a model, a prediction folder or a logits store; print a table,
     write JSON."""
@@ -134,7 +144,7 @@ def run_eval(
         dev = resolve_device(device)
         model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
-        result = evaluate_model(model, meta, ds, split, dev, quiet)
+        result = evaluate_model(model, meta, ds, split, dev, quiet, scales, flip, save_pred)
         title = f"{meta['kind']} model {model_path} on {split}"
     if not quiet:
         print_scores(result, title)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from boxseg.data.boxes import rasterize_boxes
 from boxseg.data.transforms import to_tensor
@@ -17,14 +18,35 @@ def predict_logits(
     device: torch.device,
     boxes: np.ndarray | None = None,
     labels: np.ndarray | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
 ) -> torch.Tensor:
-    """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels."""
+    """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels.
+
+    Test-time augmentation: with several `scales` or `flip`, the image (and its box raster) is
+    resized / mirrored, each output is mapped back to H x W, the softmax probabilities are
+    averaged, and their log is returned (argmax and softmax work on it as on logits)."""
     x = to_tensor(image, meta["mean"], meta["std"])[None].to(device)
+    h, w = image.shape[:2]
     box_tensor = None
     if meta["kind"] == "ancillary":
         if boxes is None or labels is None:
             raise ValueError("an ancillary model needs boxes")
-        h, w = image.shape[:2]
         raster = rasterize_boxes(boxes, labels, len(meta["class_names"]), h, w, meta["background"])
         box_tensor = torch.from_numpy(raster)[None].to(device)
-    return model(x, box_tensor)[0].float().cpu()
+    if tuple(scales) == (1.0,) and not flip:
+        return model(x, box_tensor)[0].float().cpu()
+    probs = None
+    for scale in scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        bs = None if box_tensor is None else F.interpolate(box_tensor, size=size, mode="nearest")
+        for mirrored in (False, True) if flip else (False,):
+            xi = xs.flip(-1) if mirrored else xs
+            bi = None if bs is None else (bs.flip(-1) if mirrored else bs)
+            out = model(xi, bi).float()
+            out = out.flip(-1) if mirrored else out
+            p = torch.softmax(F.interpolate(out, size=(h, w), mode="bilinear",
+                                            align_corners=False), dim=1)[0]  # fmt: skip
+            probs = p if probs is None else probs + p
+    return torch.log(probs / probs.sum(0, keepdim=True)).cpu()
