@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from boxseg.config_file import apply_config
 from boxseg.errors import BoxsegError
 
 app = typer.Typer(
@@ -63,6 +64,15 @@ CheckpointEvery = Annotated[int, typer.Option(help="Save RUN/last.pt every this 
 Resume = Annotated[bool, typer.Option(help="Continue from RUN/last.pt if it is there.")]
 ValSplit = Annotated[str, typer.Option(help="Split scored at the end of training ('' to skip).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")]
+Config = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML (or YAML) file of option values; flags given here override it.",
+        is_eager=True,
+        callback=apply_config,
+    ),
+]
 SkipBad = Annotated[
     bool,
     typer.Option(help="Leave out images with bad files (counted, listed in the run directory)."),
@@ -143,6 +153,7 @@ def train_anc_cmd(
     ] = 1.0,
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
+    config: Config = None,
 ) -> None:
     """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks."""
     from boxseg.data.boxes import BoxSpec
@@ -211,6 +222,7 @@ def gen_logits_cmd(
     device: Device = "auto",
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
+    config: Config = None,
 ) -> None:
     """Fill the logits store for W: the ancillary net's logits (images + boxes), or box-fill /
     GrabCut pseudo-labels; resumes if killed."""
@@ -310,6 +322,7 @@ def train_primary_cmd(
     val_split: ValSplit = "val",
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
+    config: Config = None,
 ) -> None:
     """Train the primary net p(y|x) on F (masks) + W (stored ancillary logits, self-corrected)."""
     from boxseg.train_primary import train_primary
