@@ -424,6 +424,30 @@ def split_cmd(
           f"pass --full-list {Path(out) / 'full.txt'} to every stage")  # fmt: skip
 
 
+@app.command("viz")
+def viz_cmd(
+    data: Data,
+    logits: Annotated[str, typer.Option(help="The logits store to look at.")],
+    out: Annotated[Path, typer.Option(help="Directory for one <id>.png per image.")],
+    ids: Annotated[
+        str | None, typer.Option(help="Comma-separated weak image ids (default: the first --num).")
+    ] = None,
+    num: Annotated[int, typer.Option(help="How many weak images, without --ids.")] = 4,
+    model: Annotated[
+        Path | None, typer.Option(help="A primary model.pt: also show its target q.")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Linear self-correction alpha for q.")] = 1.0,
+    split: Split = "train",
+    device: Device = "auto",
+) -> None:
+    """Pictures of weak images: boxes, pseudo-label, confidence, q, ground truth."""
+    from boxseg.viz import run_viz
+
+    chosen = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
+    written = run_viz(data, logits, out, split, chosen, num, model, alpha, device)
+    print(f"viz: {len(written)} pictures in {out}")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[
