@@ -27,7 +27,7 @@ from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_weak, open_dataset
-from boxseg.data.split import SplitSpec, split_full_weak
+from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.data.validate import usable_ids
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
@@ -101,11 +101,11 @@ def gen_logits(
         raise BoxsegError("--method anc needs --model (an ancillary model.pt from train-anc)")
     dev = resolve_device(device)
     ds = open_dataset(data)
-    _, weak_ids = split_full_weak(ds.ids(split.split), split)
+    _, weak_ids = split_dataset(ds, split)
     if not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
-    all_weak = weak_ids  # W's masks are read for its boxes only (segnet layout)
-    weak_ids = usable_ids(ds, split.split, weak_ids, True, skip_bad, None, "W")
+    all_weak = weak_ids  # W's masks are read for boxes only where boxes come from masks
+    weak_ids = usable_ids(ds, split.split, weak_ids, ds.boxes_from_masks, skip_bad, None, "W")
     if box_method is None:
         model, meta = load_model(model_path, kind="ancillary", device=dev)
         check_classes(meta, ds, str(model_path))

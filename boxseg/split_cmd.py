@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from boxseg.data.formats import open_dataset
-from boxseg.data.split import SplitSpec, fraction_of, split_full_weak
+from boxseg.data.split import SplitSpec, fraction_of, split_dataset
 from boxseg.io import atomic_write_bytes, write_json
 
 
 def write_split(data: Path, spec: SplitSpec, out: Path) -> dict:
     """Write OUT/full.txt, weak.txt, full_half.txt and split.json; return the counts."""
     ds = open_dataset(data)
-    full, weak = split_full_weak(ds.ids(spec.split), spec)
+    full, weak = split_dataset(ds, spec)
     half = fraction_of(full, 0.5, spec.seed)
     out = Path(out)
     for name, ids in (("full", full), ("weak", weak), ("full_half", half)):

@@ -13,7 +13,7 @@ from boxseg.data.boxes import BoxSpec, box_channels
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
 from boxseg.data.sampling import Batches
-from boxseg.data.split import SplitSpec, fraction_of, split_full_weak
+from boxseg.data.split import SplitSpec, fraction_of, split_dataset
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.data.validate import usable_ids
@@ -42,7 +42,7 @@ def train_anc(
     cfg.validate()
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
-    full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
+    full_ids, weak_ids = split_dataset(ds, split)
     full_ids = fraction_of(full_ids, full_fraction, split.seed) if full_fraction < 1 else full_ids
     out = prepare_run_dir(out) if distributed.is_main() else Path(out)
     full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad, out / "skipped_full.json", "F")

@@ -21,7 +21,7 @@ from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
 from boxseg.data.sampling import Batches
-from boxseg.data.split import SplitSpec, split_full_weak
+from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet, OnlineWeakTrainSet, WeakTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.data.validate import check_image_file, usable_ids
@@ -116,7 +116,7 @@ def train_primary(
         raise BoxsegError("give --logits or --anc-model, not both (both only with conv)")
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
-    full_ids, weak_ids = split_full_weak(ds.ids(split.split), split)
+    full_ids, weak_ids = split_dataset(ds, split)
     weak_source = "store" if logits is not None else ("online" if anc_model else None)
     if weak_source and not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
@@ -135,8 +135,8 @@ def train_primary(
         if anc_model is not None and store.attrs.get("checkpoint_sha256") != file_sha256(anc_model):
             raise BoxsegError(f"{logits}: made by another ancillary model than {anc_model}; "
                               "run gen-logits with it")  # fmt: skip
-    elif anc_model is not None:  # online: W's boxes are derived from its masks
-        weak_ids = usable_ids(ds, split.split, weak_ids, True, skip_bad,
+    elif anc_model is not None:  # online: W's boxes (derived from masks on segnet data)
+        weak_ids = usable_ids(ds, split.split, weak_ids, ds.boxes_from_masks, skip_bad,
                               out_dir / "skipped_weak.json", "W")  # fmt: skip
     full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad,
                           out_dir / "skipped_full.json", "F")  # fmt: skip

@@ -153,6 +153,22 @@ def _not_writable(c: Ctx) -> list:
             *TINY_MODEL, *TINY_TRAIN]  # fmt: skip
 
 
+def _folder_with_box(c: Ctx, bbox=None, category=None) -> list:
+    """train-anc on a folder-layout dataset whose boxes.json has one bad entry."""
+    import json
+
+    from tests.data.test_folder import write_folder
+
+    root = write_folder(c.tmp / "f")
+    doc = json.loads((root / "boxes.json").read_text())
+    if bbox is not None:
+        doc["annotations"][0]["bbox"] = bbox
+    if category is not None:
+        doc["categories"][0]["name"] = category
+    (root / "boxes.json").write_text(json.dumps(doc))
+    return ["train-anc", root, "--out", c.tmp / "r", *TINY_MODEL, *TINY_TRAIN]
+
+
 Case = tuple[str, Callable[[Ctx], list], tuple[str, ...]]
 CASES: list[Case] = [
     # dataset layout and split lists
@@ -253,6 +269,32 @@ CASES: list[Case] = [
         ("empty F",),
     ),
     ("empty W", lambda c: c.primary("--num-full", "12"), ("W is empty",)),
+    # box files (folder layout, COCO-style boxes.json)
+    (
+        "box outside the image",
+        lambda c: _folder_with_box(c, [30, 30, 10, 10]),
+        ("boxes.json", "img0", "outside the 32x32 image"),
+    ),
+    (
+        "box with negative corner",
+        lambda c: _folder_with_box(c, [-6, 2, 4, 4]),
+        ("boxes.json", "outside"),
+    ),
+    (
+        "box of zero area",
+        lambda c: _folder_with_box(c, [4, 4, 0, 8]),
+        ("boxes.json", "zero or negative size"),
+    ),
+    (
+        "box with NaN",
+        lambda c: _folder_with_box(c, [4, float("nan"), 4, 8]),
+        ("boxes.json", "not finite"),
+    ),
+    (
+        "unknown class name in a box file",
+        lambda c: _folder_with_box(c, category="zebra"),
+        ("boxes.json", "unknown class name 'zebra'"),
+    ),
     # logits stores
     (
         "store with another class order",

@@ -1,6 +1,6 @@
 """Dataset readers. A layout is detected from the directory; each reader returns `Sample`s.
 
-Supported layouts:
+Supported layouts (voc.py and folder.py hold the other readers, with the same methods):
 - segnet: the SegNet/CamVid layout: `<split>.txt` (one stem a line, or SegNet's
   "image-path mask-path" lines), `<split>/<stem>.png|.jpg` images and `<split>annot/<stem>.png`
   class-index masks. Class names come from an optional `classes.txt` (one name a line, index =
@@ -35,8 +35,21 @@ CAMVID_CLASSES = (
 )
 SUPPORTED_LAYOUTS = {
     "segnet": "<split>.txt lists, <split>/ images, <split>annot/ masks (CamVid, SegNet tutorial)",
+    "voc": "JPEGImages/, SegmentationClass(Aug)/, Annotations/ XML, ImageSets/ lists (VOC+SBD)",
+    "folder": "images/, masks/, boxes.json (COCO), classes.txt, <split>.txt (docs/formats.md)",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Image ids of a split list (first word of each line, as a stem); clear errors for an empty
+    list or duplicates."""
+    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise BoxsegError(f"{path}: the split list is empty")
+    if len(set(ids)) != len(ids):
+        raise BoxsegError(f"{path}: duplicate image ids in the split list")
+    return ids
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,8 @@ class SegDataset:
     def has_split(self, split: str) -> bool:
         return (self.root / f"{split}.txt").is_file()
 
+    boxes_from_masks = True  # no box annotations: boxes are derived from masks
+
     def ids(self, split: str) -> list[str]:
         """Image ids of a split, in file order; a clear error for a missing or empty list."""
         path = self.root / f"{split}.txt"
@@ -71,12 +86,7 @@ class SegDataset:
             raise BoxsegError(
                 f"{path}: no such split list (splits here: {', '.join(have) or 'none'})"
             )
-        ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-        if not ids:
-            raise BoxsegError(f"{path}: the split list is empty")
-        if len(set(ids)) != len(ids):
-            raise BoxsegError(f"{path}: duplicate image ids in the split list")
-        return ids
+        return read_id_list(path)
 
     def image_path(self, split: str, image_id: str) -> Path:
         for suffix in IMAGE_SUFFIXES:
@@ -141,6 +151,12 @@ def open_dataset(root: Path | str) -> SegDataset:
     root = Path(root)
     if not root.is_dir():
         raise BoxsegError(f"{root}: dataset directory not found")
+    from boxseg.data import folder, voc  # readers of the other layouts
+
+    if voc.is_voc(root):
+        return voc.VocDataset(root)
+    if folder.is_folder(root):
+        return folder.open_folder(root)
     if _is_segnet(root):
         return _open_segnet(root)
     supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_LAYOUTS.items())

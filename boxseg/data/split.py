@@ -70,3 +70,16 @@ def fraction_of(ids: list[str], fraction: float, seed: int) -> list[str]:
     n = max(1, round(len(ids) * fraction))
     keep = set(np.random.default_rng(seed + 1).permutation(len(ids))[:n].tolist())
     return [x for i, x in enumerate(ids) if i in keep]
+
+
+def split_dataset(ds, spec: SplitSpec) -> tuple[list[str], list[str]]:
+    """(F ids, W ids) of a dataset's split. Without --num-full or --full-list, a dataset that
+    knows which images have masks (the folder layout) gives F = those, W = the rest."""
+    ids = ds.ids(spec.split)
+    if spec.num_full is None and spec.full_list is None and hasattr(ds, "has_mask"):
+        full = [i for i in ids if ds.has_mask(spec.split, i)]
+        if not full:
+            raise BoxsegError(f"no image of split '{spec.split}' has a mask: F would be empty")
+        chosen = set(full)
+        return full, [i for i in ids if i not in chosen]
+    return split_full_weak(ids, spec)

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
+from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset
 from boxseg.errors import BoxsegError
 from boxseg.io import write_json
@@ -44,13 +45,19 @@ def check_image_file(path: Path) -> tuple[int, int]:
 def check_sample(ds: SegDataset, split: str, image_id: str, with_mask: bool) -> None:
     """The image (and its mask) of one id: present, complete, same size, class ids in range."""
     h, w = check_image_file(ds.image_path(split, image_id))
+    if not ds.boxes_from_masks:  # box files: parsed and checked against the image size
+        ds.read_boxes(split, image_id, BoxSpec())
     if not with_mask:
         return
     mask_path = ds.mask_path(split, image_id)
-    mh, mw = check_image_file(mask_path)
-    if (mh, mw) != (h, w):
-        raise BoxsegError(f"{mask_path}: mask is {mw}x{mh} but its image is {w}x{h}")
-    ds.read_mask(split, image_id)  # channels and class ids
+    if mask_path.is_file() or ds.boxes_from_masks:
+        mh, mw = check_image_file(mask_path)
+        if (mh, mw) != (h, w):
+            raise BoxsegError(f"{mask_path}: mask is {mw}x{mh} but its image is {w}x{h}")
+    mask = ds.read_mask(split, image_id)  # channels and class ids (or drawn from polygons)
+    if mask.shape != (h, w):
+        raise BoxsegError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its "
+                          f"image is {w}x{h}")  # fmt: skip
 
 
 def usable_ids(

@@ -1,0 +1,205 @@
+"""The folder layout: your own images, with boxes as annotation tools export them (docs/formats.md).
+
+    DATA/classes.txt       class names, one a line (index = line number); a class named
+                           `background` is the background class
+    DATA/images/<stem>.jpg|.png
+    DATA/masks/<stem>.png  optional class-index PNG per image (255 void)
+    DATA/boxes.json        COCO instances JSON: images (id, file_name), categories (id, name),
+                           annotations (image_id, category_id, bbox [x, y, w, h], segmentation)
+    DATA/<split>.txt       split lists of image stems (train.txt, val.txt, ...)
+
+An image's mask is masks/<stem>.png; failing that, when every one of its annotations has a
+segmentation, the polygons are drawn with OpenCV (larger objects first; RLE needs pycocotools);
+otherwise it has no mask, and it is a weak image. Without --num-full or --full-list, F is the
+images of the split that have a mask and W the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from boxseg.data.boxes import BoxSpec
+from boxseg.data.sample import VOID
+from boxseg.errors import BoxsegError
+from boxseg.io import read_image, read_label_png
+
+BOXES_FILE = "boxes.json"
+
+
+def is_folder(root: Path) -> bool:
+    return (root / "images").is_dir() and (root / BOXES_FILE).is_file()
+
+
+@dataclass(frozen=True)
+class CocoBoxes:
+    """What boxes.json holds, indexed by image stem."""
+
+    boxes: dict[str, list[dict]] = field(default_factory=dict)  # stem -> annotations
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # stem -> (height, width)
+
+
+@lru_cache(maxsize=4)
+def read_coco(path: Path, mtime: float, class_names: tuple[str, ...]) -> CocoBoxes:
+    """Parse boxes.json once (per file version): annotations by image stem, category names
+    mapped to class indices, with a clear error for anything malformed."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BoxsegError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(doc, dict) or not {"images", "annotations", "categories"} <= doc.keys():
+        raise BoxsegError(f"{path}: a COCO instances file needs images, annotations, categories")
+    cats = {}
+    for c in doc["categories"]:
+        if c.get("name") not in class_names:
+            raise BoxsegError(f"{path}: unknown class name '{c.get('name')}' "
+                              f"(classes.txt has {', '.join(class_names)})")  # fmt: skip
+        cats[c["id"]] = class_names.index(c["name"])
+    stems, out = {}, CocoBoxes()
+    for im in doc["images"]:
+        stem = Path(im["file_name"]).stem
+        stems[im["id"]] = stem
+        out.boxes[stem] = []
+        if "height" in im and "width" in im:
+            out.sizes[stem] = (int(im["height"]), int(im["width"]))
+    for a in doc["annotations"]:
+        stem = stems.get(a.get("image_id"))
+        if stem is None:
+            raise BoxsegError(f"{path}: annotation {a.get('id')} refers to unknown image "
+                              f"{a.get('image_id')}")  # fmt: skip
+        if a.get("category_id") not in cats:
+            raise BoxsegError(f"{path}: annotation {a.get('id')} has unknown category "
+                              f"{a.get('category_id')}")  # fmt: skip
+        out.boxes[stem].append(a | {"label": cats[a["category_id"]]})
+    return out
+
+
+@dataclass(frozen=True)
+class FolderDataset:
+    root: Path
+    class_names: tuple[str, ...]
+    background: int | None
+    layout: str = "folder"
+    void_value: int = 255
+    boxes_from_masks = False  # boxes come from boxes.json
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict:
+        names = list(self.class_names)
+        return {"root": str(self.root), "layout": self.layout, "class_names": names}
+
+    @property
+    def coco(self) -> CocoBoxes:
+        path = self.root / BOXES_FILE
+        return read_coco(path, path.stat().st_mtime, self.class_names)
+
+    def has_split(self, split: str) -> bool:
+        return (self.root / f"{split}.txt").is_file()
+
+    def ids(self, split: str) -> list[str]:
+        from boxseg.data.formats import read_id_list
+
+        path = self.root / f"{split}.txt"
+        if not path.is_file():
+            raise BoxsegError(f"{path}: no such split list")
+        return read_id_list(path)
+
+    def image_path(self, split: str, image_id: str) -> Path:
+        for suffix in (".jpg", ".jpeg", ".png"):
+            path = self.root / "images" / f"{image_id}{suffix}"
+            if path.is_file():
+                return path
+        raise BoxsegError(f"{self.root / 'images' / image_id}.jpg|.png: image not found")
+
+    def mask_path(self, split: str, image_id: str) -> Path:
+        return self.root / "masks" / f"{image_id}.png"
+
+    def has_mask(self, split: str, image_id: str) -> bool:
+        if self.mask_path(split, image_id).is_file():
+            return True
+        anns = self.coco.boxes.get(image_id, [])
+        return bool(anns) and all(a.get("segmentation") for a in anns)
+
+    def read_image(self, split: str, image_id: str) -> np.ndarray:
+        return read_image(self.image_path(split, image_id))
+
+    def read_mask(self, split: str, image_id: str) -> np.ndarray:
+        path = self.mask_path(split, image_id)
+        if path.is_file():
+            mask = read_label_png(path)
+        elif self.has_mask(split, image_id):
+            mask = self._draw_segmentations(image_id)
+        else:
+            raise BoxsegError(f"{path}: no mask for this image (it is a weak image)")
+        bad = (mask >= self.num_classes) & (mask != VOID)
+        if bad.any():
+            raise BoxsegError(f"{path}: class id {int(mask[bad].max())} out of range "
+                              f"(0..{self.num_classes - 1}, void 255)")  # fmt: skip
+        return mask
+
+    def _draw_segmentations(self, image_id: str) -> np.ndarray:
+        """A class mask from the image's COCO segmentations, larger objects drawn first."""
+        h, w = self.coco.sizes.get(image_id) or self.read_image("", image_id).shape[:2]
+        mask = np.full((h, w), VOID if self.background is None else self.background, np.uint8)
+        anns = sorted(self.coco.boxes[image_id], key=lambda a: -a["bbox"][2] * a["bbox"][3])
+        for a in anns:
+            seg = a["segmentation"]
+            if isinstance(seg, dict):  # RLE
+                try:
+                    from pycocotools import mask as rle
+                except ImportError as e:
+                    msg = f"{self.root / BOXES_FILE}: image {image_id} has an RLE mask"
+                    raise BoxsegError(f"{msg}; pip install pycocotools to decode it") from e
+                mask[rle.decode(rle.frPyObjects(seg, h, w) if isinstance(seg["counts"], list)
+                                else seg).astype(bool)] = a["label"]  # fmt: skip
+                continue
+            polys = [np.round(np.array(p, np.float64).reshape(-1, 2)).astype(np.int32)
+                     for p in seg if len(p) >= 6]  # fmt: skip
+            cv2.fillPoly(mask, polys, int(a["label"]))
+        return mask
+
+    def read_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
+        """The image's boxes from boxes.json (xywh -> xyxy), checked against the image size."""
+        path = self.root / BOXES_FILE
+        if image_id not in self.coco.boxes:
+            raise BoxsegError(f"{path}: image {image_id} is not in the file")
+        h, w = self.coco.sizes.get(image_id) or self.read_image(split, image_id).shape[:2]
+        boxes, labels = [], []
+        for a in self.coco.boxes[image_id]:
+            try:
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise BoxsegError(f"{path}: annotation {a.get('id')} of {image_id} has no "
+                                  "bbox [x, y, w, h]") from e  # fmt: skip
+            where = f"{path}: box {[x, y, bw, bh]} of {image_id} (annotation {a.get('id')})"
+            if not np.isfinite([x, y, bw, bh]).all():
+                raise BoxsegError(f"{where} is not finite")
+            if bw <= 0 or bh <= 0:
+                raise BoxsegError(f"{where} has zero or negative size")
+            if x < -1 or y < -1 or x + bw > w + 1 or y + bh > h + 1:
+                raise BoxsegError(f"{where} lies outside the {w}x{h} image")
+            if spec.classes is None or a["label"] in spec.classes:
+                boxes.append([max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)])
+                labels.append(a["label"])
+        return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+
+
+def open_folder(root: Path) -> FolderDataset:
+    path = root / "classes.txt"
+    if not path.is_file():
+        raise BoxsegError(f"{path}: the folder layout needs a classes file (one name a line)")
+    names = tuple(n.strip() for n in path.read_text().splitlines() if n.strip())
+    if not names:
+        raise BoxsegError(f"{path}: no class names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise BoxsegError(f"{path}: duplicate class name '{dup[0]}'")
+    return FolderDataset(root, names, names.index("background") if "background" in names else None)

@@ -1,0 +1,141 @@
+"""PASCAL VOC 2012 (+ SBD's augmented masks), the paper's setting.
+
+    VOC/JPEGImages/<id>.jpg
+    VOC/SegmentationClass/<id>.png      palette PNG, 255 void (VOC's 2913 masks)
+    VOC/SegmentationClassAug/<id>.png   index PNG (SBD + VOC, the usual 10,582-image set)
+    VOC/Annotations/<id>.xml            boxes of every image, with or without a mask
+    VOC/ImageSets/Segmentation/{train,val}.txt, and train_aug.txt (in ImageSets/SegmentationAug/,
+    ImageSets/Segmentation/ or the root)
+
+F = the images of `--full-list` (e.g. ImageSets/Segmentation/train.txt, 1,464 images) within
+the split (train_aug); W = the rest of it (9,118), read through their XML boxes only.
+A mask is read from SegmentationClass when there is one, else from SegmentationClassAug.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from boxseg.data.boxes import BoxSpec
+from boxseg.data.sample import VOID
+from boxseg.errors import BoxsegError
+from boxseg.io import read_image
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+LIST_DIRS = ("ImageSets/Segmentation", "ImageSets/SegmentationAug", "ImageSets/Main", ".")
+
+
+def is_voc(root: Path) -> bool:
+    return (root / "JPEGImages").is_dir() and (root / "ImageSets").is_dir()
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """Class indices of a palette or greyscale PNG (PIL keeps palette indices; OpenCV would
+    turn a palette PNG into colours)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise BoxsegError(f"{path}: a mask must be a palette or greyscale class-index PNG")
+            return np.array(im, dtype=np.uint8)
+    except FileNotFoundError as e:
+        raise BoxsegError(f"{path}: mask not found") from e
+    except OSError as e:
+        raise BoxsegError(f"{path}: not a readable mask image") from e
+
+
+@dataclass(frozen=True)
+class VocDataset:
+    root: Path
+    layout: str = "voc"
+    class_names: tuple[str, ...] = VOC_CLASSES
+    void_value: int = 255
+    background: int | None = 0
+    boxes_from_masks = False  # every image has its boxes in Annotations/
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict:
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "class_names": list(self.class_names),
+        }
+
+    def _list(self, split: str) -> Path | None:
+        for d in LIST_DIRS:
+            if (self.root / d / f"{split}.txt").is_file():
+                return self.root / d / f"{split}.txt"
+        return None
+
+    def has_split(self, split: str) -> bool:
+        return self._list(split) is not None
+
+    def ids(self, split: str) -> list[str]:
+        from boxseg.data.formats import read_id_list
+
+        path = self._list(split)
+        if path is None:
+            raise BoxsegError(f"{self.root}/ImageSets: no {split}.txt split list "
+                              f"(looked in {', '.join(LIST_DIRS)})")  # fmt: skip
+        return read_id_list(path)
+
+    def image_path(self, split: str, image_id: str) -> Path:
+        path = self.root / "JPEGImages" / f"{image_id}.jpg"
+        if not path.is_file():
+            raise BoxsegError(f"{path}: image not found")
+        return path
+
+    def mask_path(self, split: str, image_id: str) -> Path:
+        voc = self.root / "SegmentationClass" / f"{image_id}.png"
+        return voc if voc.is_file() else self.root / "SegmentationClassAug" / f"{image_id}.png"
+
+    def read_image(self, split: str, image_id: str) -> np.ndarray:
+        return read_image(self.image_path(split, image_id))
+
+    def read_mask(self, split: str, image_id: str) -> np.ndarray:
+        path = self.mask_path(split, image_id)
+        mask = read_index_png(path)
+        bad = (mask >= self.num_classes) & (mask != VOID)
+        if bad.any():
+            raise BoxsegError(f"{path}: class id {int(mask[bad].max())} out of range "
+                              f"(0..{self.num_classes - 1}, void 255)")  # fmt: skip
+        return mask
+
+    def read_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
+        """Boxes of Annotations/<id>.xml (VOC's 1-based inclusive corners -> 0-based xyxy with
+        exclusive x2/y2); `spec.classes` filters them."""
+        path = self.root / "Annotations" / f"{image_id}.xml"
+        try:
+            tree = ET.parse(path)
+        except FileNotFoundError as e:
+            raise BoxsegError(f"{path}: box annotation not found") from e
+        except ET.ParseError as e:
+            raise BoxsegError(f"{path}: not valid XML ({e})") from e
+        boxes, labels = [], []
+        for obj in tree.getroot().iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            if name not in self.class_names:
+                raise BoxsegError(f"{path}: unknown class name '{name}'")
+            bb = obj.find("bndbox")
+            try:
+                x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (AttributeError, TypeError, ValueError) as e:
+                raise BoxsegError(f"{path}: a '{name}' box lacks numeric corners") from e
+            if not all(np.isfinite([x1, y1, x2, y2])) or x2 < x1 or y2 < y1 or min(x1, y1) < 0:
+                raise BoxsegError(f"{path}: bad '{name}' box ({x1}, {y1}, {x2}, {y2})")
+            label = self.class_names.index(name)
+            if spec.classes is None or label in spec.classes:
+                boxes.append([x1 - 1, y1 - 1, x2, y2])
+                labels.append(label)
+        return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
