@@ -1,6 +1,7 @@
 """Dataset readers. A layout is detected from the directory; each reader returns `Sample`s.
 
-Supported layouts (voc.py and folder.py hold the other readers, with the same methods):
+Supported layouts (voc.py, cityscapes.py and folder.py hold the other readers, with the same
+methods):
 - segnet: the SegNet/CamVid layout: `<split>.txt` (one stem a line, or SegNet's
   "image-path mask-path" lines), `<split>/<stem>.png|.jpg` images and `<split>annot/<stem>.png`
   class-index masks. Class names come from an optional `classes.txt` (one name a line, index =
@@ -37,6 +38,7 @@ SUPPORTED_LAYOUTS = {
     "segnet": "<split>.txt lists, <split>/ images, <split>annot/ masks (CamVid, SegNet tutorial)",
     "voc": "JPEGImages/, SegmentationClass(Aug)/, Annotations/ XML, ImageSets/ lists (VOC+SBD)",
     "folder": "images/, masks/, boxes.json (COCO), classes.txt, <split>.txt (docs/formats.md)",
+    "cityscapes": "leftImg8bit/<split>/<city>/, gtFine/<split>/<city>/ labelIds, instanceIds",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -151,8 +153,10 @@ def open_dataset(root: Path | str) -> SegDataset:
     root = Path(root)
     if not root.is_dir():
         raise BoxsegError(f"{root}: dataset directory not found")
-    from boxseg.data import folder, voc  # readers of the other layouts
+    from boxseg.data import cityscapes, folder, voc  # readers of the other layouts
 
+    if cityscapes.is_cityscapes(root):
+        return cityscapes.CityscapesDataset(root)
     if voc.is_voc(root):
         return voc.VocDataset(root)
     if folder.is_folder(root):
