@@ -36,7 +36,7 @@ def prepare(work: Path) -> dict[str, Path]:
     """Data, an ancillary model and its store (what gen-logits and train-primary start from)."""
     from boxseg.data.synthetic import write_synthetic
 
-    data = write_synthetic(work / "data", 16, 4, size=32, seed=1)
+    data = write_synthetic(work / "data", 46, 4, size=32, seed=1)  # W: 40 images
     subprocess.run(argv("train-anc", {"data": data}, work / "anc") + ["--iters", "4"], env=ENV,
                    check=True, timeout=300)  # fmt: skip
     paths = {"data": data, "anc": work / "anc" / "model.pt"}
@@ -71,17 +71,34 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def kill_then_finish(cmd: list[str], delay: float) -> bool:
-    """Start, SIGKILL after `delay` s (True if it was still running), then run to the end."""
+def progress_of(command: str, out: Path) -> str:
+    """What a killed run had left behind: images done in the store, or the checkpoint step."""
+    if command == "gen-logits":
+        try:
+            from boxseg.store import LogitsStore
+
+            done = LogitsStore.open(out).done_mask()
+            return f"{int(done.sum())}/{len(done)} images done"
+        except Exception:  # noqa: BLE001 - no store yet, or one killed while being created
+            return "no complete store yet"
+    if (out / "last.pt").is_file():
+        return f"last.pt at step {torch.load(out / 'last.pt', weights_only=True)['step']}"
+    return "no checkpoint yet"
+
+
+def kill_then_finish(cmd: list[str], delay: float, command: str, out: Path) -> tuple[bool, str]:
+    """Start, SIGKILL after `delay` s, then run to the end; return (was it still running, what
+    it had written)."""
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
     alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    left = progress_of(command, out)
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"rerun failed: {done.stderr.strip().splitlines()[-1:]}")
-    return alive
+    return alive, left
 
 
 def check(command: str, paths: dict, work: Path, fractions: list[float]) -> list[dict]:
@@ -93,9 +110,9 @@ def check(command: str, paths: dict, work: Path, fractions: list[float]) -> list
     rows = []
     for k, f in enumerate(fractions):
         out = work / f"kill{k}"
-        alive = kill_then_finish(argv(command, paths, out), f * duration)
+        alive, left = kill_then_finish(argv(command, paths, out), f * duration, command, out)
         rows.append({"command": command, "delay_s": round(f * duration, 2), "killed": alive,
-                     "equal": same(result_of(command, out), want)})  # fmt: skip
+                     "left": left, "equal": same(result_of(command, out), want)})  # fmt: skip
         shutil.rmtree(out, ignore_errors=True)
     return rows
 
@@ -108,17 +125,18 @@ def check_chain(command: str, paths: dict, work: Path, fractions: list[float]) -
     subprocess.run(argv(command, paths, work / "ref"), env=ENV, check=True, timeout=300)
     duration = time.perf_counter() - t
     cmd = argv(command, paths, work / "chain")
-    alive = []
+    alive, left = [], []
     for f in fractions:
         proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(f * duration)
         alive.append(proc.poll() is None)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        left.append(progress_of(command, work / "chain"))
     subprocess.run(cmd, env=ENV, check=True, timeout=300, capture_output=True)
     equal = same(result_of(command, work / "chain"), result_of(command, work / "ref"))
-    return [{"command": command, "delay_s": round(f * duration, 2), "killed": a, "equal": equal}
-            for f, a in zip(fractions, alive, strict=True)]  # fmt: skip
+    return [{"command": command, "delay_s": round(f * duration, 2), "killed": a, "left": x,
+             "equal": equal} for f, a, x in zip(fractions, alive, left, strict=True)]  # fmt: skip
 
 
 def main() -> None:
@@ -137,8 +155,9 @@ def main() -> None:
             for row in check(command, paths, work / command, fractions):
                 failed += not row["equal"]
                 print(f"{row['command']:<14} kill at {row['delay_s']:5.2f} s "
-                      f"({'while running' if row['killed'] else 'after the end'}): "
-                      f"{'equal' if row['equal'] else 'DIFFERENT'}", flush=True)  # fmt: skip
+                      f"({'while running' if row['killed'] else 'after the end'}; left: "
+                      f"{row['left']}): {'equal' if row['equal'] else 'DIFFERENT'}",
+                      flush=True)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{failed} of the results differ from the uninterrupted runs")
