@@ -375,6 +375,9 @@ def eval_cmd(
     save_pred: Annotated[
         Path | None, typer.Option(help="Also write <id>.png class-index predictions here.")
     ] = None,
+    window: Annotated[
+        int, typer.Option(help="Run images larger than this in overlapping tiles (0: whole).")
+    ] = 0,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -388,8 +391,10 @@ def eval_cmd(
         scale_list = ()
     if not scale_list or not all(0.1 <= x <= 4 for x in scale_list):
         raise BoxsegError(f"--scales {scales}: give comma-separated scales between 0.1 and 4")
+    if window < 0 or 0 < window < 16:
+        raise BoxsegError(f"--window {window}: 0 (whole images) or at least 16 pixels")
     run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
-             save_pred)  # fmt: skip
+             save_pred, window)  # fmt: skip
 
 
 @app.command("predict")

@@ -39,6 +39,7 @@ def evaluate_model(
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
     save_pred: Path | None = None,
+    window: int = 0,
 ) -> dict:
     """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks.
     `scales`/`flip`: test-time augmentation; `save_pred`: also write <id>.png predictions."""
@@ -47,7 +48,8 @@ def evaluate_model(
     model.eval()
     for image_id in track(ds.ids(split), description=f"eval {split}", disable=quiet):
         s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
-        logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels, scales, flip)
+        logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels, scales, flip,
+                                window)  # fmt: skip
         pred = logits.argmax(0)
         if save_pred is not None:
             write_label_png(Path(save_pred) / f"{image_id}.png", pred.numpy().astype(np.uint8))
@@ -128,6 +130,7 @@ def run_eval(
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
     save_pred: Path | None = None,
+    window: int = 0,
 ) -> dict:
     """The CLI stage: score a model, a prediction folder or a logits store; print a table,
     write JSON."""
@@ -144,7 +147,8 @@ def run_eval(
         dev = resolve_device(device)
         model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
-        result = evaluate_model(model, meta, ds, split, dev, quiet, scales, flip, save_pred)
+        result = evaluate_model(model, meta, ds, split, dev, quiet, scales, flip, save_pred,
+                                window)  # fmt: skip
         title = f"{meta['kind']} model {model_path} on {split}"
     if not quiet:
         print_scores(result, title)

@@ -10,6 +10,29 @@ from boxseg.data.boxes import rasterize_boxes
 from boxseg.data.transforms import to_tensor
 
 
+def windowed(model: torch.nn.Module, x: torch.Tensor, boxes: torch.Tensor | None,
+             window: int) -> torch.Tensor:  # fmt: skip
+    """model(x, boxes), or for an image larger than `window` the mean of overlapping
+    window x window tiles (a third of a window overlapping), so large images such as
+    Cityscapes' 2048x1024 fit in memory."""
+    h, w = x.shape[-2:]
+    if not window or (h <= window and w <= window):
+        return model(x, boxes)
+    step = max(1, window * 2 // 3)
+    tops = sorted({*range(0, max(h - window, 0) + 1, step), max(h - window, 0)})
+    lefts = sorted({*range(0, max(w - window, 0) + 1, step), max(w - window, 0)})
+    total, count = None, torch.zeros(1, 1, h, w, device=x.device)
+    for t in tops:
+        for l in lefts:
+            tile = (..., slice(t, t + window), slice(l, l + window))
+            out = model(x[tile], None if boxes is None else boxes[tile]).float()
+            if total is None:
+                total = torch.zeros(1, out.shape[1], h, w, device=x.device)
+            total[tile] += out
+            count[tile] += 1
+    return total / count
+
+
 @torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
@@ -20,12 +43,14 @@ def predict_logits(
     labels: np.ndarray | None = None,
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
+    window: int = 0,
 ) -> torch.Tensor:
     """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels.
 
     Test-time augmentation: with several `scales` or `flip`, the image (and its box raster) is
     resized / mirrored, each output is mapped back to H x W, the softmax probabilities are
-    averaged, and their log is returned (argmax and softmax work on it as on logits)."""
+    averaged, and their log is returned (argmax and softmax work on it as on logits).
+    `window`: run images larger than this in overlapping tiles (`windowed`)."""
     x = to_tensor(image, meta["mean"], meta["std"])[None].to(device)
     h, w = image.shape[:2]
     box_tensor = None
@@ -35,7 +60,7 @@ def predict_logits(
         raster = rasterize_boxes(boxes, labels, len(meta["class_names"]), h, w, meta["background"])
         box_tensor = torch.from_numpy(raster)[None].to(device)
     if tuple(scales) == (1.0,) and not flip:
-        return model(x, box_tensor)[0].float().cpu()
+        return windowed(model, x, box_tensor, window)[0].float().cpu()
     probs = None
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -44,7 +69,7 @@ def predict_logits(
         for mirrored in (False, True) if flip else (False,):
             xi = xs.flip(-1) if mirrored else xs
             bi = None if bs is None else (bs.flip(-1) if mirrored else bs)
-            out = model(xi, bi).float()
+            out = windowed(model, xi, bi, window).float()
             out = out.flip(-1) if mirrored else out
             p = torch.softmax(F.interpolate(out, size=(h, w), mode="bilinear",
                                             align_corners=False), dim=1)[0]  # fmt: skip

@@ -70,3 +70,21 @@ def test_eval_tta_and_saved_predictions_score_the_same(pipeline, tmp_path, capsy
     code, _, err = run_cli(["eval", pipeline["data"], "--model", pipeline["anc"], "--scales",
                             "0,x"], capsys)  # fmt: skip
     assert code == 2 and "--scales 0,x" in err
+
+
+def test_sliding_window_equals_the_whole_image_for_a_local_model():
+    from boxseg.inference import windowed
+
+    torch.manual_seed(0)
+    model = Pointwise().eval()
+    x = torch.randn(1, 3, 40, 50)
+    with torch.no_grad():
+        whole = model(x)
+        tiled = windowed(model, x, None, window=16)  # 16x16 tiles, overlapping
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+    calls = []
+    spy = Pointwise().eval()
+    spy.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
+    with torch.no_grad():
+        windowed(spy, x, None, window=16)
+    assert set(calls) == {(16, 16)} and len(calls) > 4  # every tile is a full window
