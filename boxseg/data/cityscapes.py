@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from boxseg.data.boxes import BoxSpec, boxes_from_mask
+from boxseg.data.formats import ClassInfo
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
 from boxseg.io import read_image, read_label_png
@@ -41,21 +42,13 @@ def is_cityscapes(root: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class CityscapesDataset:
+class CityscapesDataset(ClassInfo):
     root: Path
     layout: str = "cityscapes"
     class_names: tuple[str, ...] = TRAIN_CLASSES
     void_value: int = 255
     background: int | None = None
     boxes_from_masks = True  # boxes come from gtFine's label and instance maps
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def describe(self) -> dict:
-        names = list(self.class_names)
-        return {"root": str(self.root), "layout": self.layout, "class_names": names}
 
     def has_split(self, split: str) -> bool:
         return (self.root / "leftImg8bit" / split).is_dir()

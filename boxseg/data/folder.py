@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from boxseg.data.boxes import BoxSpec
+from boxseg.data.formats import ClassInfo, read_class_names, read_id_list
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
 from boxseg.io import read_image, read_label_png
@@ -80,21 +81,13 @@ def read_coco(path: Path, mtime: float, class_names: tuple[str, ...]) -> CocoBox
 
 
 @dataclass(frozen=True)
-class FolderDataset:
+class FolderDataset(ClassInfo):
     root: Path
     class_names: tuple[str, ...]
     background: int | None
     layout: str = "folder"
     void_value: int = 255
     boxes_from_masks = False  # boxes come from boxes.json
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def describe(self) -> dict:
-        names = list(self.class_names)
-        return {"root": str(self.root), "layout": self.layout, "class_names": names}
 
     @property
     def coco(self) -> CocoBoxes:
@@ -105,8 +98,6 @@ class FolderDataset:
         return (self.root / f"{split}.txt").is_file()
 
     def ids(self, split: str) -> list[str]:
-        from boxseg.data.formats import read_id_list
-
         path = self.root / f"{split}.txt"
         if not path.is_file():
             raise BoxsegError(f"{path}: no such split list")
@@ -196,10 +187,4 @@ def open_folder(root: Path) -> FolderDataset:
     path = root / "classes.txt"
     if not path.is_file():
         raise BoxsegError(f"{path}: the folder layout needs a classes file (one name a line)")
-    names = tuple(n.strip() for n in path.read_text().splitlines() if n.strip())
-    if not names:
-        raise BoxsegError(f"{path}: no class names")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise BoxsegError(f"{path}: duplicate class name '{dup[0]}'")
-    return FolderDataset(root, names, names.index("background") if "background" in names else None)
+    return FolderDataset(root, *read_class_names(path))

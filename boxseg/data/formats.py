@@ -54,8 +54,35 @@ def read_id_list(path: Path) -> list[str]:
     return ids
 
 
+def read_class_names(path: Path) -> tuple[tuple[str, ...], int | None]:
+    """Class names of a classes file (one a line, index = line number) and the index of the
+    class called `background` (None if there is none)."""
+    names = tuple(n.strip() for n in path.read_text().splitlines() if n.strip())
+    if not names:
+        raise BoxsegError(f"{path}: no class names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise BoxsegError(f"{path}: duplicate class name '{dup[0]}'")
+    if len(names) > 255:
+        raise BoxsegError(f"{path}: at most 255 classes are supported")
+    return names, names.index("background") if "background" in names else None
+
+
+class ClassInfo:
+    """What every reader says of its classes (readers are frozen dataclasses with `root`,
+    `layout` and `class_names`)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict:
+        names = list(self.class_names)
+        return {"root": str(self.root), "layout": self.layout, "class_names": names}
+
+
 @dataclass(frozen=True)
-class SegDataset:
+class SegDataset(ClassInfo):
     """A dataset on disk: where it is, its classes, and how its files are named."""
 
     root: Path
@@ -63,17 +90,6 @@ class SegDataset:
     class_names: tuple[str, ...]
     void_value: int
     background: int | None  # index of the background class, None if the dataset has none
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def describe(self) -> dict:
-        return {
-            "root": str(self.root),
-            "layout": self.layout,
-            "class_names": list(self.class_names),
-        }
 
     def has_split(self, split: str) -> bool:
         return (self.root / f"{split}.txt").is_file()
@@ -129,15 +145,7 @@ class SegDataset:
 def _open_segnet(root: Path) -> SegDataset:
     classes_file = root / "classes.txt"
     if classes_file.is_file():
-        names = tuple(n.strip() for n in classes_file.read_text().splitlines() if n.strip())
-        if not names:
-            raise BoxsegError(f"{classes_file}: no class names")
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise BoxsegError(f"{classes_file}: duplicate class name '{dup[0]}'")
-        if len(names) > 255:
-            raise BoxsegError(f"{classes_file}: at most 255 classes are supported")
-        background = names.index("background") if "background" in names else None
+        names, background = read_class_names(classes_file)
         return SegDataset(root, "segnet", names, 255, background)
     return SegDataset(root, "segnet", CAMVID_CLASSES, len(CAMVID_CLASSES), None)
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from boxseg.data.boxes import BoxSpec
+from boxseg.data.formats import ClassInfo, read_id_list
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
 from boxseg.io import read_image
@@ -53,24 +54,13 @@ def read_index_png(path: Path) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class VocDataset:
+class VocDataset(ClassInfo):
     root: Path
     layout: str = "voc"
     class_names: tuple[str, ...] = VOC_CLASSES
     void_value: int = 255
     background: int | None = 0
     boxes_from_masks = False  # every image has its boxes in Annotations/
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def describe(self) -> dict:
-        return {
-            "root": str(self.root),
-            "layout": self.layout,
-            "class_names": list(self.class_names),
-        }
 
     def _list(self, split: str) -> Path | None:
         for d in LIST_DIRS:
@@ -82,8 +72,6 @@ class VocDataset:
         return self._list(split) is not None
 
     def ids(self, split: str) -> list[str]:
-        from boxseg.data.formats import read_id_list
-
         path = self._list(split)
         if path is None:
             raise BoxsegError(f"{self.root}/ImageSets: no {split}.txt split list "
