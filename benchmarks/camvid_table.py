@@ -19,6 +19,7 @@ same resized --eval-split. Rows are cached in OUT/rows/*.json, so a killed run r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -144,7 +145,7 @@ def main() -> None:
     def primary(name: str, seed: int, **kw) -> dict:
         full, batch = kw.pop("full", False), kw.pop("batch", args.batch_size)
         sp = SplitSpec(args.train_split, n_train, 0) if full else split
-        c = TrainConfig(**{**cfg(seed).to_dict(), "batch_size": batch})
+        c = dataclasses.replace(cfg(seed), batch_size=batch)
         r = train_primary(data, runs / f"{name}_s{seed}", sp, spec, c, val_split=val,
                           quiet=True, **kw)  # fmt: skip
         return scores(r)

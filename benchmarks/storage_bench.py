@@ -20,6 +20,7 @@ pixel and argmax agreement over every W pixel. Prints a table; --json writes it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -105,7 +106,7 @@ def main() -> None:
 
         def primary(source, seed: int) -> float:
             run = work / f"p{len(list(work.glob('p*')))}"
-            c = TrainConfig(**{**cfg.to_dict(), "seed": seed})
+            c = dataclasses.replace(cfg, seed=seed)
             r = train_primary(data, run, split, spec, c, logits=source, self_corr="linear",
                               val_split=args.val_split, quiet=True)  # fmt: skip
             return r["miou"]

@@ -12,7 +12,7 @@ import torch
 
 from boxseg import __version__
 from boxseg.errors import BoxsegError
-from boxseg.io import save_torch
+from boxseg.io import load_torch, save_torch
 from boxseg.models import DeepLabV3Plus, ModelSpec, build_model
 
 FORMAT = "boxseg-model-v1"
@@ -30,13 +30,7 @@ def read_checkpoint(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise BoxsegError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torn, truncated or foreign files all land here
-        raise BoxsegError(
-            f"{path}: unreadable checkpoint, truncated or not a torch file "
-            f"({str(e).splitlines()[0].split('. ')[0][:80]})"
-        ) from e
+    ckpt = load_torch(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise BoxsegError(f"{path}: not a boxseg model checkpoint")
     return ckpt

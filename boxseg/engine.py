@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from boxseg import distributed
 from boxseg.errors import BoxsegError
-from boxseg.io import append_jsonl, atomic_write_bytes, save_torch
+from boxseg.io import append_jsonl, atomic_write_bytes, load_torch, save_torch
 
 
 @dataclass(frozen=True)
@@ -133,13 +133,7 @@ def save_train_state(path: Path, nets, optimizer, scaler, step: int, iters: int)
 
 def load_train_state(path: Path, nets, optimizer, scaler, iters: int) -> int:
     """Restore RUN/last.pt into nets, optimizer and scaler; return the step to continue from."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a torn or foreign file
-        raise BoxsegError(
-            f"{path}: unreadable training state, truncated or not a torch file "
-            f"({str(e).splitlines()[0].split('. ')[0][:80]})"
-        ) from e
+    state = load_torch(path, "training state")
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE:
         raise BoxsegError(f"{path}: not a boxseg training state")
     if state["iters"] != iters:

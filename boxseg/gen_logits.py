@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from boxseg import distributed
@@ -28,7 +27,7 @@ from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_weak, open_dataset
 from boxseg.data.split import SplitSpec, split_dataset
-from boxseg.data.validate import usable_ids
+from boxseg.data.validate import check_image_file, usable_ids
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
@@ -55,15 +54,6 @@ class BoxMethod:
             raise BoxsegError(f"--grabcut-iters {self.grabcut_iters}: must be at least 1")
         if self.grabcut_margin < 0:
             raise BoxsegError(f"--grabcut-margin {self.grabcut_margin}: must be >= 0")
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except OSError as e:
-        raise BoxsegError(f"{path}: not a readable image ({e})") from e
 
 
 def box_label_map(ds: SegDataset, split: str, opts: BoxMethod, image_id: str):
@@ -231,6 +221,6 @@ def _open_or_create(
                     "pass --overwrite to replace it, or another --out"
                 )
         return store
-    sizes = np.array([image_size(ds.image_path(split.split, i)) for i in weak_ids], np.int32)
+    sizes = np.array([check_image_file(ds.image_path(split.split, i)) for i in weak_ids], np.int32)
     attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()}}
     return LogitsStore.create(out, weak_ids, sizes, list(ds.class_names), stride, attrs, dtype)

@@ -60,6 +60,18 @@ def save_torch(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_torch(path: Path, what: str) -> Any:
+    """torch.load with weights_only=True (tensors and plain data only); a torn, truncated or
+    foreign file is one clear error naming `what` it should have been."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torn, truncated or foreign files all land here
+        first = str(e).splitlines()[0].split(". ")[0][:80] if str(e) else type(e).__name__
+        raise BoxsegError(
+            f"{path}: unreadable {what}, truncated or not a torch file ({first})"
+        ) from e
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an RGB image as HxWx3 uint8; a clear error for a missing or unreadable file."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
