@@ -1,0 +1,77 @@
+"""The benchmark scripts users run: each completes on tiny settings and writes sane JSON, and the
+steady-state rate arithmetic of the training-speed benchmark is right."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, args: list[str], out: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture
+def speed_bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("train_speed_bench")
+
+
+def test_steady_rate_leaves_out_the_warmup_steps(tmp_path, speed_bench):
+    # 2 images a step; step k ends at t_k seconds: a slow first step, then one step a second
+    ends = {1: 10.0, 2: 11.0, 3: 12.0, 4: 13.0}
+    lines = [json.dumps({"step": k, "img_per_s": 2 * k / t}) for k, t in ends.items()]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    assert speed_bench.steady_steps_per_s(tmp_path / "metrics.jsonl", 1, 2) == pytest.approx(1.0)
+    assert speed_bench.steady_steps_per_s(tmp_path / "metrics.jsonl", 0, 2) == pytest.approx(4 / 13)
+
+
+def test_train_speed_bench_runs(tmp_path):
+    args = ["--size", "32", "--crop", "32", "--batch-size", "2", "--steps", "4", "--warmup", "1",
+            "--repeats", "1"]  # fmt: skip
+    result = run_script("train_speed_bench.py", args, tmp_path / "speed.json")
+    rows = {r["source"]: r for r in result["rows"]}
+    assert set(rows) == {"store (float16, stride 4)", "online ancillary",
+                         "in RAM (float32 full-res)"}  # fmt: skip
+    store = rows["store (float16, stride 4)"]["steps_per_s"]
+    for row in rows.values():
+        assert math.isfinite(row["steps_per_s"]) and row["steps_per_s"] > 0
+        assert row["store_vs_this"] == pytest.approx(store / row["steps_per_s"])
+    assert result["anc_forward_s"] > 0
+    assert result["store_online_bound"] == pytest.approx(1 + result["anc_forward_s"] * store)
+
+
+def test_gen_logits_bench_runs(tmp_path):
+    result = run_script("gen_logits_bench.py", ["--limit", "8", "--repeats", "1"],
+                        tmp_path / "gen.json")  # fmt: skip
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["images"] == 8
+    assert rows["plain .npy loop"]["speed_vs_plain"] == pytest.approx(1.0)
+    # float32 full resolution against float16 at stride 4: 2 x 16 = 32 times fewer values
+    assert rows["boxseg gen-logits"]["size_vs_plain"] < 1 / 20
+    assert all(r["img_per_s"] > 0 for r in rows.values())
+
+
+def test_gpu_bench_smoke_on_cpu(tmp_path):
+    args = ["--device", "cpu", "--size", "32", "--images", "16", "--steps", "2", "--batch-size",
+            "2", "--backbones", "resnet18", "--amp", "off", "--workers", "0"]  # fmt: skip
+    result = run_script("gpu_bench.py", args, tmp_path / "gpu.json")
+    assert result["device"] == "cpu"
+    stages = [(r["backbone"], r["stage"]) for r in result["rows"]]
+    assert stages == [("resnet18", s) for s in ("train-anc", "gen-logits", "train-primary")]
+    assert all(r["img_per_s"] > 0 and r["peak_gib"] is None for r in result["rows"])
