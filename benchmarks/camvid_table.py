@@ -134,8 +134,9 @@ def main() -> None:
 
     def make_store(method: str) -> dict:
         box = None if method == "anc" else BoxMethod(method, box_min_area=box_spec.min_area)
+        # batch 1: the W stores of docs/results.md were made one image per forward pass
         gen_logits(data, anc if method == "anc" else None, str(stores[method]), split, 4,
-                   args.device, quiet=True, box_method=box)  # fmt: skip
+                   args.device, quiet=True, box_method=box, batch_size=1)  # fmt: skip
         size = sum(p.stat().st_size for p in stores[method].rglob("*") if p.is_file())
         quality = evaluate_store(ds, args.train_split, str(stores[method]), quiet=True)
         return scores(quality) | {"coverage": quality["coverage"], "store_bytes": size}

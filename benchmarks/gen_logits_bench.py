@@ -1,8 +1,10 @@
 """gen-logits against a plain loop that saves one float32 .npy of full-resolution logits per image.
 
 Both use the same ancillary model (weights do not change the speed, so an untrained one is
-used unless --model is given) on the same weak images. Prints a table of median seconds,
-images/s and bytes per image over --repeats alternating runs; --json writes the numbers.
+used unless --model is given) on the same weak images; gen-logits runs with its default
+batch of 8 images per forward pass and with one (what the plain loop does). Prints a table of
+median seconds, images/s and bytes per image over --repeats alternating runs; --json writes
+the numbers.
 
     python benchmarks/gen_logits_bench.py                       # generated demo data, CPU
     python benchmarks/gen_logits_bench.py --data ../shared/data/camvid --num-full 92 --limit 40
@@ -81,21 +83,21 @@ def main() -> None:
             full = [i for i in ds.ids("train") if i not in keep]
             (work / "full.txt").write_text("\n".join(full))
             split = SplitSpec("train", full_list=work / "full.txt")
-        times: dict[str, list[float]] = {"plain .npy loop": [], "boxseg gen-logits": []}
+        batch_sizes = {"boxseg gen-logits": 8, "gen-logits batch 1": 1}
+        times: dict[str, list[float]] = {"plain .npy loop": [], **{k: [] for k in batch_sizes}}
         n = 0
         for _ in range(args.repeats):
             shutil.rmtree(work / "npy", ignore_errors=True)
             t = time.perf_counter()
             n = plain_loop(data, model_path, split, work / "npy", None)
             times["plain .npy loop"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            gen_logits(data, model_path, str(work / "w.zarr"), split, args.stride, "cpu",
-                       overwrite=True, quiet=True)  # fmt: skip
-            times["boxseg gen-logits"].append(time.perf_counter() - t)
-        sizes = {
-            "plain .npy loop": dir_bytes(work / "npy"),
-            "boxseg gen-logits": dir_bytes(work / "w.zarr"),
-        }
+            for name, batch_size in batch_sizes.items():
+                t = time.perf_counter()
+                gen_logits(data, model_path, str(work / "w.zarr"), split, args.stride, "cpu",
+                           overwrite=True, quiet=True, batch_size=batch_size)  # fmt: skip
+                times[name].append(time.perf_counter() - t)
+        sizes = {"plain .npy loop": dir_bytes(work / "npy")}
+        sizes |= {k: dir_bytes(work / "w.zarr") for k in batch_sizes}  # the same store
         base = statistics.median(times["plain .npy loop"])
         rows = []
         print(f"{n} weak images, {args.repeats} runs each, stride {args.stride}, torch threads "

@@ -87,7 +87,9 @@ def main() -> None:
         sizes = {base: dir_bytes(work / "npy")}
         for name, (stride, dtype) in STORES.items():
             out = work / f"{name.replace(' ', '_')}.zarr"
-            gen_logits(data, model, str(out), split, stride, "cpu", quiet=True, dtype=dtype)
+            # batch 1, as plain_loop: every storage holds the same forward passes' outputs
+            gen_logits(data, model, str(out), split, stride, "cpu", quiet=True, dtype=dtype,
+                       batch_size=1)  # fmt: skip
             sources[name], sizes[name] = str(out), dir_bytes(out)
 
         def fidelity(location: str) -> tuple[float, float]:

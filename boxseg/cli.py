@@ -216,6 +216,9 @@ def gen_logits_cmd(
     workers: Annotated[
         int | None, typer.Option(help="grabcut: processes (default: every core).")
     ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="anc: images per forward pass (lower it if memory is short).")
+    ] = 8,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing store that does not match.")
     ] = False,
@@ -247,6 +250,7 @@ def gen_logits_cmd(
         box_method,
         workers,
         skip_bad,
+        batch_size,
     )
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")

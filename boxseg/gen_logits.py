@@ -2,8 +2,11 @@
 from the boxes alone (`box`: box-fill, `grabcut`: OpenCV GrabCut; see box_labels.py).
 
 Resumable: images whose done flag is set are skipped, so a killed run continues where it stopped.
-Under torchrun each rank takes a contiguous share of the images still to do and writes their
-chunks itself: one chunk (and one done flag) per image, so no two ranks ever write the same file.
+The ancillary net runs on up to `--batch-size` same-size images at once: the images of one
+group of `batch_size` consecutive store indices, always the whole group (done or not), so every
+image's values are the same whether the run was interrupted or not and for any number of ranks.
+Under torchrun each rank takes a contiguous share of those groups and writes their chunks
+itself: one chunk (and one done flag) per image, so no two ranks ever write the same file.
 GrabCut runs one image per process on every core (`--workers`).
 """
 
@@ -31,10 +34,11 @@ from boxseg.data.validate import check_image_file, usable_ids
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
-from boxseg.inference import predict_logits
+from boxseg.inference import predict_batch
 from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
+CPU_PASS_PIXELS = 2**18  # on the CPU, bigger batches are no faster (docs/performance.md)
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,15 @@ def gen_logits(
     box_method: BoxMethod | None = None,
     workers: int | None = None,
     skip_bad: bool = False,
+    batch_size: int = 8,
 ) -> LogitsStore:
     """Write (or finish) the store at `out` for every W image of the split: from the ancillary
-    model at `model_path`, or (with `box_method`) from the boxes alone."""
+    model at `model_path` (`batch_size` images per forward pass), or (with `box_method`) from
+    the boxes alone."""
     if stride < 1:
         raise BoxsegError(f"--stride {stride}: must be a positive integer")
+    if batch_size < 1:
+        raise BoxsegError(f"--batch-size {batch_size}: must be at least 1")
     if dtype not in DTYPES:
         raise BoxsegError(f"--dtype {dtype}: choose float16 or int8")
     if box_method is not None:
@@ -111,17 +119,16 @@ def gen_logits(
     if not distributed.is_main():
         store = LogitsStore.open(out, mode="r+")
     done = store.done_mask()
-    todo = [i for i in range(len(store)) if not done[i]]
-    todo = [int(i) for i in np.array_split(todo, distributed.world())[distributed.rank()]]
+    todo = rank_share([i for i in range(len(store)) if not done[i]], batch_size)
 
     if box_method is None:
 
         def results() -> Iterator[torch.Tensor]:
-            for i in todo:
-                s = load_weak(ds, split.split, store.image_ids[i], box_spec)
-                yield predict_logits(model, meta, s.image, dev, s.boxes, s.labels)
+            for group in sorted({i // batch_size for i in todo}):
+                yield from _group_logits(store, ds, split.split, model, meta, box_spec, dev,
+                                         group, batch_size, set(todo))  # fmt: skip
 
-        _fill(store, todo, results(), stride, quiet, "gen-logits")
+        _fill(store, todo, results(), quiet, "gen-logits")
     else:
         label_map = partial(box_label_map, ds, split.split, box_method)
         ids = [store.image_ids[i] for i in todo]
@@ -134,13 +141,62 @@ def gen_logits(
             def results() -> Iterator[torch.Tensor]:
                 for labels, n_fallback in maps:
                     fallbacks[0] += n_fallback
-                    yield to_logits(labels)
+                    yield pool_logits(to_logits(labels), stride)
 
-            _fill(store, todo, results(), stride, quiet, f"gen-logits {box_method.method}")
+            _fill(store, todo, results(), quiet, f"gen-logits {box_method.method}")
         if box_method.method == "grabcut" and not quiet and distributed.is_main():
             print(f"gen-logits: GrabCut fell back to box-fill for {fallbacks[0]} boxes")
     distributed.barrier()  # every rank's share is written before anyone reads the store
     return LogitsStore.open(out)
+
+
+def rank_share(todo: list[int], group: int) -> list[int]:
+    """This rank's part of `todo` (ascending store indices): a contiguous run of whole groups of
+    `group` consecutive indices, so the groups (the ancillary net's batches) do not depend on
+    the number of ranks."""
+    groups = sorted({i // group for i in todo})
+    mine = np.array_split(np.array(groups, dtype=np.int64), distributed.world())
+    keep = {int(g) for g in mine[distributed.rank()]}
+    return [i for i in todo if i // group in keep]
+
+
+def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: dict,
+                  box_spec: BoxSpec, device: torch.device, group: int, batch_size: int,
+                  todo: set[int]) -> Iterator[torch.Tensor]:  # fmt: skip
+    """Stored-resolution logits of the images of group `group` that are in `todo`, in index
+    order. The net runs on every image of the group (same-size images together), done ones
+    included: batch composition changes the last bits of the outputs."""
+    members = range(group * batch_size, min((group + 1) * batch_size, len(store)))
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i in members:
+        by_size.setdefault((int(store.sizes[i][0]), int(store.sizes[i][1])), []).append(i)
+    passes: list[tuple[tuple[int, int], list[int]]] = []
+    for size, ids in by_size.items():
+        n = batch_size
+        if device.type == "cpu":  # a pixel budget per pass: big CPU batches are slower
+            n = min(batch_size, max(1, CPU_PASS_PIXELS // (size[0] * size[1])))
+        passes += [(size, ids[k : k + n]) for k in range(0, len(ids), n)]
+    out: dict[int, torch.Tensor] = {}
+    for size, ids in passes:
+        if not any(i in todo for i in ids):
+            continue
+        samples = [load_weak(ds, split, store.image_ids[i], box_spec) for i in ids]
+        for i, s in zip(ids, samples, strict=True):
+            if s.image.shape[:2] != size:
+                h, w = s.image.shape[:2]
+                raise BoxsegError(
+                    f"{ds.image_path(split, store.image_ids[i])}: the image is {w}x{h}, the "
+                    f"store {store.location} was made for {size[1]}x{size[0]}; pass --overwrite "
+                    "to start over"
+                )
+        logits = predict_batch(model, meta, [s.image for s in samples], device,
+                               [s.boxes for s in samples], [s.labels for s in samples])  # fmt: skip
+        for i, x in zip(ids, logits, strict=True):
+            if i in todo:
+                out[i] = pool_logits(x, store.stride).cpu()
+    for i in members:
+        if i in out:
+            yield out[i]
 
 
 class _mapper:
@@ -163,9 +219,10 @@ class _mapper:
             self.pool.terminate()
 
 
-def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], stride: int,
-          quiet: bool, description: str) -> None:  # fmt: skip
-    """Write each image's logits (in todo's order) in blocks of consecutive images."""
+def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], quiet: bool,
+          description: str) -> None:  # fmt: skip
+    """Write each image's logits (at the store's stride, in todo's order) in blocks of
+    consecutive images."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -184,7 +241,7 @@ def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], s
                 block = []
             if not block:
                 block_start = i
-            block.append(pool_logits(x, stride))
+            block.append(x)
             if len(block) == WRITE_BLOCK:
                 store.write_block(block_start, block)
                 block = []

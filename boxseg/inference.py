@@ -1,4 +1,4 @@
-"""Run a trained model on one whole image (used by gen-logits, eval and predict)."""
+"""Run a trained model on whole images (used by gen-logits, eval and predict)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,41 @@ def windowed(model: torch.nn.Module, x: torch.Tensor, boxes: torch.Tensor | None
     return total / count
 
 
+def model_inputs(
+    meta: dict, image: np.ndarray, boxes: np.ndarray | None, labels: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(3xHxW normalised image, KxHxW box raster or None) as the model in `meta` takes them."""
+    x = to_tensor(image, meta["mean"], meta["std"])
+    if meta["kind"] != "ancillary":
+        return x, None
+    if boxes is None or labels is None:
+        raise ValueError("an ancillary model needs boxes")
+    h, w = image.shape[:2]
+    raster = rasterize_boxes(boxes, labels, len(meta["class_names"]), h, w, meta["background"])
+    return x, torch.from_numpy(raster)
+
+
+@torch.no_grad()
+def predict_batch(
+    model: torch.nn.Module,
+    meta: dict,
+    images: list[np.ndarray],
+    device: torch.device,
+    boxes: list[np.ndarray] | None = None,
+    labels: list[np.ndarray] | None = None,
+) -> torch.Tensor:
+    """N x K x H x W float32 logits, on `device`, of same-size images in one forward pass
+    (gen-logits: several images per pass keep a GPU, or the CPU's matrix kernels, busy)."""
+    if len({im.shape for im in images}) != 1:
+        raise ValueError("predict_batch needs images of one size")
+    inputs = [model_inputs(meta, im, None if boxes is None else boxes[k],
+                           None if labels is None else labels[k])
+              for k, im in enumerate(images)]  # fmt: skip
+    x = torch.stack([i[0] for i in inputs]).to(device)
+    b = None if inputs[0][1] is None else torch.stack([i[1] for i in inputs]).to(device)
+    return model(x, b).float()
+
+
 @torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
@@ -51,14 +86,10 @@ def predict_logits(
     resized / mirrored, each output is mapped back to H x W, the softmax probabilities are
     averaged, and their log is returned (argmax and softmax work on it as on logits).
     `window`: run images larger than this in overlapping tiles (`windowed`)."""
-    x = to_tensor(image, meta["mean"], meta["std"])[None].to(device)
+    x, raster = model_inputs(meta, image, boxes, labels)
+    x = x[None].to(device)
     h, w = image.shape[:2]
-    box_tensor = None
-    if meta["kind"] == "ancillary":
-        if boxes is None or labels is None:
-            raise ValueError("an ancillary model needs boxes")
-        raster = rasterize_boxes(boxes, labels, len(meta["class_names"]), h, w, meta["background"])
-        box_tensor = torch.from_numpy(raster)[None].to(device)
+    box_tensor = None if raster is None else raster[None].to(device)
     if tuple(scales) == (1.0,) and not flip:
         return windowed(model, x, box_tensor, window)[0].float().cpu()
     probs = None

@@ -33,7 +33,9 @@ def test_two_ranks_train_anc_gen_logits_and_train_primary(tiny_data, tmp_path):
     assert [r["step"] for r in records if "loss" in r] == [3]  # rank 0 alone logs
     model = tmp_path / "anc" / "model.pt"
 
-    gen = ["gen-logits", tiny_data, "--model", model, *SPLIT, "--device", "cpu", "--quiet"]
+    # 8 W images in batches of 3: rank 0 takes the groups 0-2 and 3-5, rank 1 the group 6-7
+    gen = ["gen-logits", tiny_data, "--model", model, *SPLIT, "--batch-size", "3", "--device",
+           "cpu", "--quiet"]  # fmt: skip
     torchrun(*gen, "--out", tmp_path / "two.zarr")
     subprocess.run([sys.executable, "-m", "boxseg", *map(str, gen), "--out", tmp_path / "one.zarr"],
                    env=ENV, check=True, timeout=120)  # fmt: skip

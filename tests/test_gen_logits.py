@@ -1,0 +1,91 @@
+"""gen-logits' batching: several images per forward pass, the same values as one at a time
+(to float16 precision), batches that do not depend on ranks or interruptions."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import boxseg.gen_logits as gl
+from boxseg import distributed
+from boxseg.checkpoint import load_model
+from boxseg.data.boxes import BoxSpec
+from boxseg.data.formats import load_weak, open_dataset
+from boxseg.data.split import SplitSpec, split_dataset
+from boxseg.errors import BoxsegError
+from boxseg.inference import predict_batch, predict_logits
+from boxseg.store import LogitsStore
+
+SPLIT = SplitSpec("train", 4, 0)
+
+
+def test_a_batch_gives_each_image_its_own_logits(pipeline):
+    model, meta = load_model(pipeline["anc"], kind="ancillary", device=torch.device("cpu"))
+    ds = open_dataset(pipeline["data"])
+    _, weak = split_dataset(ds, SPLIT)
+    samples = [load_weak(ds, "train", i, BoxSpec.from_dict(meta["boxes"])) for i in weak[:3]]
+    batch = predict_batch(model, meta, [s.image for s in samples], torch.device("cpu"),
+                          [s.boxes for s in samples], [s.labels for s in samples])  # fmt: skip
+    assert batch.shape[0] == 3
+    for k, s in enumerate(samples):
+        alone = predict_logits(model, meta, s.image, torch.device("cpu"), s.boxes, s.labels)
+        torch.testing.assert_close(batch[k], alone, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="one size"):
+        predict_batch(model, meta, [samples[0].image, samples[0].image[:16]], torch.device("cpu"),
+                      [s.boxes for s in samples[:2]], [s.labels for s in samples[:2]])  # fmt: skip
+
+
+def test_batch_size_changes_values_only_below_float16_precision(pipeline, tmp_path):
+    stores = {}
+    for bs in (1, 3, 8):
+        out = str(tmp_path / f"b{bs}.zarr")
+        gl.gen_logits(pipeline["data"], pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
+                      batch_size=bs)  # fmt: skip
+        stores[bs] = LogitsStore.open(out).logits[:].astype(np.float32)
+    np.testing.assert_allclose(stores[1], stores[8], atol=2e-2)
+    np.testing.assert_allclose(stores[3], stores[8], atol=2e-2)
+    # the session's store was made with the default batch size (8): the same bits
+    np.testing.assert_array_equal(stores[8], LogitsStore.open(pipeline["store"]).logits[:])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_ranks_share_whole_groups(monkeypatch, world):
+    todo = [0, 1, 2, 5, 6, 7, 8, 9, 12, 13]
+    shares = []
+    for rank in range(world):
+        monkeypatch.setattr(distributed, "world", lambda w=world: w)
+        monkeypatch.setattr(distributed, "rank", lambda r=rank: r)
+        shares.append(gl.rank_share(todo, 4))
+    assert sorted(i for s in shares for i in s) == todo  # every image once
+    for s in shares:  # a group (i // 4) is never split between ranks
+        for t in shares:
+            if s is not t:
+                assert not {i // 4 for i in s} & {i // 4 for i in t}
+    assert [i for s in shares for i in s] == todo  # contiguous runs, in order of the ranks
+
+
+def test_an_image_changed_since_the_store_was_made_is_a_clear_error(pipeline, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    data = tmp_path / "data"
+    shutil.copytree(pipeline["data"], data)
+    out = str(tmp_path / "w.zarr")
+    real = LogitsStore.write_block
+
+    def stop(self, start, logits):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(LogitsStore, "write_block", stop)
+    with pytest.raises(RuntimeError):
+        gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True)
+    monkeypatch.setattr(LogitsStore, "write_block", real)
+    store, ds = LogitsStore.open(out), open_dataset(data)
+    victim = store.image_ids[2]  # image and mask replaced by a larger pair
+    image = cv2.imread(str(ds.image_path("train", victim)))
+    cv2.imwrite(str(ds.image_path("train", victim)), cv2.resize(image, (48, 40)))
+    mask = cv2.imread(str(ds.mask_path("train", victim)), cv2.IMREAD_UNCHANGED)
+    mask = cv2.resize(mask, (48, 40), interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(ds.mask_path("train", victim)), mask)
+    with pytest.raises(BoxsegError, match=r"48x40.*made for 32x32"):
+        gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True)
