@@ -124,9 +124,10 @@ def gen_logits(
     if box_method is None:
 
         def results() -> Iterator[torch.Tensor]:
+            wanted = set(todo)
             for group in sorted({i // batch_size for i in todo}):
                 yield from _group_logits(store, ds, split.split, model, meta, box_spec, dev,
-                                         group, batch_size, set(todo))  # fmt: skip
+                                         group, batch_size, wanted)  # fmt: skip
 
         _fill(store, todo, results(), quiet, "gen-logits")
     else:
