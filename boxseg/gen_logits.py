@@ -151,14 +151,14 @@ def gen_logits(
     return LogitsStore.open(out)
 
 
-def rank_share(todo: list[int], group: int) -> list[int]:
+def rank_share(todo: list[int], group_size: int) -> list[int]:
     """This rank's part of `todo` (ascending store indices): a contiguous run of whole groups of
-    `group` consecutive indices, so the groups (the ancillary net's batches) do not depend on
-    the number of ranks."""
-    groups = sorted({i // group for i in todo})
+    `group_size` consecutive indices, so the groups (the ancillary net's batches) do not depend
+    on the number of ranks."""
+    groups = sorted({i // group_size for i in todo})
     mine = np.array_split(np.array(groups, dtype=np.int64), distributed.world())
     keep = {int(g) for g in mine[distributed.rank()]}
-    return [i for i in todo if i // group in keep]
+    return [i for i in todo if i // group_size in keep]
 
 
 def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: dict,

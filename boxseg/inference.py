@@ -60,12 +60,11 @@ def predict_batch(
     (gen-logits: several images per pass keep a GPU, or the CPU's matrix kernels, busy)."""
     if len({im.shape for im in images}) != 1:
         raise ValueError("predict_batch needs images of one size")
-    inputs = [model_inputs(meta, im, None if boxes is None else boxes[k],
-                           None if labels is None else labels[k])
-              for k, im in enumerate(images)]  # fmt: skip
-    x = torch.stack([i[0] for i in inputs]).to(device)
-    b = None if inputs[0][1] is None else torch.stack([i[1] for i in inputs]).to(device)
-    return model(x, b).float()
+    xs, rasters = zip(*(model_inputs(meta, im, None if boxes is None else boxes[k],
+                                     None if labels is None else labels[k])
+                        for k, im in enumerate(images)), strict=True)  # fmt: skip
+    b = None if rasters[0] is None else torch.stack(rasters).to(device)
+    return model(torch.stack(xs).to(device), b).float()
 
 
 @torch.no_grad()
