@@ -13,15 +13,19 @@ import torch
 from boxseg import __version__
 from boxseg.errors import BoxsegError
 from boxseg.io import load_torch, save_torch
-from boxseg.models import DeepLabV3Plus, ModelSpec, build_model
+from boxseg.models import BoxPathSpec, DeepLabV3Plus, ModelSpec, build_model
 
 FORMAT = "boxseg-model-v1"
 KINDS = ("ancillary", "primary")
 
 
 def save_model(path: Path, model: DeepLabV3Plus, meta: dict) -> None:
-    """Atomically write model.pt. `meta` holds kind, model spec, class names, normalisation..."""
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    """Atomically write model.pt. `meta` holds kind, model spec, class names, normalisation...;
+    an ancillary net's box path is read off the model itself."""
+    bare = unwrap(model)
+    state = {k: v.detach().cpu() for k, v in bare.state_dict().items()}
+    if getattr(bare, "box_encoder", None) is not None:
+        meta = meta | {"box_path": BoxPathSpec(bare.box_encoder.resize, bare.box_direct).to_dict()}
     save_torch(path, {"format": FORMAT, "boxseg_version": __version__, **meta, "state_dict": state})
 
 
@@ -46,12 +50,25 @@ def load_model(
         raise BoxsegError(
             f"{path}: this is {_a(have)} {have} model; {_a(want)} {want} model is needed here"
         )
-    model = build_model(
-        ModelSpec(**ckpt["model"]), len(ckpt["class_names"]), ckpt.get("box_channels")
-    )
-    model.load_state_dict(ckpt["state_dict"])
+    model = build_model(ModelSpec(**ckpt["model"]), len(ckpt["class_names"]),
+                        ckpt.get("box_channels"), box_path=box_path_of(ckpt))  # fmt: skip
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        raise BoxsegError(
+            f"{path}: its weights do not fit the model it describes (made by "
+            f"another boxseg version?): {lines[min(1, len(lines) - 1)]}"
+        ) from e
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model.to(device).eval(), meta
+
+
+def box_path_of(meta: dict) -> BoxPathSpec:
+    """The ancillary net's box path; checkpoints from before it was recorded used the paper's
+    nearest resize and no direct path."""
+    d = meta.get("box_path")
+    return BoxPathSpec(**d) if d else BoxPathSpec.legacy()
 
 
 def _a(word: str) -> str:

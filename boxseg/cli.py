@@ -25,7 +25,7 @@ _debug = {"on": os.environ.get("BOXSEG_DEBUG") == "1"}
 Data = Annotated[Path, typer.Argument(help="Dataset directory (layout auto-detected).")]
 Split = Annotated[str, typer.Option(help="Split that is divided into F and W.")]
 NumFull = Annotated[
-    int | None, typer.Option(help="F = this many images of the split, drawn with --seed.")
+    int | None, typer.Option(help="F = this many images of the split, drawn with --seed-split.")
 ]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the F/W draw.")]
 FullList = Annotated[
@@ -71,6 +71,27 @@ Config = Annotated[
         help="TOML (or YAML) file of option values; flags given here override it.",
         is_eager=True,
         callback=apply_config,
+    ),
+]
+ClassWeights = Annotated[
+    str,
+    typer.Option(
+        help="Loss weights per class: none, median-freq (SegNet's, counted over F's masks) or a "
+        "file of K weights."
+    ),
+]
+BoxConstraintOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Box-consistent ancillary logits: a class that gets boxes only inside its boxes."
+    ),
+]
+BOX_PRIOR = 0.0  # the default smaller-box prior (docs/results.md, the ablation)
+BoxPrior = Annotated[
+    float,
+    typer.Option(
+        help="Box constraint: logit bonus for the class of the smallest covering box "
+        "(0: the net alone decides overlaps)."
     ),
 ]
 SkipBad = Annotated[
@@ -151,6 +172,14 @@ def train_anc_cmd(
         float,
         typer.Option(help="Train on this fraction of F (0.5 for stage 1 of the conv recipe)."),
     ] = 1.0,
+    class_weights: ClassWeights = "median-freq",
+    box_resize: Annotated[
+        str,
+        typer.Option(help="Box tensor to each scale: max (every box survives) or nearest."),
+    ] = "max",
+    box_direct: Annotated[
+        bool, typer.Option(help="Also concatenate the box tensor to the decoder's input.")
+    ] = True,
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
     config: Config = None,
@@ -158,7 +187,11 @@ def train_anc_cmd(
     """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks."""
     from boxseg.data.boxes import BoxSpec
     from boxseg.data.formats import open_dataset
+    from boxseg.models import BoxPathSpec
     from boxseg.train_anc import train_anc
+
+    if box_resize not in ("max", "nearest"):
+        raise BoxsegError(f"--box-resize {box_resize}: choose max or nearest")
 
     classes = None
     if box_classes:
@@ -182,6 +215,8 @@ def train_anc_cmd(
         quiet,
         full_fraction,
         skip_bad,
+        class_weights,
+        BoxPathSpec(box_resize, box_direct),
     )
 
 
@@ -222,6 +257,8 @@ def gen_logits_cmd(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing store that does not match.")
     ] = False,
+    box_constraint: BoxConstraintOpt = True,
+    box_prior: BoxPrior = BOX_PRIOR,
     device: Device = "auto",
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
@@ -229,6 +266,7 @@ def gen_logits_cmd(
 ) -> None:
     """Fill the logits store for W: the ancillary net's logits (images + boxes), or box-fill /
     GrabCut pseudo-labels; resumes if killed."""
+    from boxseg.box_constraint import BoxConstraint
     from boxseg.box_labels import METHODS
     from boxseg.gen_logits import BoxMethod, gen_logits
 
@@ -251,6 +289,7 @@ def gen_logits_cmd(
         workers,
         skip_bad,
         batch_size,
+        BoxConstraint(box_constraint, box_prior),
     )
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")
@@ -297,6 +336,9 @@ def train_primary_cmd(
     ] = False,
     weak_weight: Annotated[float, typer.Option(help="Weight of the W loss term.")] = 1.0,
     weak_batch_size: Annotated[int | None, typer.Option(help="W images per batch.")] = None,
+    class_weights: ClassWeights = "none",
+    box_constraint: BoxConstraintOpt = True,
+    box_prior: BoxPrior = BOX_PRIOR,
     num_full: NumFull = None,
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
@@ -329,6 +371,7 @@ def train_primary_cmd(
     config: Config = None,
 ) -> None:
     """Train the primary net p(y|x) on F (masks) + W (stored ancillary logits, self-corrected)."""
+    from boxseg.box_constraint import BoxConstraint
     from boxseg.train_primary import train_primary
 
     train_primary(
@@ -352,6 +395,8 @@ def train_primary_cmd(
         val_split=val_split or None,
         quiet=quiet,
         skip_bad=skip_bad,
+        class_weights=class_weights,
+        box_constraint=BoxConstraint(box_constraint, box_prior),
     )
 
 
@@ -382,6 +427,8 @@ def eval_cmd(
     window: Annotated[
         int, typer.Option(help="Run images larger than this in overlapping tiles (0: whole).")
     ] = 0,
+    box_constraint: BoxConstraintOpt = True,
+    box_prior: BoxPrior = BOX_PRIOR,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -397,8 +444,10 @@ def eval_cmd(
         raise BoxsegError(f"--scales {scales}: give comma-separated scales between 0.1 and 4")
     if window < 0 or 0 < window < 16:
         raise BoxsegError(f"--window {window}: 0 (whole images) or at least 16 pixels")
+    from boxseg.box_constraint import BoxConstraint
+
     run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
-             save_pred, window)  # fmt: skip
+             save_pred, window, BoxConstraint(box_constraint, box_prior))  # fmt: skip
 
 
 @app.command("predict")

@@ -193,7 +193,8 @@ def fit(
     (loss, logs, n_images).
 
     Under torchrun the step runs through DistributedDataParallel and only rank 0 logs and
-    writes. Logs loss, lr and images/s to RUN/metrics.jsonl every `log_every` steps; saves
+    writes. Logs loss, lr and images/s to RUN/metrics.jsonl every `log_every` steps (logs named
+    `skipped_*`, such as all-void F batches, are summed over those steps); saves
     RUN/last.pt every `checkpoint_every` steps (atomically) and continues from it with
     `resume`; stops with a clear error on a NaN/Inf loss, keeping the last good RUN/last.pt.
     """
@@ -223,6 +224,7 @@ def fit(
         TimeRemainingColumn(),
     )
     logs: dict = {}
+    counted: dict = {}  # "skipped_*" logs, summed over the steps since the last record
     t0, seen = time.perf_counter(), 0
     hide = quiet or not main or os.environ.get("BOXSEG_QUIET") == "1"
     with Progress(*columns, disable=hide) as bar:
@@ -234,6 +236,8 @@ def fit(
             batch = to_device(next_batch(step), device, cfg.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, logs, n = train_step(batch, step)
+            for k in [k for k in logs if k.startswith("skipped_")]:
+                counted[k] = counted.get(k, 0.0) + logs.pop(k)
             mean_loss = distributed.mean_over_ranks(loss.detach()).item()  # same on every rank
             if not math.isfinite(mean_loss):
                 raise BoxsegError(
@@ -249,7 +253,9 @@ def fit(
             bar.update(task, advance=1, loss=mean_loss, ips=ips)
             if main and ((step + 1) % cfg.log_every == 0 or step + 1 == iters):
                 record = {"step": step + 1, "loss": mean_loss, "lr": lr, "img_per_s": ips}
-                append_jsonl(metrics_path, record | {k: float(v) for k, v in logs.items()})
+                record |= {k: float(v) for k, v in (logs | counted).items()}
+                append_jsonl(metrics_path, record)
+                counted = {}
             every = cfg.checkpoint_every
             if main and ((every and (step + 1) % every == 0) or step + 1 == iters):
                 save_train_state(state_path, nets, optimizer, scaler, step + 1, iters)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from boxseg.box_constraint import BoxConstraint, constraint_of
 from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_full, open_dataset
@@ -40,16 +41,19 @@ def evaluate_model(
     flip: bool = False,
     save_pred: Path | None = None,
     window: int = 0,
+    constraint: BoxConstraint | None = None,
 ) -> dict:
-    """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks.
+    """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks
+    (its output made box-consistent by `constraint`, default on: box_constraint.py).
     `scales`/`flip`: test-time augmentation; `save_pred`: also write <id>.png predictions."""
     box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
+    bias = constraint_of(meta, BoxConstraint() if constraint is None else constraint)
     conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
     model.eval()
     for image_id in track(ds.ids(split), description=f"eval {split}", disable=quiet):
         s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
         logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels, scales, flip,
-                                window)  # fmt: skip
+                                window, bias)  # fmt: skip
         pred = logits.argmax(0)
         if save_pred is not None:
             write_label_png(Path(save_pred) / f"{image_id}.png", pred.numpy().astype(np.uint8))
@@ -131,6 +135,7 @@ def run_eval(
     flip: bool = False,
     save_pred: Path | None = None,
     window: int = 0,
+    constraint: BoxConstraint | None = None,
 ) -> dict:
     """The CLI stage: score a model, a prediction folder or a logits store; print a table,
     write JSON."""
@@ -148,7 +153,7 @@ def run_eval(
         model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
         result = evaluate_model(model, meta, ds, split, dev, quiet, scales, flip, save_pred,
-                                window)  # fmt: skip
+                                window, constraint)  # fmt: skip
         title = f"{meta['kind']} model {model_path} on {split}"
     if not quiet:
         print_scores(result, title)

@@ -25,6 +25,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from boxseg import distributed
+from boxseg.box_constraint import BoxConstraint, constraint_of, pool_bias
 from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
@@ -83,10 +84,13 @@ def gen_logits(
     workers: int | None = None,
     skip_bad: bool = False,
     batch_size: int = 8,
+    constraint: BoxConstraint | None = None,
 ) -> LogitsStore:
     """Write (or finish) the store at `out` for every W image of the split: from the ancillary
-    model at `model_path` (`batch_size` images per forward pass), or (with `box_method`) from
-    the boxes alone."""
+    model at `model_path` (`batch_size` images per forward pass; box-consistent unless
+    `constraint` is disabled: box_constraint.py), or (with `box_method`) from the boxes alone."""
+    constraint = BoxConstraint() if constraint is None else constraint
+    constraint.validate()
     if stride < 1:
         raise BoxsegError(f"--stride {stride}: must be a positive integer")
     if batch_size < 1:
@@ -108,7 +112,9 @@ def gen_logits(
         model, meta = load_model(model_path, kind="ancillary", device=dev)
         check_classes(meta, ds, str(model_path))
         box_spec = BoxSpec.from_dict(meta["boxes"])
-        provenance = {"method": "anc", "checkpoint_sha256": file_sha256(model_path)}
+        provenance = {"method": "anc", "checkpoint_sha256": file_sha256(model_path),
+                      "box_constraint": constraint.to_dict()}  # fmt: skip
+        bias = constraint_of(meta, constraint)
     else:
         provenance = {"method": box_method.method, "method_options": asdict(box_method),
                       "checkpoint_sha256": None}  # fmt: skip
@@ -127,7 +133,7 @@ def gen_logits(
             wanted = set(todo)
             for group in sorted({i // batch_size for i in todo}):
                 yield from _group_logits(store, ds, split.split, model, meta, box_spec, dev,
-                                         group, batch_size, wanted)  # fmt: skip
+                                         group, batch_size, wanted, bias)  # fmt: skip
 
         _fill(store, todo, results(), quiet, "gen-logits")
     else:
@@ -163,10 +169,12 @@ def rank_share(todo: list[int], group_size: int) -> list[int]:
 
 def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: dict,
                   box_spec: BoxSpec, device: torch.device, group: int, batch_size: int,
-                  todo: set[int]) -> Iterator[torch.Tensor]:  # fmt: skip
+                  todo: set[int], bias=None) -> Iterator[torch.Tensor]:  # fmt: skip
     """Stored-resolution logits of the images of group `group` that are in `todo`, in index
     order. The net runs on every image of the group (same-size images together), done ones
-    included: batch composition changes the last bits of the outputs."""
+    included: batch composition changes the last bits of the outputs. `bias` (the box
+    constraint) is pooled to the store's grid by its maximum and added to the pooled logits,
+    so a class stays allowed in every cell that one of its boxes touches."""
     members = range(group * batch_size, min((group + 1) * batch_size, len(store)))
     by_size: dict[tuple[int, int], list[int]] = {}
     for i in members:
@@ -192,9 +200,12 @@ def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: d
                 )
         logits = predict_batch(model, meta, [s.image for s in samples], device,
                                [s.boxes for s in samples], [s.labels for s in samples])  # fmt: skip
-        for i, x in zip(ids, logits, strict=True):
+        for i, s, x in zip(ids, samples, logits, strict=True):
             if i in todo:
                 out[i] = pool_logits(x, store.stride).cpu()
+                if bias is not None:
+                    b = bias(s.boxes, s.labels, *size)
+                    out[i] = out[i] + pool_bias(b, store.stride)
     for i in members:
         if i in out:
             yield out[i]
@@ -272,6 +283,7 @@ def _open_or_create(
             ("method", store.attrs.get("method", "anc"), provenance["method"]),
             ("method options", store.attrs.get("method_options"), provenance.get("method_options")),
             ("checkpoint", store.attrs.get("checkpoint_sha256"), provenance["checkpoint_sha256"]),
+            ("box constraint", store.attrs.get("box_constraint"), provenance.get("box_constraint")),
         ):
             if have != want:
                 raise BoxsegError(

@@ -78,8 +78,10 @@ def predict_logits(
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
     window: int = 0,
+    constraint=None,
 ) -> torch.Tensor:
-    """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels.
+    """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels;
+    `constraint` (box_constraint.constraint_of) makes its output box-consistent.
 
     Test-time augmentation: with several `scales` or `flip`, the image (and its box raster) is
     resized / mirrored, each output is mapped back to H x W, the softmax probabilities are
@@ -89,8 +91,10 @@ def predict_logits(
     x = x[None].to(device)
     h, w = image.shape[:2]
     box_tensor = None if raster is None else raster[None].to(device)
+    bias = None if constraint is None else constraint(boxes, labels, h, w)
     if tuple(scales) == (1.0,) and not flip:
-        return windowed(model, x, box_tensor, window)[0].float().cpu()
+        out = windowed(model, x, box_tensor, window)[0].float().cpu()
+        return out if bias is None else out + bias
     probs = None
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -104,4 +108,5 @@ def predict_logits(
             p = torch.softmax(F.interpolate(out, size=(h, w), mode="bilinear",
                                             align_corners=False), dim=1)[0]  # fmt: skip
             probs = p if probs is None else probs + p
-    return torch.log(probs / probs.sum(0, keepdim=True)).cpu()
+    out = torch.log(probs / probs.sum(0, keepdim=True)).cpu()
+    return out if bias is None else out + bias

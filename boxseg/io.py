@@ -14,6 +14,10 @@ import torch
 
 from boxseg.errors import BoxsegError
 
+# A bad file is reported by boxseg in one line: OpenCV's own WARN/ERROR log lines would only
+# come before it (libpng and libjpeg may still print theirs).
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -10,9 +10,11 @@ q is always detached: no gradient flows into the target.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SELF_CORR_MODES = ("none", "linear", "conv")
+LOGP_FLOOR = -16.0  # the merger's inputs are log-probabilities clamped here
 
 
 def linear_combine(
@@ -54,17 +56,50 @@ def soft_target(
 
 
 def soft_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over valid pixels of -sum_k target_k log softmax(logits)_k.
 
     logits, target: N x K x H x W (target a distribution over dim 1); valid: N x H x W bool.
+    With `class_weights` (K), each class's term is weighted and the mean is over the pixels'
+    weights sum_k w_k target_k, so a one-hot target gives torch's weighted cross-entropy.
     """
-    per_pixel = -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    logp = torch.log_softmax(logits.float(), dim=1)
+    if class_weights is not None:
+        w = class_weights.to(logp.device, logp.dtype).view(1, -1, 1, 1)
+        per_pixel = -(w * target * logp).sum(dim=1)
+        pixel_weight = (w * target).sum(dim=1)
+        if valid is not None:
+            pixel_weight = pixel_weight * valid.to(pixel_weight.dtype)
+            per_pixel = per_pixel * valid.to(per_pixel.dtype)
+        return per_pixel.sum() / pixel_weight.sum().clamp_min(1e-6)
+    per_pixel = -(target * logp).sum(dim=1)
     if valid is None:
         return per_pixel.mean()
     valid = valid.to(per_pixel.dtype)
     return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def hard_cross_entropy(
+    logits: torch.Tensor, mask: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of logits (N x K x H x W) against a class-index mask (VOID ignored), as
+    torch's (weighted) mean; and a 0-d tensor that is 1 when every pixel was void. Such a batch
+    gives a zero loss (still attached to the graph) instead of torch's NaN, without a host
+    sync."""
+    from boxseg.data.sample import VOID
+
+    valid = mask != VOID
+    target = torch.where(valid, mask, torch.zeros_like(mask))
+    per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
+    weight = valid.float()
+    if class_weights is not None:
+        weight = weight * class_weights.to(logits.device, torch.float32)[target]
+    loss = (per_pixel * weight).sum() / weight.sum().clamp_min(1e-6)
+    return loss, (~valid.any()).float()
 
 
 class ConvMerger(nn.Module):
@@ -73,7 +108,9 @@ class ConvMerger(nn.Module):
 
     Both inputs enter as log-probabilities (log_softmax over classes): the same information as
     the logits (softmax ignores a per-pixel shift), but g then gives the same answer for logits
-    stored as float16, as int8 codes of log-probabilities, or computed online.
+    stored as float16, as int8 codes of log-probabilities, or computed online. They are
+    clamped at LOGP_FLOOR (the int8 store's range), so a class the box constraint rules out
+    (a log-probability near -1e4) enters as "impossible" without swamping the convolution.
     """
 
     def __init__(self, num_classes: int, hidden: int = 128):
@@ -86,4 +123,4 @@ class ConvMerger(nn.Module):
 
     def forward(self, primary_logits: torch.Tensor, anc_logits: torch.Tensor) -> torch.Tensor:
         x = torch.cat([torch.log_softmax(primary_logits, 1), torch.log_softmax(anc_logits, 1)], 1)
-        return self.net(x)
+        return self.net(x.clamp_min(LOGP_FLOOR))

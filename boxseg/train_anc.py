@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from boxseg import distributed
+from boxseg.box_constraint import BiasMaker
+from boxseg.class_weights import resolve_class_weights
 from boxseg.data.boxes import BoxSpec, box_channels
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
@@ -18,8 +19,9 @@ from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.data.validate import usable_ids
 from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
-from boxseg.models import ModelSpec, build_model
+from boxseg.models import BoxPathSpec, ModelSpec, build_model
 from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
+from boxseg.selfcorr import hard_cross_entropy
 
 
 def train_anc(
@@ -34,8 +36,15 @@ def train_anc(
     quiet: bool = False,
     full_fraction: float = 1.0,
     skip_bad: bool = False,
+    class_weights: str = "median-freq",
+    box_path: BoxPathSpec | None = None,
+    constraint_loss: bool = False,
 ) -> dict:
-    """Train on F (or a `full_fraction` of it: the conv recipe's stage 1).
+    """Train on F (or a `full_fraction` of it: the conv recipe's stage 1), with the boxes
+    entering through `box_path` (default: max-pooled boxes and the direct path) and the loss
+    weighted per class by `class_weights` (none, median-freq or a file; class_weights.py).
+    `constraint_loss`: the loss sees the box-consistent logits (box_constraint.py), as
+    gen-logits will decode them; pixels whose class no box allows are left out.
 
     Writes RUN/model.pt, config.json, metrics.jsonl; returns the val scores (or {}).
     """
@@ -46,12 +55,17 @@ def train_anc(
     full_ids = fraction_of(full_ids, full_fraction, split.seed) if full_fraction < 1 else full_ids
     out = prepare_run_dir(out) if distributed.is_main() else Path(out)
     full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad, out / "skipped_full.json", "F")
+    weights = resolve_class_weights(class_weights, ds, split.split, full_ids)
+    box_path = box_path or BoxPathSpec()
     torch.manual_seed(cfg.seed)
     channels = box_channels(ds.num_classes, ds.background)
-    model = build_model(spec, ds.num_classes, channels, pretrained).to(device)
+    model = build_model(spec, ds.num_classes, channels, pretrained, box_path).to(device)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
+    bias = None
+    if constraint_loss:
+        bias = BiasMaker(ds.num_classes, ds.background, box_spec.classes, 0.0)
     train_set = FullTrainSet(
-        ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN, IMAGENET_STD
+        ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN, IMAGENET_STD, bias
     )
     batches = Batches(train_set, cfg.batch_size, cfg.workers, cfg.seed)
     iters = total_iters(cfg, batches)
@@ -66,6 +80,12 @@ def train_anc(
                 "num_weak": len(weak_ids),
                 "boxes": box_spec.to_dict(),
                 "model": spec.to_dict(),
+                "box_path": box_path.to_dict(),
+                "constraint_loss": constraint_loss,
+                "class_weights": {
+                    "option": class_weights,
+                    "values": None if weights is None else weights.tolist(),
+                },
                 "pretrained": pretrained,
                 "train": cfg.to_dict(),
                 "iters": iters,
@@ -75,8 +95,13 @@ def train_anc(
 
     def step(nets: nn.ModuleDict, batch: dict, _: int):
         logits = nets["ancillary"](batch["image"], batch["boxes"])
-        loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=VOID)
-        return loss, {}, batch["image"].shape[0]
+        mask = batch["mask"]
+        if "bias" in batch:  # learn to choose among the classes the boxes allow
+            logits = logits.float() + batch["bias"]
+            ruled_out = batch["bias"].gather(1, mask.clamp_max(ds.num_classes - 1)[:, None])
+            mask = torch.where(ruled_out[:, 0] < 0, torch.full_like(mask, VOID), mask)
+        loss, all_void = hard_cross_entropy(logits, mask, weights)
+        return loss, {"skipped_f": all_void}, batch["image"].shape[0]
 
     nets = nn.ModuleDict({"ancillary": model})
     timing = fit(nets, step, batches, cfg, iters, device, out, "train-anc", quiet)

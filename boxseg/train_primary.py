@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from boxseg import distributed
+from boxseg.box_constraint import BoxConstraint, constraint_of
 from boxseg.checkpoint import file_sha256, load_model
+from boxseg.class_weights import resolve_class_weights
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
-from boxseg.data.sample import VOID
 from boxseg.data.sampling import Batches
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet, OnlineWeakTrainSet, WeakTrainSet
@@ -34,6 +34,7 @@ from boxseg.selfcorr import (
     SELF_CORR_MODES,
     ConvMerger,
     alpha_at,
+    hard_cross_entropy,
     soft_cross_entropy,
     soft_target,
 )
@@ -102,9 +103,17 @@ def train_primary(
     val_split: str | None = "val",
     quiet: bool = False,
     skip_bad: bool = False,
+    class_weights: str = "none",
+    box_constraint: BoxConstraint | None = None,
 ) -> dict:
-    """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {})."""
+    """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {}).
+
+    `class_weights` (none, median-freq or a file) weights both loss terms per class;
+    `box_constraint` (default on) makes the online ancillary logits box-consistent, as
+    gen-logits makes the stored ones."""
     cfg.validate()
+    box_constraint = BoxConstraint() if box_constraint is None else box_constraint
+    box_constraint.validate()
     if self_corr not in SELF_CORR_MODES:
         raise BoxsegError(f"--self-corr {self_corr}: choose from {', '.join(SELF_CORR_MODES)}")
     check_alpha(alpha_start, alpha_end, alpha_decay_fraction)
@@ -146,6 +155,8 @@ def train_primary(
         check_classes(anc_meta, ds, str(anc_model))
         anc = frozen(anc)
     out = prepare_run_dir(out) if distributed.is_main() else Path(out)
+    weights = resolve_class_weights(class_weights, ds, split.split, full_ids)
+    bias = constraint_of(anc_meta, box_constraint) if anc_meta else None
     torch.manual_seed(cfg.seed)
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
     merger = ConvMerger(ds.num_classes, conv_hidden).to(device) if self_corr == "conv" else None
@@ -153,13 +164,14 @@ def train_primary(
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     box_spec = BoxSpec.from_dict(anc_meta["boxes"]) if anc_meta else BoxSpec()
-    f_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, merger is not None, mean, std)
+    f_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, merger is not None, mean, std,
+                         bias)  # fmt: skip
     f_batches = Batches(f_set, cfg.batch_size, cfg.workers, cfg.seed)
     w_set = None
     if weak_source == "store":
         w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
     elif weak_source == "online":
-        w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std)
+        w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std, bias)
     iters = total_iters(cfg, f_batches)
     warmup = 0
     if merger is not None:
@@ -182,6 +194,9 @@ def train_primary(
             "conv": {"hidden": conv_hidden, "warmup": warmup,
                      "grad_to_primary": conv_grad_to_primary},
             "weak_weight": weak_weight, "model": spec.to_dict(), "pretrained": pretrained,
+            "class_weights": {"option": class_weights,
+                              "values": None if weights is None else weights.tolist()},
+            "box_constraint": box_constraint.to_dict() if anc_meta else None,
             "train": cfg.to_dict(), "iters": iters,
         }, device)  # fmt: skip
 
@@ -189,7 +204,8 @@ def train_primary(
         if "logits" in b:
             return b["logits"]
         with torch.no_grad():
-            return anc(b["image"], b["boxes"]).float()
+            out = anc(b["image"], b["boxes"]).float()
+            return out + b["bias"] if "bias" in b else out
 
     def step(nets: nn.ModuleDict, batch: dict, i: int):
         model, merger = nets["primary"], nets["merger"] if "merger" in nets else None
@@ -198,19 +214,19 @@ def train_primary(
         images = f["image"] if w is None else torch.cat([f["image"], w["image"]])
         out_all = model(images)
         out_f = out_all[:nf]
-        loss = F.cross_entropy(out_f.float(), f["mask"], ignore_index=VOID)
-        logs = {"loss_f": loss.item()}
+        loss, all_void = hard_cross_entropy(out_f, f["mask"], weights)
+        logs = {"loss_f": loss.item(), "skipped_f": all_void}
         if merger is not None:  # stages 2 and 3: g learns on F, CE(y, q_conv)
             g_in = out_f if conv_grad_to_primary else out_f.detach()
-            loss_g = F.cross_entropy(merger(g_in.float(), anc_logits_of(f)), f["mask"],
-                                     ignore_index=VOID)  # fmt: skip
+            loss_g, _ = hard_cross_entropy(merger(g_in.float(), anc_logits_of(f)), f["mask"],
+                                           weights)  # fmt: skip
             loss = loss + loss_g
             logs |= {"loss_g": loss_g.item(), "stage": 2 if w is None else 3}
         if w is not None:
             out_w = out_all[nf:]
             alpha = alpha_at(i, iters, alpha_start, alpha_end, alpha_decay_fraction)
             q = soft_target(anc_logits_of(w), out_w, self_corr, alpha, merger)
-            loss_w = soft_cross_entropy(out_w, q, w["valid"])
+            loss_w = soft_cross_entropy(out_w, q, w["valid"], weights)
             loss = loss + weak_weight * loss_w
             logs |= {"loss_w": loss_w.item()} | ({"alpha": alpha} if self_corr == "linear" else {})
         return loss, logs, images.shape[0]

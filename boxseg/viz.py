@@ -1,9 +1,11 @@
 """`boxseg viz`: one picture per weak image, to judge the pseudo-labels before trusting them.
 
 Panels, left to right: the image with its boxes; the store's argmax (the ancillary net's, or
-box-fill's / GrabCut's, pseudo-label; void black); its confidence (max softmax probability,
-dark = unsure); with `--model`, q: the target a primary model would get (linear
-self-correction at `--alpha`, or its conv merger); the ground truth where a mask exists.
+box-fill's / GrabCut's, pseudo-label; void black; the ancillary store holds box-consistent
+logits unless gen-logits was told --no-box-constraint, and the title says so); its confidence
+(max softmax probability, dark = unsure); with `--model`, q: the target a primary model would
+get (linear self-correction at `--alpha`, or its conv merger); the ground truth where a mask
+exists.
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ def render(ds, split: str, store: LogitsStore, image_id: str, colours: np.ndarra
     conf = (prob.max(0).values.numpy() * 255).astype(np.uint8)
     heat = cv2.cvtColor(cv2.applyColorMap(conf, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
     heat[void] = 0
+    constrained = (store.attrs.get("box_constraint") or {}).get("enabled")
+    label_title = "pseudo-label (box-consistent)" if constrained else "pseudo-label"
     panels = [panel(boxed, "image + boxes", zoom),
-              panel(colourise(prob.argmax(0).numpy(), colours, void), "pseudo-label", zoom),
+              panel(colourise(prob.argmax(0).numpy(), colours, void), label_title, zoom),
               panel(heat, "confidence", zoom)]  # fmt: skip
     if primary is not None:
         model, meta, merger = primary

@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 from boxseg.checkpoint import load_model, read_checkpoint
-from boxseg.data.boxes import BoxSpec, rasterize_boxes
-from boxseg.data.formats import load_weak, open_dataset
+from boxseg.data.boxes import BoxSpec
+from boxseg.data.formats import open_dataset
 from boxseg.data.split import SplitSpec, fraction_of
-from boxseg.data.transforms import to_tensor
 from boxseg.engine import TrainConfig
 from boxseg.models import ModelSpec
 from boxseg.selfcorr import ConvMerger, soft_cross_entropy, soft_target
@@ -91,23 +90,32 @@ def test_online_mode_runs(pipeline, tmp_path, capsys):
 
 
 def test_online_q_equals_stored_q_up_to_storage_error(pipeline):
-    """On the same (identity-transformed) image, q from the online ancillary net and q from
-    the store differ only by float16 and stride-4 resampling."""
+    """On the same (identity-transformed) image, q from the online ancillary net (its box
+    constraint made by the online W set, as train-primary does) and q from the (constrained)
+    store differ only by float16 and stride-4 resampling."""
+    from boxseg.box_constraint import BoxConstraint, constraint_of
+    from boxseg.data.torchsets import AugmentSpec, OnlineWeakTrainSet
+
     model, meta = load_model(pipeline["anc"], kind="ancillary")
     ds = open_dataset(pipeline["data"])
     store = LogitsStore.open(pipeline["store"])
-    errors, agree = [], []
-    for i, image_id in enumerate(store.image_ids):
-        s = load_weak(ds, "train", image_id, BoxSpec.from_dict(meta["boxes"]))
-        boxes = rasterize_boxes(s.boxes, s.labels, ds.num_classes, 32, 32, ds.background)
+    identity = AugmentSpec(32, (1.0, 1.0), hflip=False)
+    online_set = OnlineWeakTrainSet(ds, "train", store.image_ids, BoxSpec.from_dict(meta["boxes"]),
+                                    identity, meta["mean"], meta["std"],
+                                    constraint_of(meta, BoxConstraint()))  # fmt: skip
+    errors, agree, ruled_out = [], [], []
+    for i in range(len(store.image_ids)):
+        b = online_set[(i, 0)]
         with torch.no_grad():
-            online = model(to_tensor(s.image)[None], torch.from_numpy(boxes)[None])
+            online = model(b["image"][None], b["boxes"][None]) + b["bias"][None]
         q_online = soft_target(online)
         q_stored = soft_target(store.read_full(i)[None])
         errors.append((q_online - q_stored).abs().mean().item())
         agree.append((q_online.argmax(1) == q_stored.argmax(1)).float().mean().item())
+        ruled_out.append((b["bias"] < 0).float().mean().item())
     assert np.mean(errors) < 0.05, errors
     assert np.mean(agree) > 0.9, agree
+    assert np.mean(ruled_out) > 0.1  # the constraint is in play on these images
 
 
 def test_conv_refuses_a_store_from_another_ancillary_model(pipeline, tmp_path, capsys):

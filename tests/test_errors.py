@@ -155,3 +155,31 @@ def test_mask_image_size_mismatch(tiny_data, tmp_path, capsys, workers):
         capsys,
     )
     _assert_user_error(code, err, f"{first}.png", "12x10")
+
+
+def test_no_split_names_the_real_option(tiny_data, tmp_path, capsys):
+    code, _, err = run_cli(["train-anc", tiny_data, "--out", tmp_path / "a", *TINY_MODEL,
+                            *TINY_TRAIN], capsys)  # fmt: skip
+    _assert_user_error(code, err, "--num-full N (with --seed-split)", "--full-list")
+
+
+def test_opencv_prints_nothing_before_the_one_line_error(tiny_data, tmp_path):
+    """A PNG with an oversized chunk makes OpenCV log a WARN line of its own when it decodes
+    it; boxseg silences OpenCV's logging, so stderr (read at the file-descriptor level, in a
+    fresh process) holds boxseg's line alone."""
+    import struct
+    import subprocess
+    import sys
+
+    png = sorted((tiny_data / "train").glob("*.png"))[0]
+    raw = png.read_bytes()
+    i = raw.index(b"IDAT") - 4
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(raw[:i] + struct.pack(">I", 0x7FFFFFF0) + b"zzZz" + bytes(16) + raw[i:])
+    code = ("from boxseg.io import read_image\nfrom boxseg.errors import BoxsegError\n"
+            f"try:\n    read_image({str(bad)!r})\nexcept BoxsegError as e:\n"
+            "    import sys\n    print(f'boxseg: error: {e}', file=sys.stderr)\n"
+            "    sys.exit(2)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    _assert_user_error(done.returncode, done.stderr, "bad.png", "not a readable image")

@@ -43,6 +43,7 @@ def test_store_matches_weak_set(pipeline):
 
 
 def test_gen_logits_stores_what_the_model_predicts(pipeline):
+    from boxseg.box_constraint import BoxConstraint, constraint_of, pool_bias
     from boxseg.data.boxes import BoxSpec
     from boxseg.data.formats import load_weak
     from boxseg.inference import predict_logits
@@ -51,11 +52,13 @@ def test_gen_logits_stores_what_the_model_predicts(pipeline):
     model, meta = load_model(pipeline["anc"], kind="ancillary")
     ds = open_dataset(pipeline["data"])
     s = LogitsStore.open(pipeline["store"])
+    assert s.attrs["box_constraint"] == {"enabled": True, "prior": 0.0}
     w = load_weak(ds, "train", s.image_ids[3], BoxSpec.from_dict(meta["boxes"]))
-    expected = pool_logits(
-        predict_logits(model, meta, w.image, torch.device("cpu"), w.boxes, w.labels), 4
-    )
+    raw = predict_logits(model, meta, w.image, torch.device("cpu"), w.boxes, w.labels)
+    bias = constraint_of(meta, BoxConstraint())(w.boxes, w.labels, *w.image.shape[:2])
+    expected = pool_logits(raw, 4) + pool_bias(bias, 4)  # the constraint on the store's grid
     torch.testing.assert_close(s.read(3), expected, atol=1e-2, rtol=1e-2)
+    assert (bias < 0).any()  # the constraint did rule something out here
 
 
 def test_gen_logits_resumes(pipeline, tmp_path, capsys):

@@ -50,7 +50,9 @@ def split_full_weak(ids: list[str], spec: SplitSpec) -> tuple[list[str], list[st
         order = np.random.default_rng(spec.seed).permutation(len(ids))
         chosen = {ids[i] for i in order[: spec.num_full]}
     else:
-        raise BoxsegError("no F/W split given: pass --num-full N (with --seed) or --full-list FILE")
+        raise BoxsegError(
+            "no F/W split given: pass --num-full N (with --seed-split) or --full-list FILE"
+        )
     full = [i for i in ids if i in chosen]
     weak = [i for i in ids if i not in chosen]
     if not full:

@@ -49,9 +49,11 @@ class FullTrainSet(Dataset):
         with_boxes: bool,
         mean,
         std,
+        bias=None,
     ):
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
         self.aug, self.with_boxes, self.mean, self.std = aug, with_boxes, mean, std
+        self.bias = bias  # box_constraint.BiasMaker: also the crop's box-constraint bias
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,6 +73,8 @@ class FullTrainSet(Dataset):
             out["boxes"] = torch.from_numpy(
                 rasterize_boxes(a.boxes, a.labels, self.ds.num_classes, c, c, self.ds.background)
             )
+            if self.bias is not None:
+                out["bias"] = self.bias(a.boxes, a.labels, c, c)
         return out
 
 
@@ -127,13 +131,14 @@ class WeakTrainSet(Dataset):
 class OnlineWeakTrainSet(Dataset):
     """W for online mode: augmented image + its box tensor, for the ancillary net to run on.
 
-    Reads W through `load_weak`, which returns no mask.
+    Reads W through `load_weak`, which returns no mask. With `bias` (box_constraint.BiasMaker)
+    also the crop's box-constraint bias, so online q is box-consistent as stored q is.
     """
 
     def __init__(self, ds: SegDataset, split: str, ids: list[str], box_spec: BoxSpec,
-                 aug: AugmentSpec, mean, std):  # fmt: skip
+                 aug: AugmentSpec, mean, std, bias=None):  # fmt: skip
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
-        self.aug, self.mean, self.std = aug, mean, std
+        self.aug, self.mean, self.std, self.bias = aug, mean, std, bias
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -145,8 +150,11 @@ class OnlineWeakTrainSet(Dataset):
                   self.aug.crop)  # fmt: skip
         c = self.aug.crop
         boxes = rasterize_boxes(a.boxes, a.labels, self.ds.num_classes, c, c, self.ds.background)
-        return {
+        out = {
             "image": to_tensor(a.image, self.mean, self.std),
             "boxes": torch.from_numpy(boxes),
             "valid": torch.from_numpy(a.valid),
         }
+        if self.bias is not None:
+            out["bias"] = self.bias(a.boxes, a.labels, c, c)
+        return out

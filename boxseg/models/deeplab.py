@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from boxseg.models.backbone import build_backbone
-from boxseg.models.box_encoder import BoxEncoder
+from boxseg.models.box_encoder import BoxEncoder, BoxPathSpec, resize_boxes
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,11 @@ class DeepLabV3Plus(nn.Module):
         num_classes: int,
         box_channels: int | None = None,
         pretrained: str = "none",
+        box_path: BoxPathSpec | None = None,
     ):
         super().__init__()
+        box_path = box_path or BoxPathSpec()
+        direct = box_channels if box_channels and box_path.direct else 0
         self.backbone = build_backbone(spec.backbone, spec.output_stride, pretrained)
         rates = (6, 12, 18) if spec.output_stride == 16 else (12, 24, 36)
         self.aspp = ASPP(self.backbone.high_channels, rates, spec.aspp_channels)
@@ -48,7 +51,9 @@ class DeepLabV3Plus(nn.Module):
         )
         c = spec.decoder_channels
         self.decoder = nn.Sequential(
-            nn.Conv2d(spec.aspp_channels + spec.skip_channels, c, 3, padding=1, bias=False),
+            nn.Conv2d(
+                spec.aspp_channels + spec.skip_channels + direct, c, 3, padding=1, bias=False
+            ),
             nn.BatchNorm2d(c),
             nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1, bias=False),
@@ -57,10 +62,11 @@ class DeepLabV3Plus(nn.Module):
         )
         self.classifier = nn.Conv2d(c, num_classes, 1)
         self.box_encoder = (
-            BoxEncoder(box_channels, (spec.aspp_channels, spec.skip_channels))
+            BoxEncoder(box_channels, (spec.aspp_channels, spec.skip_channels), box_path.resize)
             if box_channels
             else None
         )
+        self.box_direct = bool(direct)
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at the input's resolution (N x K x H x W)."""
@@ -72,11 +78,19 @@ class DeepLabV3Plus(nn.Module):
             a_deep, a_skip = self.box_encoder(boxes, (deep.shape[-2:], skip.shape[-2:]))
             deep, skip = deep * a_deep, skip * a_skip
         deep = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        logits = self.classifier(self.decoder(torch.cat([deep, skip], dim=1)))
+        parts = [deep, skip]
+        if self.box_direct:  # the box tensor itself, at stride 4: boxes can create evidence
+            parts.append(resize_boxes(boxes.to(skip.dtype), skip.shape[-2:], "max"))
+        logits = self.classifier(self.decoder(torch.cat(parts, dim=1)))
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def build_model(
-    spec: ModelSpec, num_classes: int, box_channels: int | None = None, pretrained: str = "none"
+    spec: ModelSpec,
+    num_classes: int,
+    box_channels: int | None = None,
+    pretrained: str = "none",
+    box_path: BoxPathSpec | None = None,
 ) -> DeepLabV3Plus:
-    return DeepLabV3Plus(spec, num_classes, box_channels, pretrained)
+    """A primary net (no `box_channels`) or an ancillary net with the box path `box_path`."""
+    return DeepLabV3Plus(spec, num_classes, box_channels, pretrained, box_path)

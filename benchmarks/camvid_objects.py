@@ -1,0 +1,161 @@
+"""The paper's setting on real images: objects in boxes, background around them (issue 13).
+
+Makes a folder-layout dataset (docs/formats.md) from CamVid at 180x240: classes background,
+car, pedestrian, bicyclist (every other CamVid class becomes background, void stays void),
+masks for every image, and a COCO `boxes.json` with one box per 8-connected component of each
+object class of at least 16 pixels, as a labelling tool would export them. Here the box
+constraint alone cannot help much (background is allowed inside boxes): the net must find the
+object inside its box. F = 92 train images drawn with seed 0, W = the other 275.
+
+Scores on W (pseudo-labels against W's held-back masks) and on val (the ancillary net with
+boxes): box-fill, GrabCut, and ancillary nets with and without the constraint. Cached in
+OUT/rows/*.json.
+
+    python benchmarks/camvid_objects.py ../shared/data/camvid --out camvid-objects \\
+        --json camvid_objects.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from camvid_table import resized_copy  # noqa: E402
+
+from boxseg.box_constraint import BoxConstraint  # noqa: E402
+from boxseg.checkpoint import load_model  # noqa: E402
+from boxseg.data.boxes import BoxSpec, boxes_from_mask  # noqa: E402
+from boxseg.data.formats import open_dataset  # noqa: E402
+from boxseg.data.split import SplitSpec  # noqa: E402
+from boxseg.engine import TrainConfig  # noqa: E402
+from boxseg.evaluate import evaluate_model, evaluate_store  # noqa: E402
+from boxseg.gen_logits import BoxMethod, gen_logits  # noqa: E402
+from boxseg.io import read_image, read_label_png, write_image, write_json, write_label_png  # noqa: E402
+from boxseg.models import ModelSpec  # noqa: E402
+from boxseg.train_anc import train_anc  # noqa: E402
+
+OBJECTS = {"car": 8, "pedestrian": 9, "bicyclist": 10}  # CamVid class ids
+CAMVID_VOID = 11
+
+
+def objects_dataset(segnet: Path, dst: Path, splits: list[str], min_area: int = 16) -> Path:
+    """The folder-layout object dataset made from a segnet-layout CamVid copy; reused if done."""
+    if (dst / "DONE").is_file():
+        return dst
+    (dst / "images").mkdir(parents=True, exist_ok=True)
+    (dst / "masks").mkdir(parents=True, exist_ok=True)
+    names = ["background", *OBJECTS]
+    (dst / "classes.txt").write_text("".join(f"{n}\n" for n in names))
+    src = open_dataset(segnet)
+    images, annotations = [], []
+    for split in splits:
+        ids = src.ids(split)
+        for image_id in ids:
+            image = read_image(src.image_path(split, image_id))
+            raw = read_label_png(src.mask_path(split, image_id))
+            mask = np.zeros_like(raw)
+            mask[raw == CAMVID_VOID] = 255
+            for k, camvid_id in enumerate(OBJECTS.values(), 1):
+                mask[raw == camvid_id] = k
+            write_image(dst / "images" / f"{image_id}.png", image)
+            write_label_png(dst / "masks" / f"{image_id}.png", mask)
+            image_index = len(images) + 1
+            h, w = mask.shape
+            images.append({"id": image_index, "file_name": f"{image_id}.png", "height": h,
+                           "width": w})  # fmt: skip
+            boxes, labels = boxes_from_mask(mask, len(names), min_area, background=0)
+            for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist(), strict=True):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_index,
+                                    "category_id": int(label),
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1]})  # fmt: skip
+        (dst / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    categories = [{"id": k, "name": n} for k, n in enumerate(names) if k]
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    (dst / "boxes.json").write_text(json.dumps(doc))
+    (dst / "DONE").write_text("")
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path, help="CamVid root (segnet layout)")
+    ap.add_argument("--out", type=Path, default=Path("camvid-objects"))
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--iters", type=int, default=1200, help="ancillary training steps")
+    ap.add_argument("--box-prior", type=float, default=0.0)
+    ap.add_argument("--baselines", default="box,grabcut")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    out = args.out
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    half = resized_copy(args.data, out / "camvid_half", ["train", "val"], 0.5)
+    data = objects_dataset(half, out / "data", ["train", "val"])
+    ds = open_dataset(data)
+    split = SplitSpec("train", round(0.25 * len(ds.ids("train"))), 0)
+    spec = ModelSpec("resnet18", 16, 64, 64)
+
+    def cached(name: str, fn) -> dict:
+        path = out / "rows" / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        print(f"== {name}", flush=True)
+        t = time.perf_counter()
+        result = fn() | {"seconds": time.perf_counter() - t}
+        write_json(path, result)
+        print(f"   {name}: W {result['w_miou']:.2f}", flush=True)
+        return result
+
+    def store_scores(store: Path) -> dict:
+        w = evaluate_store(ds, "train", str(store), quiet=True)
+        return {"w_miou": w["miou"], "w_per_class_iou": w["per_class_iou"]}
+
+    results = {}
+    for method in [m for m in args.baselines.split(",") if m]:
+
+        def baseline(method=method) -> dict:
+            store = out / "stores" / f"{method}.zarr"
+            gen_logits(data, None, str(store), split, 4, args.device, quiet=True, overwrite=True,
+                       box_method=BoxMethod(method, box_min_area=16))  # fmt: skip
+            return store_scores(store)
+
+        results[method] = cached(method, baseline)
+
+    run = out / "anc"
+    cfg = TrainConfig(iters=args.iters, batch_size=4, crop=160, scale_min=0.75, scale_max=1.25,
+                      lr=1e-3, optimizer="adamw", device=args.device, checkpoint_every=200,
+                      resume=True)  # fmt: skip
+    if not (run / "model.pt").is_file():
+        train_anc(data, run, split, BoxSpec(16), spec, cfg, val_split=None, quiet=True,
+                  class_weights="median-freq")  # fmt: skip
+    for name, rule in (("anc_raw", BoxConstraint(False)),
+                       ("anc_constraint", BoxConstraint(True, args.box_prior))):  # fmt: skip
+
+        def anc(rule=rule, name=name) -> dict:
+            store = out / "stores" / f"{name}.zarr"
+            gen_logits(data, run / "model.pt", str(store), split, 4, args.device, quiet=True,
+                       overwrite=True, constraint=rule)  # fmt: skip
+            model, meta = load_model(run / "model.pt")
+            val = evaluate_model(model, meta, ds, "val", torch.device("cpu"), quiet=True,
+                                 constraint=rule)  # fmt: skip
+            return store_scores(store) | {"val_miou": val["miou"],
+                                          "val_per_class_iou": val["per_class_iou"]}  # fmt: skip
+
+        results[name] = cached(name, anc)
+    print(f"\n{'row':<16} {'W mIoU':>7} {'val':>6}  per-class IoU on W")
+    for name, r in results.items():
+        per = ", ".join(f"{k} {v:.1f}" for k, v in r["w_per_class_iou"].items())
+        print(f"{name:<16} {r['w_miou']:7.2f} {r.get('val_miou', float('nan')):6.2f}  {per}")
+    if args.json:
+        write_json(args.json, {"rows": results, "iters": args.iters, "box_prior": args.box_prior,
+                               "num_full": split.num_full})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
