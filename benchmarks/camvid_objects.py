@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=1200, help="ancillary training steps")
     ap.add_argument("--box-prior", type=float, default=0.0)
     ap.add_argument("--baselines", default="box,grabcut")
+    ap.add_argument("--seeds", default="0,1,2", help="ancillary nets' training seeds")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     out = args.out
@@ -127,30 +128,34 @@ def main() -> None:
 
         results[method] = cached(method, baseline)
 
-    run = out / "anc"
-    cfg = TrainConfig(iters=args.iters, batch_size=4, crop=160, scale_min=0.75, scale_max=1.25,
-                      lr=1e-3, optimizer="adamw", device=args.device, checkpoint_every=200,
-                      resume=True)  # fmt: skip
-    if not (run / "model.pt").is_file():
-        train_anc(data, run, split, BoxSpec(16), spec, cfg, val_split=None, quiet=True,
-                  class_weights="median-freq")  # fmt: skip
-    for name, rule in (("anc_raw", BoxConstraint(False)),
-                       ("anc_constraint", BoxConstraint(True, args.box_prior))):  # fmt: skip
+    for seed in (int(x) for x in args.seeds.split(",")):
+        run = out / f"anc_s{seed}"
+        cfg = TrainConfig(iters=args.iters, batch_size=4, crop=160, scale_min=0.75,
+                          scale_max=1.25, lr=1e-3, optimizer="adamw", seed=seed,
+                          device=args.device, checkpoint_every=200, resume=True)  # fmt: skip
+        if not (run / "model.pt").is_file():
+            train_anc(data, run, split, BoxSpec(16), spec, cfg, val_split=None, quiet=True,
+                      class_weights="median-freq")  # fmt: skip
+        prior = f"_prior{args.box_prior:g}" if args.box_prior else ""
+        rules = {f"anc_raw_s{seed}": BoxConstraint(False),
+                 f"anc_constraint{prior}_s{seed}": BoxConstraint(True, args.box_prior)}  # fmt: skip
+        for name, rule in rules.items():
 
-        def anc(rule=rule, name=name) -> dict:
-            store = out / "stores" / f"{name}.zarr"
-            gen_logits(data, run / "model.pt", str(store), split, 4, args.device, quiet=True,
-                       overwrite=True, constraint=rule)  # fmt: skip
-            model, meta = load_model(run / "model.pt")
-            val = evaluate_model(model, meta, ds, "val", torch.device("cpu"), quiet=True,
-                                 constraint=rule)  # fmt: skip
-            return store_scores(store) | {"val_miou": val["miou"],
-                                          "val_per_class_iou": val["per_class_iou"]}  # fmt: skip
+            def anc(rule=rule, name=name, run=run) -> dict:
+                store = out / "stores" / f"{name}.zarr"
+                gen_logits(data, run / "model.pt", str(store), split, 4, args.device,
+                           quiet=True, overwrite=True, constraint=rule)  # fmt: skip
+                model, meta = load_model(run / "model.pt")
+                val = evaluate_model(model, meta, ds, "val", torch.device("cpu"), quiet=True,
+                                     constraint=rule)  # fmt: skip
+                scores = {"val_miou": val["miou"], "val_per_class_iou": val["per_class_iou"]}
+                return store_scores(store) | scores
 
-        results[name] = cached(name, anc)
+            results[name] = cached(name, anc)
     print(f"\n{'row':<16} {'W mIoU':>7} {'val':>6}  per-class IoU on W")
     for name, r in results.items():
-        per = ", ".join(f"{k} {v:.1f}" for k, v in r["w_per_class_iou"].items())
+        per = ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}"
+                        for k, v in r["w_per_class_iou"].items())  # fmt: skip
         print(f"{name:<16} {r['w_miou']:7.2f} {r.get('val_miou', float('nan')):6.2f}  {per}")
     if args.json:
         write_json(args.json, {"rows": results, "iters": args.iters, "box_prior": args.box_prior,

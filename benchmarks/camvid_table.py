@@ -39,6 +39,7 @@ from boxseg.models import ModelSpec
 from boxseg.train_anc import train_anc
 from boxseg.train_primary import train_primary
 
+ANC_ITERS = 1200  # where the ancillary net's W pseudo-labels stop improving (the ablation)
 SEEDED_ROWS = ("f_only", "none", "linear", "conv", "full", "f_only_2x", "full_2x")
 
 
@@ -77,6 +78,9 @@ def main() -> None:
     ap.add_argument("--full-fraction", type=float, default=0.25)
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--anc-iters", type=int, default=ANC_ITERS,
+                    help="ancillary nets' steps: trained once, so trained until their "
+                    "pseudo-labels stop improving (docs/results.md, the ablation)")  # fmt: skip
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=160)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -120,10 +124,11 @@ def main() -> None:
 
     runs = out / "runs"
     results: dict[str, dict] = {}
+    anc = dataclasses.replace(cfg(0), iters=args.anc_iters, checkpoint_every=200)
     results["ancillary"] = row("ancillary", lambda: scores(train_anc(
-        data, runs / "anc", split, box_spec, spec, cfg(0), val_split=val, quiet=True)))  # fmt: skip
+        data, runs / "anc", split, box_spec, spec, anc, val_split=val, quiet=True)))  # fmt: skip
     results["ancillary_half"] = row("ancillary_half", lambda: scores(train_anc(
-        data, runs / "anc_half", split, box_spec, spec, cfg(0), val_split=val, quiet=True,
+        data, runs / "anc_half", split, box_spec, spec, anc, val_split=val, quiet=True,
         full_fraction=0.5)))  # fmt: skip
     anc, anc_half = runs / "anc" / "model.pt", runs / "anc_half" / "model.pt"
     stores = {

@@ -75,3 +75,38 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
     stages = [(r["backbone"], r["stage"]) for r in result["rows"]]
     assert stages == [("resnet18", s) for s in ("train-anc", "gen-logits", "train-primary")]
     assert all(r["img_per_s"] > 0 and r["peak_gib"] is None for r in result["rows"])
+
+
+def test_camvid_objects_dataset_is_the_folder_layout_with_component_boxes(tmp_path):
+    """benchmarks/camvid_objects.py's conversion: CamVid's car/pedestrian/bicyclist become the
+    objects, everything else background, void stays void; one COCO box per component."""
+    import numpy as np
+
+    from boxseg.data.boxes import BoxSpec, boxes_from_mask
+    from boxseg.data.formats import open_dataset
+    from boxseg.io import write_image, write_label_png
+
+    sys.path.insert(0, str(BENCHMARKS))
+    objects = importlib.import_module("camvid_objects")
+    src = tmp_path / "camvid"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 1)):
+        (src / split).mkdir(parents=True)
+        (src / f"{split}annot").mkdir()
+        ids = [f"{split}{i}" for i in range(n)]
+        for i in ids:
+            mask = rng.integers(0, 8, (24, 32)).astype(np.uint8)  # stuff classes 0..7
+            mask[2:8, 3:9], mask[12:20, 20:24], mask[0, :] = 8, 9, 11  # a car, a pedestrian
+            write_image(src / split / f"{i}.png", rng.integers(0, 255, (24, 32, 3), np.uint8))
+            write_label_png(src / f"{split}annot" / f"{i}.png", mask)
+        (src / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    ds = open_dataset(objects.objects_dataset(src, tmp_path / "objects", ["train", "val"]))
+    assert ds.layout == "folder" and ds.background == 0
+    assert ds.class_names == ("background", "car", "pedestrian", "bicyclist")
+    mask = ds.read_mask("train", "train1")
+    assert (mask[2:8, 3:9] == 1).all() and (mask[12:20, 20:24] == 2).all()
+    assert (mask[0] == 255).all() and set(np.unique(mask)) == {0, 1, 2, 255}
+    boxes, labels = ds.read_boxes("train", "train1", BoxSpec())
+    want_boxes, want_labels = boxes_from_mask(mask, 4, 16, background=0)
+    np.testing.assert_array_equal(boxes, want_boxes)
+    assert labels.tolist() == want_labels.tolist() == [1, 2]

@@ -105,6 +105,11 @@ def _resume_state(c: Ctx, content: bytes | None) -> list:
     return c.anc("--resume")
 
 
+def _short_weights(c: Ctx) -> list:
+    (c.tmp / "w.txt").write_text("1 2 3\n")
+    return c.primary("--class-weights", c.tmp / "w.txt")
+
+
 def _half_written(c: Ctx) -> list:
     s = LogitsStore.open(c.store(), mode="r+")
     s.done[3] = False
@@ -400,6 +405,14 @@ CASES: list[Case] = [
         ("exactly one of",),
     ),
     ("NaN loss", lambda c: c.anc("--lr", "1e30"), ("loss became", "at step", "lower --lr")),
+    (
+        "unknown class weights",
+        lambda c: c.anc("--class-weights", "inverse"),
+        ("--class-weights inverse", "median-freq"),
+    ),  # fmt: skip
+    ("class weights file too short", _short_weights, ("w.txt", "give 5 weights")),
+    ("negative box prior", lambda c: c.gen("--box-prior", "-1"), ("--box-prior -1",)),
+    ("unknown box resize", lambda c: c.anc("--box-resize", "bilinear"), ("--box-resize bilinear",)),
 ]
 if not torch.cuda.is_available():
     CASES.append(("--device cuda without a GPU", lambda c: c.anc("--device", "cuda"),
