@@ -15,16 +15,14 @@ so a killed run resumes, and `--rows` picks some.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camvid_table import resized_copy  # noqa: E402
+from camvid_table import cached_row, resized_copy  # noqa: E402
 
 from boxseg.box_constraint import BoxConstraint  # noqa: E402
 from boxseg.checkpoint import load_model  # noqa: E402
@@ -127,17 +125,11 @@ def main() -> None:
     spec = ModelSpec("resnet18", 16, 64, 64)
     box_spec = BoxSpec(min_area=16)
 
+    def summary(r: dict) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k.endswith("miou"))
+
     def cached(name: str, fn) -> dict:
-        path = out / "rows" / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        print(f"== {name}", flush=True)
-        t = time.perf_counter()
-        result = fn() | {"seconds": time.perf_counter() - t}
-        write_json(path, result)
-        print(f"   {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()
-                                          if isinstance(v, float)), flush=True)  # fmt: skip
-        return result
+        return cached_row(out / "rows", name, fn, summary)
 
     def net(name: str) -> Path:
         n = NETS[name]

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camvid_table import resized_copy  # noqa: E402
+from camvid_table import cached_row, resized_copy  # noqa: E402
 
 from boxseg.box_constraint import BoxConstraint  # noqa: E402
 from boxseg.checkpoint import load_model  # noqa: E402
@@ -103,15 +102,7 @@ def main() -> None:
     spec = ModelSpec("resnet18", 16, 64, 64)
 
     def cached(name: str, fn) -> dict:
-        path = out / "rows" / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        print(f"== {name}", flush=True)
-        t = time.perf_counter()
-        result = fn() | {"seconds": time.perf_counter() - t}
-        write_json(path, result)
-        print(f"   {name}: W {result['w_miou']:.2f}", flush=True)
-        return result
+        return cached_row(out / "rows", name, fn, lambda r: f"W {r['w_miou']:.2f}")
 
     def store_scores(store: Path) -> dict:
         w = evaluate_store(ds, "train", str(store), quiet=True)

@@ -144,6 +144,13 @@ def train_primary(
         if anc_model is not None and store.attrs.get("checkpoint_sha256") != file_sha256(anc_model):
             raise BoxsegError(f"{logits}: made by another ancillary model than {anc_model}; "
                               "run gen-logits with it")  # fmt: skip
+        # stores from before the constraint hold raw logits
+        rule = store.attrs.get("box_constraint") or BoxConstraint(False).to_dict()
+        conv_on_file = anc_model is not None and not isinstance(store, InMemoryLogits)
+        if conv_on_file and rule != box_constraint.to_dict():
+            raise BoxsegError(f"{logits}: made with box constraint {rule}, this run applies "
+                              f"{box_constraint.to_dict()} to F's ancillary logits; pass the "
+                              "same --box-constraint/--box-prior to both")  # fmt: skip
     elif anc_model is not None:  # online: W's boxes (derived from masks on segnet data)
         weak_ids = usable_ids(ds, split.split, weak_ids, ds.boxes_from_masks, skip_bad,
                               out_dir / "skipped_weak.json", "W")  # fmt: skip

@@ -144,3 +144,13 @@ def test_conv_refuses_a_store_from_another_ancillary_model(pipeline, tmp_path, c
         capsys,
     )
     assert code == 2 and "another ancillary model" in err
+
+
+def test_conv_refuses_a_store_made_under_another_box_constraint(pipeline, tmp_path, capsys):
+    """conv's g learns on F's (constrained) ancillary logits and corrects W's stored ones: both
+    must be made under the same rule."""
+    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "c",
+                            "--logits", pipeline["store"], "--anc-model", pipeline["anc"],
+                            "--self-corr", "conv", "--no-box-constraint", "--num-full", "4",
+                            *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    assert code == 2 and "box constraint" in err and "--box-constraint" in err
