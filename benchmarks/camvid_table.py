@@ -41,7 +41,7 @@ from boxseg.models import ModelSpec
 from boxseg.train_anc import train_anc
 from boxseg.train_primary import train_primary
 
-ANC_ITERS = 2400  # where the ancillary net's W pseudo-labels stop improving (the ablation)
+ANC_ITERS = 4800  # where the ancillary net's W pseudo-labels stop improving (the ablation)
 SEEDED_ROWS = ("f_only", "none", "linear", "conv", "full", "f_only_2x", "full_2x")
 
 

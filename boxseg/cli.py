@@ -180,6 +180,10 @@ def train_anc_cmd(
     box_direct: Annotated[
         bool, typer.Option(help="Also concatenate the box tensor to the decoder's input.")
     ] = True,
+    box_constraint_loss: Annotated[
+        bool,
+        typer.Option(help="Train on the box-consistent logits (as gen-logits decodes them)."),
+    ] = False,
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
     config: Config = None,
@@ -217,6 +221,7 @@ def train_anc_cmd(
         skip_bad,
         class_weights,
         BoxPathSpec(box_resize, box_direct),
+        box_constraint_loss,
     )
 
 

@@ -127,3 +127,20 @@ def test_cli_store_records_the_rule_and_eval_applies_it(pipeline, tmp_path, caps
     # boxes derived from the masks always allow the true class, so the constraint only changes
     # pixels whose raw winner was wrong: accuracy cannot drop (tiny components aside)
     assert scores[0] >= scores[1] - 0.5, scores
+
+
+def test_train_anc_with_the_constraint_in_its_loss(tiny_data, tmp_path, capsys):
+    from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+
+    code, _, err = run_cli(["train-anc", tiny_data, "--out", tmp_path / "a", "--num-full", "4",
+                            "--box-constraint-loss", "--val-split", "", *TINY_MODEL,
+                            *TINY_TRAIN], capsys)  # fmt: skip
+    assert code == 0, err
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["constraint_loss"] is True
+    losses = [
+        json.loads(x)["loss"]
+        for x in (tmp_path / "a" / "metrics.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert all(np.isfinite(losses)) and max(losses) < 100  # no -1e4 logit leaked into the loss
