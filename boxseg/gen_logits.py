@@ -25,7 +25,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from boxseg import distributed
-from boxseg.box_constraint import BoxConstraint, constraint_of, pool_bias
+from boxseg.box_constraint import BiasMaker, BoxConstraint, constraint_of, pool_bias
 from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
@@ -169,7 +169,8 @@ def rank_share(todo: list[int], group_size: int) -> list[int]:
 
 def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: dict,
                   box_spec: BoxSpec, device: torch.device, group: int, batch_size: int,
-                  todo: set[int], bias=None) -> Iterator[torch.Tensor]:  # fmt: skip
+                  todo: set[int],
+                  bias: BiasMaker | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
     """Stored-resolution logits of the images of group `group` that are in `todo`, in index
     order. The net runs on every image of the group (same-size images together), done ones
     included: batch composition changes the last bits of the outputs. `bias` (the box

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boxseg.box_constraint import BiasMaker
 from boxseg.data.boxes import rasterize_boxes
 from boxseg.data.transforms import to_tensor
 
@@ -78,7 +79,7 @@ def predict_logits(
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
     window: int = 0,
-    constraint=None,
+    constraint: BiasMaker | None = None,
 ) -> torch.Tensor:
     """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels;
     `constraint` (box_constraint.constraint_of) makes its output box-consistent.

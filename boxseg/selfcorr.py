@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxseg.data.sample import VOID
+
 SELF_CORR_MODES = ("none", "linear", "conv")
 LOGP_FLOOR = -16.0  # the merger's inputs are log-probabilities clamped here
 
@@ -90,8 +92,6 @@ def hard_cross_entropy(
     torch's (weighted) mean; and a 0-d tensor that is 1 when every pixel was void. Such a batch
     gives a zero loss (still attached to the graph) instead of torch's NaN, without a host
     sync."""
-    from boxseg.data.sample import VOID
-
     valid = mask != VOID
     target = torch.where(valid, mask, torch.zeros_like(mask))
     per_pixel = F.cross_entropy(logits.float(), target, reduction="none")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from boxseg.box_constraint import BiasMaker
 from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import SegDataset, load_full, load_weak
 from boxseg.data.transforms import Aligned, apply, draw_params, to_tensor
@@ -49,7 +50,7 @@ class FullTrainSet(Dataset):
         with_boxes: bool,
         mean,
         std,
-        bias=None,
+        bias: BiasMaker | None = None,
     ):
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
         self.aug, self.with_boxes, self.mean, self.std = aug, with_boxes, mean, std
@@ -136,7 +137,7 @@ class OnlineWeakTrainSet(Dataset):
     """
 
     def __init__(self, ds: SegDataset, split: str, ids: list[str], box_spec: BoxSpec,
-                 aug: AugmentSpec, mean, std, bias=None):  # fmt: skip
+                 aug: AugmentSpec, mean, std, bias: BiasMaker | None = None):  # fmt: skip
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
         self.aug, self.mean, self.std, self.bias = aug, mean, std, bias
 
