@@ -1,19 +1,24 @@
-"""The paper's table on CamVid: every pipeline mode on the same backbone, resolution and budget.
+"""The paper's table on CamVid, converged: how close do boxes get a primary net to full masks?
 
-F = 25% of train (fixed seed), W = the rest with boxes derived from its masks. Rows:
-F-only, ancillary (boxes given; trained once, for --anc-iters steps, its own budget, with
-today's defaults: class weights, box-consistent stores), none / linear / conv
-self-correction (conv with its stage-1 ancillary net on half of F), fully supervised (all
-train masks), and the box-only baselines box-fill and GrabCut (primary with `--self-corr
-none` on their stores). The F + W rows see
---batch-size F and --batch-size W images a step; F-only and fully supervised run both at
---batch-size and at twice it (`_2x`: as many images a step as the F + W rows, all with
-masks). The rows that decide the claims run with every --seeds value. Also scores each W
-store's pseudo-labels against W's held-back masks, and records the store sizes.
+F = 25% of train (drawn with seed 0), W = the rest, with boxes derived from W's masks (the masks
+themselves are never read for training). Every row is trained with each --seeds value (the
+training seed: initialisation, augmentation and batch order; the split stays fixed):
+- f_only: the primary net on F alone; full: on all train masks (the ceiling).
+- ancillary: the ancillary net (boxes given) on val; its box-consistent W store feeds
+  none / linear (stored logits) and online_linear (the net run on each crop).
+- conv: the paper's 3 stages: an ancillary net on half of F, its store, then g and the primary.
+- box_fill, grabcut: primaries on the box-only rules' stores (`--self-corr none`).
+- self_training: no boxes at all: the f_only net's own logits for W (`gen-logits --model
+  PRIMARY`) as targets: what a semi-supervised method without boxes gets from the same images.
+Each F + W step sees --batch-size F images and as many W images; `--iters` counts those steps
+for every row (conv's stage 2, F only, comes on top: both budgets are reported), and the F-only
+and fully supervised rows get the same number of steps.
 
-To fit about an hour on 2 CPU cores, images are first resized by --scale (0.5: 180x240, with
-INTER_AREA for images and nearest for masks) into a work folder, and every row is scored on the
-same resized --eval-split. Rows are cached in OUT/rows/*.json, so a killed run resumes.
+The protocol (scale 0.25: 90x120 images, crop 96, 1500 steps, AdamW 1e-3, resnet18 with 64
+ASPP/decoder channels) is chosen so that training is not the bottleneck: see docs/results.md
+for what was tried. Rows are cached in OUT/rows/*.json, so a killed run resumes; `--rows`
+runs some rows only (several processes can share one OUT, one per seed or per row group), and
+a run without `--rows` prints the table from whatever is cached.
 
     python benchmarks/camvid_table.py ../shared/data/camvid --out camvid-table --json table.json
 """
@@ -21,7 +26,6 @@ same resized --eval-split. Rows are cached in OUT/rows/*.json, so a killed run r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
@@ -29,6 +33,7 @@ import time
 from pathlib import Path
 
 import cv2
+import torch
 
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
@@ -41,8 +46,9 @@ from boxseg.models import ModelSpec
 from boxseg.train_anc import train_anc
 from boxseg.train_primary import train_primary
 
-ANC_ITERS = 4800  # where the ancillary net's W pseudo-labels stop improving (the ablation)
-SEEDED_ROWS = ("f_only", "none", "linear", "conv", "full", "f_only_2x", "full_2x")
+ROWS = ("f_only", "ancillary", "none", "linear", "conv", "online_linear", "box_fill",
+        "grabcut", "self_training", "full")  # fmt: skip
+BOX_ROWS = ("none", "linear", "conv", "online_linear", "box_fill", "grabcut")
 
 
 def resized_copy(src: Path, dst: Path, splits: list[str], scale: float) -> Path:
@@ -83,6 +89,56 @@ def cached_row(rows: Path, name: str, fn, summary=lambda r: "") -> dict:
     return result
 
 
+def scores(r: dict) -> dict:
+    return {"miou": r["miou"], "pixel_acc": r["pixel_acc"], "per_class_iou": r["per_class_iou"]}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def report(results: dict[str, dict], seeds: list[int]) -> dict:
+    """Mean, sample standard deviation and per-seed values of each row; per-class means; the
+    claims of docs/results.md."""
+    table = {}
+    for name in ROWS:
+        runs = {s: results[f"{name}_s{s}"] for s in seeds if f"{name}_s{s}" in results}
+        if not runs:
+            continue
+        m, sd = mean_sd([r["miou"] for r in runs.values()])
+        classes = list(next(iter(runs.values()))["per_class_iou"])
+        per_class = {}
+        for c in classes:  # None where a class is absent from the eval split
+            values = [r["per_class_iou"][c] for r in runs.values()]
+            per_class[c] = statistics.mean(values) if None not in values else None
+        first = next(iter(runs.values()))
+        seconds = statistics.mean(r["seconds"] for r in runs.values())
+        table[name] = {"miou_mean": m, "miou_sd": sd,
+                       "miou_seeds": {s: r["miou"] for s, r in runs.items()},
+                       "per_class_iou": per_class, "w_steps": first.get("w_steps"),
+                       "steps": first.get("steps"), "seconds_mean": seconds}  # fmt: skip
+    claims = {}
+    if {"f_only", "full"} <= table.keys():
+        lo, hi = table["f_only"]["miou_mean"], table["full"]["miou_mean"]
+        claims["full_minus_f_only"] = hi - lo
+        semi = [k for k in BOX_ROWS + ("self_training",) if k in table]
+        if semi and hi > lo:
+            best = max(semi, key=lambda k: table[k]["miou_mean"])
+            claims["best_semi_row"] = best
+            claims["gap_closed_by_best_semi"] = (table[best]["miou_mean"] - lo) / (hi - lo)
+        box = [k for k in BOX_ROWS if k in table]
+        if box and "self_training" in table:
+            best_box = max(box, key=lambda k: table[k]["miou_mean"])
+            st = table["self_training"]
+            claims["best_box_row"] = best_box
+            claims["best_box_minus_self_training"] = table[best_box]["miou_mean"] - st["miou_mean"]
+            claims["spread_of_the_two"] = max(table[best_box]["miou_sd"], st["miou_sd"])
+    if {"linear", "none"} <= table.keys():
+        claims["linear_minus_none"] = table["linear"]["miou_mean"] - table["none"]["miou_mean"]
+    claims["max_row_sd"] = max((r["miou_sd"] for r in table.values()), default=None)
+    return {"table": table, "claims": claims}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path, help="CamVid root (segnet layout)")
@@ -91,19 +147,25 @@ def main() -> None:
     ap.add_argument("--eval-split", default="val")
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--full-fraction", type=float, default=0.25)
-    ap.add_argument("--scale", type=float, default=0.5)
-    ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--anc-iters", type=int, default=ANC_ITERS,
-                    help="ancillary nets' steps: trained once, so trained until their "
-                    "pseudo-labels stop improving (docs/results.md, the ablation)")  # fmt: skip
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--crop", type=int, default=160)
+    ap.add_argument("--scale", type=float, default=0.25)
+    ap.add_argument("--iters", type=int, default=1500, help="steps of every primary row")
+    ap.add_argument("--anc-iters", type=int, default=1500, help="steps of the ancillary nets")
+    ap.add_argument("--batch-size", type=int, default=8, help="F images a step (W: as many)")
+    ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--channels", type=int, default=64, help="ASPP and decoder channels")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--rows", help=f"run only these rows (comma-separated: {', '.join(ROWS)})")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (several processes)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
+    wanted = set(args.rows.split(",")) if args.rows else set(ROWS)
+    if wanted - set(ROWS):
+        raise SystemExit(f"--rows: unknown {sorted(wanted - set(ROWS))}; choose from {ROWS}")
     out = args.out
     (out / "rows").mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -112,116 +174,103 @@ def main() -> None:
     n_train = len(ds.ids(args.train_split))
     split = SplitSpec(args.train_split, round(args.full_fraction * n_train), 0)
     spec = ModelSpec("resnet18", 16, args.channels, args.channels)
-    box_spec = BoxSpec(min_area=16)
-    val = args.eval_split
+    box_spec = BoxSpec(min_area=4)  # 16 pixels at scale 0.5, as the ablation
+    val, runs, stores = args.eval_split, out / "runs", out / "stores"
 
-    def cfg(seed: int) -> TrainConfig:
-        return TrainConfig(iters=args.iters, batch_size=args.batch_size, crop=args.crop,
+    def cfg(seed: int, iters: int) -> TrainConfig:
+        return TrainConfig(iters=iters, batch_size=args.batch_size, crop=args.crop,
                            scale_min=0.75, scale_max=1.25, lr=args.lr, optimizer="adamw",
-                           seed=seed, device=args.device, checkpoint_every=50,
-                           resume=True)  # fmt: skip
+                           seed=seed, device=args.device, workers=args.workers,
+                           checkpoint_every=250, resume=True)  # fmt: skip
 
     def row(name: str, fn) -> dict:
         return cached_row(out / "rows", name, fn,
                           lambda r: f"mIoU {r.get('miou', float('nan')):.2f}")  # fmt: skip
 
-    def scores(r: dict) -> dict:
-        return {"miou": r["miou"], "pixel_acc": r["pixel_acc"], "per_class_iou": r["per_class_iou"]}
+    def store_row(name: str, model: Path | None, method: str = "anc") -> dict:
+        """Make a W store (once) and score its pseudo-labels against W's held-back masks."""
+        path = stores / f"{name}.zarr"
 
-    runs = out / "runs"
-    results: dict[str, dict] = {}
-    anc = dataclasses.replace(cfg(0), iters=args.anc_iters, checkpoint_every=200)
-    results["ancillary"] = row("ancillary", lambda: scores(train_anc(
-        data, runs / "anc", split, box_spec, spec, anc, val_split=val, quiet=True)))  # fmt: skip
-    results["ancillary_half"] = row("ancillary_half", lambda: scores(train_anc(
-        data, runs / "anc_half", split, box_spec, spec, anc, val_split=val, quiet=True,
-        full_fraction=0.5)))  # fmt: skip
-    anc, anc_half = runs / "anc" / "model.pt", runs / "anc_half" / "model.pt"
-    stores = {
-        "anc": out / "w_anc.zarr",
-        "box": out / "w_box.zarr",
-        "grabcut": out / "w_grabcut.zarr",
-    }
+        def make() -> dict:
+            box = None if method == "anc" else BoxMethod(method, box_min_area=box_spec.min_area)
+            gen_logits(data, model, str(path), split, 4, args.device, quiet=True,
+                       box_method=box, workers=args.workers or None)  # fmt: skip
+            quality = evaluate_store(ds, args.train_split, str(path), quiet=True)
+            return scores(quality) | {"coverage": quality["coverage"]}
 
-    def make_store(method: str) -> dict:
-        box = None if method == "anc" else BoxMethod(method, box_min_area=box_spec.min_area)
-        # batch 1: the W stores of docs/results.md were made one image per forward pass
-        gen_logits(data, anc if method == "anc" else None, str(stores[method]), split, 4,
-                   args.device, quiet=True, box_method=box, batch_size=1)  # fmt: skip
-        size = sum(p.stat().st_size for p in stores[method].rglob("*") if p.is_file())
-        quality = evaluate_store(ds, args.train_split, str(stores[method]), quiet=True)
-        return scores(quality) | {"coverage": quality["coverage"], "store_bytes": size}
+        return row(f"store_{name}", make) | {"path": str(path)}
 
-    pseudo = {m: row(f"store_{m}", lambda m=m: make_store(m)) for m in stores}
+    def anc_row(name: str, seed: int, fraction: float) -> Path:
+        run = runs / name
+        row(name, lambda: scores(train_anc(
+            data, run, split, box_spec, spec, cfg(seed, args.anc_iters), val_split=val,
+            quiet=True, full_fraction=fraction)) | {"steps": args.anc_iters})  # fmt: skip
+        return run / "model.pt"
 
-    def primary(name: str, seed: int, **kw) -> dict:
-        full, batch = kw.pop("full", False), kw.pop("batch", args.batch_size)
+    def primary(name: str, seed: int, full: bool = False, **kw) -> Path:
+        run = runs / name
         sp = SplitSpec(args.train_split, n_train, 0) if full else split
-        c = dataclasses.replace(cfg(seed), batch_size=batch)
-        r = train_primary(data, runs / f"{name}_s{seed}", sp, spec, c, val_split=val,
-                          quiet=True, **kw)  # fmt: skip
-        return scores(r)
 
-    modes = {
-        "f_only": {},
-        "none": {"logits": str(stores["anc"]), "self_corr": "none"},
-        "linear": {"logits": str(stores["anc"]), "self_corr": "linear"},
-        "conv": {"anc_model": anc_half, "self_corr": "conv"},
-        "full": {"full": True},
-        "box_fill": {"logits": str(stores["box"]), "self_corr": "none"},
-        "grabcut": {"logits": str(stores["grabcut"]), "self_corr": "none"},
-        # the F + W rows see batch F + batch W images a step; these see as many, all from masks
-        "f_only_2x": {"batch": 2 * args.batch_size},
-        "full_2x": {"full": True, "batch": 2 * args.batch_size},
-        # attempts at the gap: W's loss at half weight; self-correction on box-fill's targets
-        "linear_w05": {"logits": str(stores["anc"]), "self_corr": "linear", "weak_weight": 0.5},
-        "linear_box": {"logits": str(stores["box"]), "self_corr": "linear"},
-    }
-    for name, kw in modes.items():
-        for seed in seeds if name in SEEDED_ROWS else seeds[:1]:
-            key = f"{name}_s{seed}"
-            results[key] = row(key, lambda n=name, s=seed, k=kw: primary(n, s, **dict(k)))
+        def fit() -> dict:
+            r = train_primary(data, run, sp, spec, cfg(seed, args.iters), val_split=val,
+                              quiet=True, **kw)  # fmt: skip
+            config = json.loads((run / "config.json").read_text())
+            return scores(r) | {"steps": config["iters"], "w_steps": config["w_steps"]}
 
-    table = []
-    for name in ("f_only", "f_only_2x", "ancillary", "none", "linear", "conv", "box_fill",
-                 "grabcut", "linear_w05", "linear_box", "full", "full_2x"):  # fmt: skip
-        per_seed = {
-            k: v["miou"] for k, v in results.items() if k == name or k.startswith(f"{name}_s")
-        }
-        table.append({"row": name, "miou_mean": statistics.mean(per_seed.values()),
-                      "miou_seeds": per_seed})  # fmt: skip
-    by = {r["row"]: r["miou_mean"] for r in table}
-    semi = ("none", "linear", "conv", "box_fill", "grabcut", "linear_w05", "linear_box")
-    best_semi = max(by[k] for k in semi)
-    gap = by["full"] - by["f_only"]
-    gap_2x = by["full_2x"] - by["f_only_2x"]
-    claims = {
-        "ancillary_minus_f_only": by["ancillary"] - by["f_only"],
-        "ancillary_minus_f_only_2x": by["ancillary"] - by["f_only_2x"],
-        "linear_minus_none": by["linear"] - by["none"],
-        "gap_closed_by_best_semi": (best_semi - by["f_only"]) / gap if gap > 0 else None,
-        "gap_closed_by_best_semi_2x": (best_semi - by["f_only_2x"]) / gap_2x
-        if gap_2x > 0
-        else None,
-    }
-    print(
-        f"\nCamVid {val} at scale {args.scale}, F = {split.num_full} / W = "
-        f"{n_train - split.num_full}, {args.iters} steps, seeds {seeds}"
-    )
-    print(f"{'row':<12} {'mIoU mean':>9}  seeds")
-    for r in table:
-        seeds_txt = ", ".join(f"{v:.2f}" for v in r["miou_seeds"].values())
-        print(f"{r['row']:<12} {r['miou_mean']:9.2f}  {seeds_txt}")
-    print("pseudo-labels on W (mIoU vs held-back masks, coverage, store MB):")
-    for m, p in pseudo.items():
-        print(f"  {m:<8} {p['miou']:6.2f} {p['coverage']:6.1f}% {p['store_bytes'] / 1e6:7.1f}")
-    print("claims:", json.dumps(claims))
-    summary = {"table": table, "claims": claims, "pseudo_labels": pseudo, "rows": results,
-               "seconds_total": time.perf_counter() - t_all,
-               "args": {k: str(v) for k, v in vars(args).items()},
-               "num_full": split.num_full, "num_weak": n_train - split.num_full}  # fmt: skip
+        row(name, fit)
+        return run / "model.pt"
+
+    def seed_rows(s: int) -> None:
+        """Every wanted row of seed s, building what it needs (cached) first."""
+        need = lambda *names: bool(wanted & set(names))  # noqa: E731
+        if need("f_only", "self_training"):
+            f_only = primary(f"f_only_s{s}", s)
+        if need("full"):
+            primary(f"full_s{s}", s, full=True)
+        if need("ancillary", "none", "linear", "online_linear"):
+            anc = anc_row(f"ancillary_s{s}", s, 1.0)
+        if need("none", "linear"):
+            w_anc = store_row(f"anc_s{s}", anc)["path"]
+            for mode in ("none", "linear"):
+                if need(mode):
+                    primary(f"{mode}_s{s}", s, logits=w_anc, self_corr=mode)
+        if need("online_linear"):
+            primary(f"online_linear_s{s}", s, anc_model=anc, self_corr="linear")
+        if need("conv"):
+            half = anc_row(f"anc_half_s{s}", s, 0.5)
+            w_half = store_row(f"anc_half_s{s}", half)["path"]
+            primary(f"conv_s{s}", s, logits=w_half, anc_model=half, self_corr="conv")
+        for rule, name in (("box", "box_fill"), ("grabcut", "grabcut")):
+            if need(name):
+                path = store_row(rule, None, rule)["path"]
+                primary(f"{name}_s{s}", s, logits=path, self_corr="none")
+        if need("self_training"):
+            w_self = store_row(f"self_s{s}", f_only)["path"]
+            primary(f"self_training_s{s}", s, logits=w_self, self_corr="none")
+
+    for s in seeds:
+        seed_rows(s)
+    if args.rows:
+        return
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
+    summary = report(results, seeds)
+    print(f"\nCamVid {val} at scale {args.scale}, F = {split.num_full} / W = "
+          f"{n_train - split.num_full}, {args.iters} steps, seeds {seeds}")  # fmt: skip
+    print(f"{'row':<14} {'mIoU':>6} {'sd':>5}  seeds")
+    for name, r in summary["table"].items():
+        per_seed = ", ".join(f"{v:.2f}" for v in r["miou_seeds"].values())
+        print(f"{name:<14} {r['miou_mean']:6.2f} {r['miou_sd']:5.2f}  {per_seed}")
+    pseudo = {k[len("store_") :]: v["miou"] for k, v in results.items() if k.startswith("store_")}
+    print("W pseudo-labels (mIoU vs held-back masks):",
+          ", ".join(f"{k} {v:.2f}" for k, v in sorted(pseudo.items())))  # fmt: skip
+    print("claims:", json.dumps(summary["claims"]))
     if args.json:
-        write_json(args.json, summary)
+        write_json(args.json, summary | {
+            "pseudo_labels": pseudo, "rows": results,
+            "seconds_this_run": time.perf_counter() - t_all,
+            "seconds_all_rows": sum(r["seconds"] for r in results.values()),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "num_full": split.num_full, "num_weak": n_train - split.num_full})  # fmt: skip
 
 
 if __name__ == "__main__":

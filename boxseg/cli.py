@@ -230,7 +230,11 @@ def gen_logits_cmd(
     data: Data,
     out: Annotated[str, typer.Option(help="Logits store to write (a .zarr path or store URL).")],
     model: Annotated[
-        Path | None, typer.Option(help="Ancillary model.pt from train-anc (--method anc).")
+        Path | None,
+        typer.Option(
+            help="--method anc: an ancillary model.pt from train-anc, or a primary model.pt "
+            "(its own logits: self-training targets, no boxes used)."
+        ),
     ] = None,
     method: Annotated[
         str, typer.Option(help="anc (the ancillary net), box (box-fill) or grabcut.")
@@ -333,14 +337,26 @@ def train_primary_cmd(
     conv_warmup: Annotated[
         int | None,
         typer.Option(
-            help="Conv: steps of stage 2 (primary + g on F only); default a third of training."
+            help="Conv: steps of stage 2 (primary + g on F only), before the --iters steps "
+            "with W; default a third of --iters."
         ),
     ] = None,
     conv_grad_to_primary: Annotated[
         bool, typer.Option(help="Conv: let the F-term gradient reach the primary net through g.")
     ] = False,
+    allow_full_anc: Annotated[
+        bool,
+        typer.Option(
+            help="Conv: accept an ancillary net trained on all of F (g then learns little)."
+        ),
+    ] = False,
     weak_weight: Annotated[float, typer.Option(help="Weight of the W loss term.")] = 1.0,
-    weak_batch_size: Annotated[int | None, typer.Option(help="W images per batch.")] = None,
+    weak_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="W images per batch (default --batch-size); the W term is weighted per image."
+        ),
+    ] = None,
     class_weights: ClassWeights = "none",
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
@@ -402,6 +418,7 @@ def train_primary_cmd(
         skip_bad=skip_bad,
         class_weights=class_weights,
         box_constraint=BoxConstraint(box_constraint, box_prior),
+        allow_full_anc=allow_full_anc,
     )
 
 

@@ -1,5 +1,7 @@
 """`boxseg gen-logits`: fill the logits store for W, from the ancillary net (`--method anc`) or
-from the boxes alone (`box`: box-fill, `grabcut`: OpenCV GrabCut; see box_labels.py).
+from the boxes alone (`box`: box-fill, `grabcut`: OpenCV GrabCut; see box_labels.py). Given a
+primary model.pt instead, `--model` writes that net's own logits (method "primary"): the
+targets of self-training, the no-box baseline, made from the images alone.
 
 Resumable: images whose done flag is set are skipped, so a killed run continues where it stopped.
 The ancillary net runs on up to `--batch-size` same-size images at once: the images of one
@@ -30,6 +32,7 @@ from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_weak, open_dataset
+from boxseg.data.sample import Sample
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.data.validate import check_image_file, usable_ids
 from boxseg.engine import resolve_device
@@ -100,21 +103,32 @@ def gen_logits(
     if box_method is not None:
         box_method.validate()
     elif model_path is None:
-        raise BoxsegError("--method anc needs --model (an ancillary model.pt from train-anc)")
+        raise BoxsegError(
+            "--method anc needs --model (an ancillary model.pt from train-anc, or "
+            "a primary model.pt for self-training targets)"
+        )
     dev = resolve_device(device)
     ds = open_dataset(data)
     _, weak_ids = split_dataset(ds, split)
     if not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
-    all_weak = weak_ids  # W's masks are read for boxes only where boxes come from masks
-    weak_ids = usable_ids(ds, split.split, weak_ids, ds.boxes_from_masks, skip_bad, None, "W")
+    model = meta = box_spec = bias = None
     if box_method is None:
-        model, meta = load_model(model_path, kind="ancillary", device=dev)
+        model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
+    # W's masks are read (for boxes) only where boxes come from masks and boxes are used
+    uses_boxes = meta is None or meta["kind"] == "ancillary"
+    all_weak = weak_ids
+    weak_ids = usable_ids(ds, split.split, weak_ids, ds.boxes_from_masks and uses_boxes,
+                          skip_bad, None, "W")  # fmt: skip
+    if meta is not None and meta["kind"] == "ancillary":
         box_spec = BoxSpec.from_dict(meta["boxes"])
         provenance = {"method": "anc", "checkpoint_sha256": file_sha256(model_path),
                       "box_constraint": constraint.to_dict()}  # fmt: skip
         bias = constraint_of(meta, constraint)
+    elif meta is not None:  # a primary net: self-training targets, no boxes anywhere
+        provenance = {"method": "primary", "checkpoint_sha256": file_sha256(model_path),
+                      "box_constraint": None}  # fmt: skip
     else:
         provenance = {"method": box_method.method, "method_options": asdict(box_method),
                       "checkpoint_sha256": None}  # fmt: skip
@@ -157,6 +171,14 @@ def gen_logits(
     return LogitsStore.open(out)
 
 
+def weak_sample(ds: SegDataset, split: str, image_id: str, box_spec: BoxSpec | None) -> Sample:
+    """A W image with its boxes, or (box_spec None: a primary net's self-training targets) the
+    image alone: then neither boxes nor masks are read."""
+    if box_spec is None:
+        return Sample(image_id, ds.read_image(split, image_id), None, None, None)
+    return load_weak(ds, split, image_id, box_spec)
+
+
 def rank_share(todo: list[int], group_size: int) -> list[int]:
     """This rank's part of `todo` (ascending store indices): a contiguous run of whole groups of
     `group_size` consecutive indices, so the groups (the ancillary net's batches) do not depend
@@ -168,7 +190,7 @@ def rank_share(todo: list[int], group_size: int) -> list[int]:
 
 
 def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: dict,
-                  box_spec: BoxSpec, device: torch.device, group: int, batch_size: int,
+                  box_spec: BoxSpec | None, device: torch.device, group: int, batch_size: int,
                   todo: set[int],
                   bias: BiasMaker | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
     """Stored-resolution logits of the images of group `group` that are in `todo`, in index
@@ -190,7 +212,7 @@ def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: d
     for size, ids in passes:
         if not any(i in todo for i in ids):
             continue
-        samples = [load_weak(ds, split, store.image_ids[i], box_spec) for i in ids]
+        samples = [weak_sample(ds, split, store.image_ids[i], box_spec) for i in ids]
         for i, s in zip(ids, samples, strict=True):
             if s.image.shape[:2] != size:
                 h, w = s.image.shape[:2]
@@ -199,8 +221,9 @@ def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: d
                     f"store {store.location} was made for {size[1]}x{size[0]}; pass --overwrite "
                     "to start over"
                 )
-        logits = predict_batch(model, meta, [s.image for s in samples], device,
-                               [s.boxes for s in samples], [s.labels for s in samples])  # fmt: skip
+        boxes = None if box_spec is None else [s.boxes for s in samples]
+        labels = None if box_spec is None else [s.labels for s in samples]
+        logits = predict_batch(model, meta, [s.image for s in samples], device, boxes, labels)
         for i, s, x in zip(ids, samples, logits, strict=True):
             if i in todo:
                 out[i] = pool_logits(x, store.stride).cpu()

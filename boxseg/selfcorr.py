@@ -5,9 +5,15 @@
           softmax outputs (method.md), with a annealed by `alpha_at`.
 - conv:   q = softmax(g(l, l_anc)), g a small CNN (`ConvMerger`) trained on F.
 q is always detached: no gradient flows into the target.
+
+train-primary composes one of `NoCorrection`, `LinearCorrection`, `ConvCorrection` (each: the
+target q of a W batch, and any loss of its own on F) with a source of ancillary logits
+(targets.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -124,3 +130,55 @@ class ConvMerger(nn.Module):
     def forward(self, primary_logits: torch.Tensor, anc_logits: torch.Tensor) -> torch.Tensor:
         x = torch.cat([torch.log_softmax(primary_logits, 1), torch.log_softmax(anc_logits, 1)], 1)
         return self.net(x.clamp_min(LOGP_FLOOR))
+
+
+Logs = dict[str, torch.Tensor | float]
+
+
+class NoCorrection:
+    """q = softmax(l_anc): the ancillary logits as they are."""
+
+    merger: nn.Module | None = None
+
+    def target(self, anc_logits: torch.Tensor, primary_logits: torch.Tensor, step: int):
+        return soft_target(anc_logits), {}
+
+    def f_loss(self, out_f: torch.Tensor, f: dict, class_weights) -> tuple[torch.Tensor, Logs]:
+        return out_f.new_zeros(()), {}
+
+
+class LinearCorrection(NoCorrection):
+    """q = softmax((l + a l_anc) / (1 + a)), a annealed by `alpha_at` over `iters` steps."""
+
+    def __init__(self, iters: int, start: float, end: float, decay_fraction: float):
+        self.iters, self.start, self.end, self.decay = iters, start, end, decay_fraction
+
+    def alpha(self, step: int) -> float:
+        return alpha_at(step, self.iters, self.start, self.end, self.decay)
+
+    def target(self, anc_logits: torch.Tensor, primary_logits: torch.Tensor, step: int):
+        a = self.alpha(step)
+        return soft_target(anc_logits, primary_logits, "linear", a), {"alpha": a}
+
+
+class ConvCorrection(NoCorrection):
+    """q = softmax(g(l, l_anc)); g (`merger`) learns on F, CE(y, g(l, l_anc)), from the F
+    batch's ancillary logits (`f_anc_logits`: made like W's, targets.py); the primary's logits
+    enter g detached unless `grad_to_primary`."""
+
+    def __init__(
+        self,
+        merger: ConvMerger,
+        f_anc_logits: Callable[[dict], torch.Tensor],
+        grad_to_primary: bool = False,
+    ):
+        self.merger, self.f_anc_logits, self.grad_to_primary = merger, f_anc_logits, grad_to_primary
+
+    def target(self, anc_logits: torch.Tensor, primary_logits: torch.Tensor, step: int):
+        return soft_target(anc_logits, primary_logits, "conv", merger=self.merger), {}
+
+    def f_loss(self, out_f: torch.Tensor, f: dict, class_weights) -> tuple[torch.Tensor, Logs]:
+        g_in = out_f if self.grad_to_primary else out_f.detach()
+        merged = self.merger(g_in.float(), self.f_anc_logits(f))
+        loss, _ = hard_cross_entropy(merged, f["mask"], class_weights)
+        return loss, {"loss_g": loss.detach()}

@@ -112,6 +112,26 @@ def upsample_logits(logits: torch.Tensor, stride: int, height: int, width: int) 
     return torch.where(weight >= 0.5, out, torch.nan)[:, :height, :width]
 
 
+def as_stored(
+    logits: torch.Tensor, stride: int, dtype: str, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """What a store of this stride and dtype gives back (`read_full`) for pixel-resolution
+    logits (KxHxW): pooled to the stride, the box-constraint `bias` pooled by its maximum and
+    added (as gen-logits does), rounded to the dtype, resampled to HxW. The conv merger's F
+    inputs are made this way in store mode, so it learns on the kind of input it corrects on W."""
+    from boxseg.box_constraint import pool_bias  # (box_constraint is above the store)
+
+    h, w = logits.shape[-2:]
+    pooled = pool_logits(logits.float(), stride)
+    if bias is not None:
+        pooled = pooled + pool_bias(bias.to(pooled.device), stride)
+    if dtype == "int8":
+        pooled = decode_int8(encode_int8(pooled.cpu())).to(logits.device)
+    else:
+        pooled = pooled.half().float()
+    return upsample_logits(pooled, stride, h, w)
+
+
 class LogitsStore:
     """Read and write access to a logits store; see the module docstring for the layout."""
 

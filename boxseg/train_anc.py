@@ -52,6 +52,7 @@ def train_anc(
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
     full_ids, weak_ids = split_dataset(ds, split)
+    num_full = len(full_ids)
     full_ids = fraction_of(full_ids, full_fraction, split.seed) if full_fraction < 1 else full_ids
     out = prepare_run_dir(out) if distributed.is_main() else Path(out)
     full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad, out / "skipped_full.json", "F")
@@ -108,5 +109,8 @@ def train_anc(
     if not distributed.is_main():
         return {}
     meta = model_meta("ancillary", spec, ds, box_spec, channels, IMAGENET_MEAN, IMAGENET_STD)
+    # what conv's merger needs to know: did this net see all of F (then it has little to learn)
+    meta["trained_on"] = {"split": split.to_dict(), "full_fraction": full_fraction,
+                          "num_images": len(full_ids), "num_full": num_full}  # fmt: skip
     return finish_run(out, model, meta, ds, val_split, device, timing, iters,
                       "train-anc (boxes given)", quiet)  # fmt: skip

@@ -32,13 +32,15 @@ from boxseg.models import ModelSpec, build_model
 from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
 from boxseg.selfcorr import (
     SELF_CORR_MODES,
+    ConvCorrection,
     ConvMerger,
-    alpha_at,
+    LinearCorrection,
+    NoCorrection,
     hard_cross_entropy,
     soft_cross_entropy,
-    soft_target,
 )
 from boxseg.store import InMemoryLogits, LogitsStore
+from boxseg.targets import OnlineAncillary, stored_logits
 
 
 def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> None:
@@ -105,12 +107,15 @@ def train_primary(
     skip_bad: bool = False,
     class_weights: str = "none",
     box_constraint: BoxConstraint | None = None,
+    allow_full_anc: bool = False,
 ) -> dict:
     """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {}).
 
     `class_weights` (none, median-freq or a file) weights both loss terms per class;
     `box_constraint` (default on) makes the online ancillary logits box-consistent, as
-    gen-logits makes the stored ones."""
+    gen-logits makes the stored ones. `iters` counts the steps with W; conv's stage 2
+    (`conv_warmup`, F only) comes on top. `allow_full_anc`: let conv use an ancillary net
+    trained on all of F."""
     cfg.validate()
     box_constraint = BoxConstraint() if box_constraint is None else box_constraint
     box_constraint.validate()
@@ -119,6 +124,8 @@ def train_primary(
     check_alpha(alpha_start, alpha_end, alpha_decay_fraction)
     if weak_weight < 0:
         raise BoxsegError(f"--weak-weight {weak_weight}: must be >= 0")
+    if weak_batch_size is not None and weak_batch_size < 1:
+        raise BoxsegError(f"--weak-batch-size {weak_batch_size}: must be at least 1")
     if self_corr == "conv" and anc_model is None:
         raise BoxsegError("--self-corr conv needs --anc-model (g learns on F from its logits)")
     if logits is not None and anc_model is not None and self_corr != "conv":
@@ -130,6 +137,7 @@ def train_primary(
     if weak_source and not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
     out_dir = Path(out)
+    store = None
     if logits is not None:
         store = logits if isinstance(logits, InMemoryLogits) else LogitsStore.open(logits)
         left_out = set(store.attrs.get("skipped_ids") or [])
@@ -160,82 +168,88 @@ def train_primary(
     if anc_model is not None:
         anc, anc_meta = load_model(anc_model, kind="ancillary", device=device)
         check_classes(anc_meta, ds, str(anc_model))
+        if self_corr == "conv" and not allow_full_anc:
+            check_anc_for_conv(anc_meta, anc_model)
         anc = frozen(anc)
     out = prepare_run_dir(out) if distributed.is_main() else Path(out)
     weights = resolve_class_weights(class_weights, ds, split.split, full_ids)
     bias = constraint_of(anc_meta, box_constraint) if anc_meta else None
     torch.manual_seed(cfg.seed)
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
-    merger = ConvMerger(ds.num_classes, conv_hidden).to(device) if self_corr == "conv" else None
-    trainable = nn.ModuleDict({"primary": model, **({"merger": merger} if merger else {})})
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     box_spec = BoxSpec.from_dict(anc_meta["boxes"]) if anc_meta else BoxSpec()
-    f_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, merger is not None, mean, std,
-                         bias)  # fmt: skip
+    f_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, self_corr == "conv", mean,
+                         std, bias)  # fmt: skip
     f_batches = Batches(f_set, cfg.batch_size, cfg.workers, cfg.seed)
-    w_set = None
+    w_set, w_logits = None, None
     if weak_source == "store":
-        w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
+        w_set, w_logits = (
+            WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std),
+            stored_logits,
+        )
     elif weak_source == "online":
         w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std, bias)
-    iters = total_iters(cfg, f_batches)
+        w_logits = OnlineAncillary(anc)
+    w_steps = total_iters(cfg, f_batches)  # steps with a W batch (all steps without W)
     warmup = 0
-    if merger is not None:
-        warmup = iters // 3 if conv_warmup is None else conv_warmup
-        if not 0 <= warmup < iters:
-            raise BoxsegError(f"--conv-warmup {warmup}: must be in 0..{iters - 1} (iters {iters})")
+    if self_corr == "conv":  # stage 2 (F only) comes on top, so conv sees as many W steps
+        warmup = w_steps // 3 if conv_warmup is None else conv_warmup
+        if warmup < 0:
+            raise BoxsegError(f"--conv-warmup {warmup}: must be >= 0")
+    iters = w_steps + warmup
+    nw = weak_batch_size or cfg.batch_size
+    correction = make_correction(self_corr, ds.num_classes, iters, alpha_start, alpha_end,
+                                 alpha_decay_fraction, conv_hidden, conv_grad_to_primary,
+                                 f_anc_logits(anc, store))  # fmt: skip
+    if correction.merger is not None:
+        correction.merger.to(device)
+    trainable = nn.ModuleDict({"primary": model})
+    if correction.merger is not None:
+        trainable["merger"] = correction.merger
     mode = self_corr if weak_source else "f_only"
     w_batches = None
     if w_set is not None:  # W joins at step `warmup` (0 unless conv): its stream starts there
-        w_batches = Batches(w_set, weak_batch_size or cfg.batch_size, cfg.workers, cfg.seed + 1,
-                            offset=warmup)  # fmt: skip
+        w_batches = Batches(w_set, nw, cfg.workers, cfg.seed + 1, offset=warmup)
+    w_scale = weak_loss_scale(weak_weight, cfg.batch_size, nw)
     if distributed.is_main():
         write_config(out, "train-primary", {
             "data": ds.describe(), "split": split.to_dict(), "num_full": len(full_ids),
             "num_weak": len(weak_ids) if weak_source else 0, "weak_source": weak_source,
             "logits": logits if logits is None else str(logits),
             "anc_model": str(anc_model) if anc_model else None, "self_corr": mode,
+            "anc_trained_on": anc_meta.get("trained_on") if anc_meta else None,
             "alpha": {"start": alpha_start, "end": alpha_end,
                       "decay_fraction": alpha_decay_fraction},
             "conv": {"hidden": conv_hidden, "warmup": warmup,
                      "grad_to_primary": conv_grad_to_primary},
-            "weak_weight": weak_weight, "model": spec.to_dict(), "pretrained": pretrained,
+            "weak_weight": weak_weight, "weak_batch_size": nw, "weak_loss_scale": w_scale,
+            "model": spec.to_dict(), "pretrained": pretrained,
             "class_weights": {"option": class_weights,
                               "values": None if weights is None else weights.tolist()},
             "box_constraint": box_constraint.to_dict() if anc_meta else None,
             "train": cfg.to_dict(), "iters": iters,
+            "w_steps": (iters - warmup) if weak_source else 0, "stage2_steps": warmup,
         }, device)  # fmt: skip
 
-    def anc_logits_of(b: dict) -> torch.Tensor:
-        if "logits" in b:
-            return b["logits"]
-        with torch.no_grad():
-            out = anc(b["image"], b["boxes"]).float()
-            return out + b["bias"] if "bias" in b else out
-
     def step(nets: nn.ModuleDict, batch: dict, i: int):
-        model, merger = nets["primary"], nets["merger"] if "merger" in nets else None
+        """Equation (5): CE(y, p) on F + the correction's own F loss (conv's g) + the W term
+        CE(q, p), q = correction(l_anc, l) detached, weighted per image."""
         f, w = batch["f"], batch["w"]
         nf = f["image"].shape[0]
         images = f["image"] if w is None else torch.cat([f["image"], w["image"]])
-        out_all = model(images)
-        out_f = out_all[:nf]
-        loss, all_void = hard_cross_entropy(out_f, f["mask"], weights)
-        logs = {"loss_f": loss.item(), "skipped_f": all_void}
-        if merger is not None:  # stages 2 and 3: g learns on F, CE(y, q_conv)
-            g_in = out_f if conv_grad_to_primary else out_f.detach()
-            loss_g, _ = hard_cross_entropy(merger(g_in.float(), anc_logits_of(f)), f["mask"],
-                                           weights)  # fmt: skip
-            loss = loss + loss_g
-            logs |= {"loss_g": loss_g.item(), "stage": 2 if w is None else 3}
+        out = nets["primary"](images)
+        loss_f, all_void = hard_cross_entropy(out[:nf], f["mask"], weights)
+        loss_c, logs = correction.f_loss(out[:nf], f, weights)
+        loss = loss_f + loss_c
+        logs |= {"loss_f": loss_f.detach(), "skipped_f": all_void}
         if w is not None:
-            out_w = out_all[nf:]
-            alpha = alpha_at(i, iters, alpha_start, alpha_end, alpha_decay_fraction)
-            q = soft_target(anc_logits_of(w), out_w, self_corr, alpha, merger)
-            loss_w = soft_cross_entropy(out_w, q, w["valid"], weights)
-            loss = loss + weak_weight * loss_w
-            logs |= {"loss_w": loss_w.item()} | ({"alpha": alpha} if self_corr == "linear" else {})
+            q, extra = correction.target(w_logits(w), out[nf:], i)
+            loss_w = soft_cross_entropy(out[nf:], q, w["valid"], weights)
+            loss = loss + w_scale * loss_w
+            logs |= {"loss_w": loss_w.detach()} | extra
+        if correction.merger is not None:
+            logs["stage"] = 2 if w is None else 3
         return loss, logs, images.shape[0]
 
     batches = mixed(f_batches, w_batches, warmup)
@@ -244,8 +258,55 @@ def train_primary(
     if not distributed.is_main():
         return {}
     meta = model_meta("primary", spec, ds, BoxSpec(), None, mean, std) | {"self_corr": mode}
-    if merger is not None:
+    if correction.merger is not None:
+        merger = correction.merger
         meta["merger"] = {"hidden": conv_hidden}
         meta["merger_state_dict"] = {k: v.detach().cpu() for k, v in merger.state_dict().items()}
     return finish_run(out, model, meta, ds, val_split, device, timing, iters,
                       f"train-primary ({mode})", quiet)  # fmt: skip
+
+
+def weak_loss_scale(weak_weight: float, f_batch: int, w_batch: int) -> float:
+    """The W term's factor. The paper sums the loss over images, (sum_F + sum_W) / n_F =
+    mean_F + (n_W / n_F) mean_W; the terms are per-set means, so W's mean is scaled by W images
+    per F image (1 when the batches are equal), times --weak-weight."""
+    return weak_weight * w_batch / f_batch
+
+
+def check_anc_for_conv(anc_meta: dict, anc_model: Path) -> None:
+    """Conv's merger learns on F to correct the ancillary logits; an ancillary net trained on
+    all of F is (near) right on F, so g would learn to trust it and correct nothing on W."""
+    trained_on = anc_meta.get("trained_on")
+    if trained_on is not None and trained_on.get("full_fraction", 1.0) < 1.0:
+        return
+    how = "on all of F"
+    if trained_on is None:
+        how += " (its model.pt does not say: made before boxseg recorded it)"
+    raise BoxsegError(
+        f"{anc_model}: --self-corr conv needs an ancillary net trained on part of F (the "
+        f"paper's stage 1), this one was trained {how}; train one with train-anc "
+        "--full-fraction 0.5, or pass --allow-full-anc"
+    )
+
+
+def f_anc_logits(
+    anc: nn.Module | None, store: LogitsStore | InMemoryLogits | None
+) -> OnlineAncillary | None:
+    """Conv's source of F's ancillary logits: the net online, made like the store's when W's
+    come from a store file (pooled, rounded, resampled), so g learns on the input it corrects."""
+    if anc is None:
+        return None
+    on_file = isinstance(store, LogitsStore)
+    return OnlineAncillary(anc, (store.stride, store.dtype) if on_file else None)
+
+
+def make_correction(mode: str, num_classes: int, iters: int, alpha_start: float,
+                    alpha_end: float, alpha_decay_fraction: float, conv_hidden: int,
+                    conv_grad_to_primary: bool, f_anc: OnlineAncillary | None):  # fmt: skip
+    """The self-correction piece for `mode` (selfcorr.py)."""
+    if mode == "linear":
+        return LinearCorrection(iters, alpha_start, alpha_end, alpha_decay_fraction)
+    if mode == "conv":
+        merger = ConvMerger(num_classes, conv_hidden)
+        return ConvCorrection(merger, f_anc, conv_grad_to_primary)
+    return NoCorrection()

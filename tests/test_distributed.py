@@ -47,7 +47,7 @@ def test_two_ranks_train_anc_gen_logits_and_train_primary(tiny_data, tmp_path):
     torchrun("train-primary", tiny_data, "--out", tmp_path / "lin", "--logits",
              tmp_path / "two.zarr", "--self-corr", "linear", *common)  # fmt: skip
     torchrun("train-primary", tiny_data, "--out", tmp_path / "conv", "--anc-model", model,
-             "--self-corr", "conv", "--conv-warmup", "1", *common)  # fmt: skip
+             "--self-corr", "conv", "--conv-warmup", "1", "--allow-full-anc", *common)  # fmt: skip
     for run in ("lin", "conv"):
         assert (tmp_path / run / "model.pt").is_file()
         config = json.loads((tmp_path / run / "config.json").read_text())

@@ -118,7 +118,8 @@ def test_primary_conv_resumed_mid_epoch_with_a_worker_ends_the_same(pipeline, tm
         cfg = TrainConfig(iters=7, batch_size=2, crop=32, device="cpu", checkpoint_every=1, **kw)
         train_primary(pipeline["data"], out, SplitSpec("train", 4, 0), SPEC, cfg,
                       logits=str(pipeline["store"]), anc_model=pipeline["anc"], self_corr="conv",
-                      conv_hidden=8, conv_warmup=3, val_split=None, quiet=True)  # fmt: skip
+                      conv_hidden=8, conv_warmup=3, val_split=None, quiet=True,
+                      allow_full_anc=True)  # fmt: skip
         return torch.load(out / "model.pt", weights_only=True)
 
     straight = run(tmp_path / "a")

@@ -120,13 +120,18 @@ def test_bad_options(pipeline, tmp_path, capsys, flags, needle):
     _assert_user_error(code, err, needle)
 
 
-def test_debug_shows_traceback(tmp_path, capsys):
-    from boxseg.errors import BoxsegError
+def test_debug_shows_traceback(tmp_path):
+    """Without --debug a user mistake is one line; with it, the whole traceback."""
+    import subprocess
+    import sys
 
-    with pytest.raises(BoxsegError):
-        run_cli(
-            ["--debug", "train-anc", tmp_path / "nope", "--out", tmp_path / "r", *SPLIT], capsys
-        )
+    args = ["train-anc", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *SPLIT]
+    run = [sys.executable, "-m", "boxseg"]
+    plain = subprocess.run([*run, *args], capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([*run, "--debug", *args], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "BoxsegError" in debug.stderr and debug.returncode != 0
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])

@@ -1,0 +1,48 @@
+"""Sources of ancillary logits: conv's F inputs made like the store's W inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from boxseg.box_constraint import pool_bias
+from boxseg.checkpoint import load_model
+from boxseg.store import LogitsStore, as_stored, pool_logits
+from boxseg.targets import OnlineAncillary
+from boxseg.train_primary import f_anc_logits
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_as_stored_is_what_a_store_gives_back(tmp_path, dtype):
+    """Pooling, the bias pooled by its max, rounding and resampling: the same values a store
+    written the way gen-logits writes it returns from read_full."""
+    torch.manual_seed(0)
+    h, w, stride = 22, 30, 4
+    logits = torch.randn(3, h, w) * 3
+    bias = torch.zeros(3, h, w)
+    bias[1, :, :7] = -1e4  # class 1 ruled out on the left (a box edge mid-cell)
+    store = LogitsStore.create(str(tmp_path / "s.zarr"), ["a"], np.array([[h, w]], np.int32),
+                               ["x", "y", "z"], stride, {}, dtype)  # fmt: skip
+    store.write(0, pool_logits(logits, stride) + pool_bias(bias, stride))  # as gen-logits
+    restored = as_stored(logits, stride, dtype, bias)
+    torch.testing.assert_close(restored, store.read_full(0), rtol=0, atol=0)
+    assert restored.shape == (3, h, w)
+    assert not torch.allclose(restored, logits + bias.clamp_min(-16))  # not the raw input
+
+
+def test_conv_f_inputs_are_pooled_like_the_store(pipeline):
+    """In store mode, the merger's F inputs are the online logits made like the store's."""
+    anc, meta = load_model(pipeline["anc"], kind="ancillary")
+    store = LogitsStore.open(pipeline["store"])
+    source = f_anc_logits(anc, store)
+    assert source.like_store == (store.stride, store.dtype)
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 32, 32),
+             "boxes": torch.rand(2, meta["box_channels"], 32, 32).round()}  # fmt: skip
+    got = source(batch)
+    with torch.no_grad():
+        raw = anc(batch["image"], batch["boxes"]).float()
+    want = torch.stack([as_stored(x, store.stride, store.dtype) for x in raw])
+    torch.testing.assert_close(got, want)
+    assert (got - raw).abs().max() > 1e-3  # pooling changed them
+    assert OnlineAncillary(anc)(batch).equal(raw)  # online W targets stay at full resolution
+    assert f_anc_logits(None, store) is None
