@@ -110,3 +110,29 @@ def test_camvid_objects_dataset_is_the_folder_layout_with_component_boxes(tmp_pa
     want_boxes, want_labels = boxes_from_mask(mask, 4, 16, background=0)
     np.testing.assert_array_equal(boxes, want_boxes)
     assert labels.tolist() == want_labels.tolist() == [1, 2]
+
+
+def test_camvid_table_report_means_spreads_and_claims(monkeypatch):
+    """benchmarks/camvid_table.py's summary: per-row mean and sample sd over seeds, per-class
+    means (None where a class is absent), and the claims of docs/results.md."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    table = importlib.import_module("camvid_table")
+
+    def row(miou, pole=1.0):
+        return {"miou": miou, "per_class_iou": {"road": miou, "pole": pole}, "seconds": 1.0,
+                "steps": 10, "w_steps": 10}  # fmt: skip
+
+    mious = {"f_only": (40, 42, 44), "full": (50, 50, 50), "none": (45, 46, 47),
+             "linear": (47, 48, 49), "self_training": (41, 41, 41)}  # fmt: skip
+    results = {f"{k}_s{s}": row(v[s]) for k, v in mious.items() for s in range(3)}
+    results["box_fill_s0"] = row(30, pole=None)
+    out = table.report(results, [0, 1, 2])
+    t, claims = out["table"], out["claims"]
+    assert t["f_only"]["miou_mean"] == 42 and t["f_only"]["miou_sd"] == pytest.approx(2.0)
+    assert t["box_fill"]["per_class_iou"]["pole"] is None and t["box_fill"]["miou_sd"] == 0
+    assert claims["full_minus_f_only"] == 8
+    assert claims["best_semi_row"] == "linear"
+    assert claims["gap_closed_by_best_semi"] == pytest.approx((48 - 42) / 8)
+    assert claims["linear_minus_none"] == 2
+    assert claims["best_box_minus_self_training"] == 7 and claims["spread_of_the_two"] == 1
+    assert claims["max_row_sd"] == pytest.approx(2.0)

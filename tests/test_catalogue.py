@@ -141,8 +141,9 @@ def _foreign_zarr(c: Ctx) -> list:
 def _primary_model(c: Ctx) -> list:
     code, _, err = run_cli(c.primary(), capsys=None)
     assert code == 0, err
-    return ["gen-logits", c.data(), "--model", c.tmp / "p" / "model.pt", "--out",
-            c.tmp / "x.zarr", "--num-full", "4"]  # fmt: skip
+    # (gen-logits takes a primary model: self-training targets)
+    return ["train-primary", c.data(), "--out", c.tmp / "q", "--num-full", "4", "--anc-model",
+            c.tmp / "p" / "model.pt", *TINY_MODEL, *TINY_TRAIN]  # fmt: skip
 
 
 def _truncated_checkpoint(c: Ctx) -> list:
@@ -398,6 +399,11 @@ CASES: list[Case] = [
         "conv without an ancillary model",
         lambda c: c.primary("--self-corr", "conv"),
         ("needs --anc-model",),
+    ),
+    (
+        "conv with an ancillary net trained on all of F",
+        lambda c: c.primary("--self-corr", "conv", "--anc-model", c.pipeline["anc"]),
+        ("trained on all of F", "--allow-full-anc"),
     ),
     (
         "eval given two sources",

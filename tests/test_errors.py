@@ -62,21 +62,14 @@ def test_garbage_checkpoint(tiny_data, tmp_path, capsys):
     _assert_user_error(code, err, "m.pt", "unreadable checkpoint")
 
 
-def test_primary_model_given_to_gen_logits(pipeline, tmp_path, capsys):
+def test_primary_model_given_as_the_ancillary_net(pipeline, tmp_path, capsys):
+    """gen-logits takes a primary model (self-training targets); train-primary's --anc-model
+    must be an ancillary one (it needs the box path)."""
     code, _, err = run_cli(_primary(pipeline, tmp_path, *SPLIT), capsys)
     assert code == 0, err
-    code, _, err = run_cli(
-        [
-            "gen-logits",
-            pipeline["data"],
-            "--model",
-            tmp_path / "p" / "model.pt",
-            "--out",
-            tmp_path / "w.zarr",
-            *SPLIT,
-        ],
-        capsys,
-    )
+    args = ["train-primary", pipeline["data"], "--out", tmp_path / "q", "--anc-model",
+            tmp_path / "p" / "model.pt", *SPLIT, *TINY_MODEL, *TINY_TRAIN]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
     _assert_user_error(code, err, "model.pt", "primary model", "ancillary model is needed")
 
 
