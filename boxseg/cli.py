@@ -535,13 +535,14 @@ def demo_cmd(
     ] = Path("boxseg-demo"),
     data_only: Annotated[bool, typer.Option(help="Only generate the dataset.")] = False,
     iters: Annotated[int, typer.Option(help="Training steps of each model.")] = 160,
+    data_seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 0,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Run the whole pipeline on a generated dataset and print the results table."""
     from boxseg.demo import run_demo
 
-    run_demo(out, data_only, iters, device, quiet)
+    run_demo(out, data_only, iters, device, quiet, data_seed)
 
 
 def main() -> None:

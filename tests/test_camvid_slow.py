@@ -3,8 +3,10 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
+from boxseg.io import read_label_png
 from tests.conftest import SHARED_CAMVID, run_cli
 
 pytestmark = [
@@ -56,4 +58,16 @@ def test_camvid_pipeline(tmp_path, capsys):
         code, _, err = run_cli(args, capsys)
         assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
-    assert len(report["per_class_iou"]) == 11 and 0 <= report["miou"] <= 100
+    assert len(report["per_class_iou"]) == 11
+    conf = np.array(report["confusion"], dtype=float)  # rows: truth, columns: prediction
+    labelled = sum(int((read_label_png(data / "valannot" / f"{i}.png") < 11).sum())
+                   for i in (data / "val.txt").read_text().split())  # fmt: skip
+    assert conf.sum() == labelled  # every labelled val pixel scored once, void left out
+    present = conf.sum(1) > 0
+    tp, union = np.diag(conf), conf.sum(0) + conf.sum(1) - np.diag(conf)
+    assert report["miou"] == pytest.approx(100 * (tp[present] / union[present]).mean())
+    # the ancillary net with boxes (box-consistent decoding) is far above predicting the
+    # majority class everywhere, even after 4 steps; a broken box path or decoding is not
+    majority = 100 * conf.sum(1).max() / conf.sum() / present.sum()
+    anc = [json.loads(x) for x in (tmp_path / "anc" / "metrics.jsonl").read_text().splitlines()]
+    assert anc[-1]["val_miou"] > majority + 20, (anc[-1]["val_miou"], majority)

@@ -31,11 +31,30 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return (c1 + (c2 - c1) * t[..., None]).astype(np.float32)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _class_texture(rng: np.random.Generator, cls: int, h: int, w: int) -> np.ndarray:
+    """A texture family per class (colours still random): stripes, checks, flat, dots."""
+    c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    period = rng.uniform(3, 6)
+    if cls == 1:
+        angle = rng.uniform(0, np.pi)
+        t = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0
+    elif cls == 2:
+        t = (np.floor(xx / period) + np.floor(yy / period)) % 2 > 0
+    elif cls == 3:
+        t = np.zeros((h, w), bool)
+    else:
+        t = (np.sin(xx * 2 * np.pi / period) + np.sin(yy * 2 * np.pi / period)) > 1.2
+    return (c1 + (c2 - c1) * t.astype(np.float32)[..., None]).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, h: int, w: int, clutter: bool = True) -> np.ndarray:
     c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     ramp = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
     img = np.repeat(c1 + (c2 - c1) * ramp, h, axis=0).astype(np.uint8)
     img = np.ascontiguousarray(img)
+    if not clutter:
+        return img
     for _ in range(int(rng.integers(4, 9))):
         p1, p2 = rng.integers(0, [w, h]), rng.integers(0, [w, h])
         color = tuple(int(v) for v in rng.integers(0, 256, 3))
@@ -73,22 +92,35 @@ def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int, size: int) -
 
 
 def make_sample(
-    rng: np.random.Generator, h: int = 64, w: int = 64
+    rng: np.random.Generator,
+    h: int = 64,
+    w: int = 64,
+    class_texture: bool = False,
+    clutter: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One (image HxWx3 uint8, mask HxW uint8) pair with 1-3 objects."""
-    img = _background(rng, h, w).astype(np.float32)
+    """One (image HxWx3 uint8, mask HxW uint8) pair with 1-3 objects. `class_texture`: each
+    object wears its class's texture family (else a random texture); `clutter`: lines and
+    blobs on the background."""
+    img = _background(rng, h, w, clutter).astype(np.float32)
     mask = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.integers(1, 4))):
         cls = int(rng.integers(1, len(CLASSES)))
         shape = _shape_mask(rng, cls, h, w, int(rng.integers(min(h, w) // 4, min(h, w) // 2)))
-        img[shape] = _texture(rng, h, w)[shape]
+        texture = _class_texture(rng, cls, h, w) if class_texture else _texture(rng, h, w)
+        img[shape] = texture[shape]
         mask[shape] = cls
     img += rng.normal(0, 8, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
 def write_synthetic(
-    root: Path, num_train: int = 120, num_val: int = 40, size: int = 64, seed: int = 0
+    root: Path,
+    num_train: int = 120,
+    num_val: int = 40,
+    size: int = 64,
+    seed: int = 0,
+    class_texture: bool = False,
+    clutter: bool = True,
 ) -> Path:
     """Write the dataset in the segnet layout (with classes.txt) under `root`."""
     root = Path(root)
@@ -98,7 +130,7 @@ def write_synthetic(
     for split, n in (("train", num_train), ("val", num_val)):
         ids = [f"{split}_{i:04d}" for i in range(n)]
         for image_id in ids:
-            image, mask = make_sample(rng, size, size)
+            image, mask = make_sample(rng, size, size, class_texture, clutter)
             write_image(root / split / f"{image_id}.png", image)
             write_label_png(root / f"{split}annot" / f"{image_id}.png", mask)
         (root / f"{split}.txt").write_text("\n".join(ids) + "\n")
