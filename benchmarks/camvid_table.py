@@ -40,7 +40,7 @@ import torch
 
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
-from boxseg.data.split import SplitSpec
+from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.engine import TrainConfig
 from boxseg.evaluate import evaluate_store
 from boxseg.gen_logits import BoxMethod, gen_logits
@@ -151,6 +151,9 @@ def main() -> None:
     ap.add_argument("--eval-split", default="val")
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--full-fraction", type=float, default=0.25)
+    ap.add_argument("--full-list", type=Path,
+                    help="F = the train ids in this file (e.g. whole video sequences) instead "
+                    "of a random --full-fraction")  # fmt: skip
     ap.add_argument("--scale", type=float, default=0.25)
     ap.add_argument("--iters", type=int, default=1500, help="steps of every primary row")
     ap.add_argument("--anc-iters", type=int, default=1500, help="steps of the ancillary nets")
@@ -185,6 +188,9 @@ def main() -> None:
     ds = open_dataset(data)
     n_train = len(ds.ids(args.train_split))
     split = SplitSpec(args.train_split, round(args.full_fraction * n_train), 0)
+    if args.full_list:
+        split = SplitSpec(args.train_split, None, 0, args.full_list.resolve())
+    num_full = len(split_dataset(ds, split)[0])
     spec = ModelSpec("resnet18", 16, args.channels, args.channels)
     box_spec = BoxSpec(min_area=4)  # 16 pixels at scale 0.5, as the ablation
     val, runs, stores = args.eval_split, out / "runs", out / "stores"
@@ -272,8 +278,8 @@ def main() -> None:
         return
     results = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
     summary = report(results, seeds)
-    print(f"\nCamVid {val} at scale {args.scale}, F = {split.num_full} / W = "
-          f"{n_train - split.num_full}, {args.iters} steps, seeds {seeds}")  # fmt: skip
+    print(f"\nCamVid {val} at scale {args.scale}, F = {num_full} / W = "
+          f"{n_train - num_full}, {args.iters} steps, seeds {seeds}")  # fmt: skip
     print(f"{'row':<14} {'mIoU':>6} {'sd':>5}  seeds")
     for name, r in summary["table"].items():
         per_seed = ", ".join(f"{v:.2f}" for v in r["miou_seeds"].values())
@@ -288,7 +294,7 @@ def main() -> None:
             "seconds_this_run": time.perf_counter() - t_all,
             "seconds_all_rows": sum(r["seconds"] for r in results.values()),
             "args": {k: str(v) for k, v in vars(args).items()},
-            "num_full": split.num_full, "num_weak": n_train - split.num_full})  # fmt: skip
+            "num_full": num_full, "num_weak": n_train - num_full})  # fmt: skip
 
 
 if __name__ == "__main__":
