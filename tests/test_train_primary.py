@@ -63,6 +63,9 @@ def test_self_training_store_from_a_primary_model_reads_no_mask(pipeline, f_only
     monkeypatch.setattr(formats.SegDataset, "read_mask", no_masks, raising=False)
     store = gen_logits(pipeline["data"], f_only, str(tmp_path / "self.zarr"), SPLIT,
                        device="cpu", quiet=True)  # fmt: skip
+    with pytest.raises(AssertionError, match="W mask"):  # the patch does stop a boxed run
+        gen_logits(pipeline["data"], pipeline["anc"], str(tmp_path / "anc.zarr"), SPLIT,
+                   device="cpu", quiet=True)  # fmt: skip
     monkeypatch.undo()
     assert store.attrs["method"] == "primary" and store.attrs["box_constraint"] is None
     anc_store = LogitsStore.open(pipeline["store"])
