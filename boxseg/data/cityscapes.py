@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from boxseg.data.box_cache import derived_boxes
 from boxseg.data.boxes import BoxSpec, boxes_from_mask
 from boxseg.data.formats import ClassInfo
 from boxseg.data.sample import VOID
@@ -80,6 +81,13 @@ class CityscapesDataset(ClassInfo):
         return LUT[read_label_png(self.mask_path(split, image_id))]
 
     def read_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
+        """Stuff boxes from the mask's components, thing boxes from the instance map; derived
+        once per pair of files and process (box_cache.py)."""
+        inst = self.root / "gtFine" / split / f"{image_id}_gtFine_instanceIds.png"
+        files = [self.mask_path(split, image_id), inst]
+        return derived_boxes(files, spec, lambda: self._derive_boxes(split, image_id, spec, mask))
+
+    def _derive_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
         mask = self.read_mask(split, image_id) if mask is None else mask
         wanted = set(range(self.num_classes) if spec.classes is None else spec.classes)
         stuff = [c for c in range(self.num_classes) if c not in THINGS and c in wanted]

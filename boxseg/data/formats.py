@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boxseg.data.box_cache import derived_boxes
 from boxseg.data.boxes import BoxSpec, boxes_from_mask
 from boxseg.data.sample import VOID, Sample
 from boxseg.errors import BoxsegError
@@ -136,10 +137,16 @@ class SegDataset(ClassInfo):
     def read_boxes(
         self, split: str, image_id: str, spec: BoxSpec, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes of an image. The segnet layout has none: derive them from the mask."""
-        if mask is None:
-            mask = self.read_mask(split, image_id)
-        return boxes_from_mask(mask, self.num_classes, spec.min_area, spec.classes, self.background)
+        """Boxes of an image. The segnet layout has none: derive them from the mask (once per
+        mask file and process: box_cache.py)."""
+
+        def derive():
+            m = self.read_mask(split, image_id) if mask is None else mask
+            return boxes_from_mask(m, self.num_classes, spec.min_area, spec.classes,
+                                   self.background)  # fmt: skip
+
+        return derived_boxes([self.mask_path(split, image_id)], spec, derive,
+                             (self.num_classes, self.background, self.void_value))  # fmt: skip
 
 
 def _open_segnet(root: Path) -> SegDataset:
