@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -178,6 +177,22 @@ def prepare_nets(nets: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.
     return nets
 
 
+def checked_losses(losses: list[tuple[int, torch.Tensor]], description: str,
+                   state_path: Path) -> float:  # fmt: skip
+    """The last of the losses logged since the last check (one host sync for all of them);
+    a clear error naming the first step whose loss was not finite. Checked before every
+    checkpoint, so RUN/last.pt never holds a state trained through a NaN."""
+    values = torch.stack([v.float() for _, v in losses]).cpu()
+    finite = torch.isfinite(values)
+    if not finite.all():
+        k = int((~finite).nonzero()[0])
+        raise BoxsegError(
+            f"{description}: loss became {values[k].item()} at step {losses[k][0]}; try a lower "
+            "--lr" + (f" ({state_path} holds the last good state)" if state_path.is_file() else "")
+        )
+    return float(values[-1])
+
+
 def fit(
     nets: nn.Module,
     step_fn: StepFn,
@@ -197,6 +212,8 @@ def fit(
     `skipped_*`, such as all-void F batches, are summed over those steps); saves
     RUN/last.pt every `checkpoint_every` steps (atomically) and continues from it with
     `resume`; stops with a clear error on a NaN/Inf loss, keeping the last good RUN/last.pt.
+    The losses stay on the device between logged (or saved) steps: one host sync per
+    `log_every` steps, not one per step; a non-finite loss is still reported at its step.
     """
     nets.train()
     optimizer = make_optimizer(nets, cfg)
@@ -225,6 +242,8 @@ def fit(
     )
     logs: dict = {}
     counted: dict = {}  # "skipped_*" logs, summed over the steps since the last record
+    losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) since the last host sync
+    mean_loss = float("nan")
     t0, seen = time.perf_counter(), 0
     hide = quiet or not main or os.environ.get("BOXSEG_QUIET") == "1"
     with Progress(*columns, disable=hide) as bar:
@@ -238,26 +257,26 @@ def fit(
                 loss, logs, n = train_step(batch, step)
             for k in [k for k in logs if k.startswith("skipped_")]:
                 counted[k] = counted.get(k, 0.0) + logs.pop(k)
-            mean_loss = distributed.mean_over_ranks(loss.detach()).item()  # same on every rank
-            if not math.isfinite(mean_loss):
-                raise BoxsegError(
-                    f"{description}: loss became {mean_loss} at step {step}; try a lower --lr"
-                    + (f" ({state_path} holds the last good state)" if state_path.is_file() else "")
-                )
+            losses.append((step, distributed.mean_over_ranks(loss.detach())))  # no host sync
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             seen += n * distributed.world()
             ips = seen / max(time.perf_counter() - t0, 1e-9)
+            every = cfg.checkpoint_every
+            logging = (step + 1) % cfg.log_every == 0 or step + 1 == iters
+            saving = (every and (step + 1) % every == 0) or step + 1 == iters
+            if logging or saving:  # the one host sync: losses since the last, checked
+                mean_loss = checked_losses(losses, description, state_path)
+                losses = []
             bar.update(task, advance=1, loss=mean_loss, ips=ips)
-            if main and ((step + 1) % cfg.log_every == 0 or step + 1 == iters):
+            if main and logging:
                 record = {"step": step + 1, "loss": mean_loss, "lr": lr, "img_per_s": ips}
                 record |= {k: float(v) for k, v in (logs | counted).items()}
                 append_jsonl(metrics_path, record)
                 counted = {}
-            every = cfg.checkpoint_every
-            if main and ((every and (step + 1) % every == 0) or step + 1 == iters):
+            if main and saving:
                 save_train_state(state_path, nets, optimizer, scaler, step + 1, iters)
     nets.eval()
     distributed.assert_in_sync(nets)  # also a barrier: rank 0's last checkpoint is written

@@ -138,3 +138,37 @@ def test_primary_conv_resumed_mid_epoch_with_a_worker_ends_the_same(pipeline, tm
     for part in ("state_dict", "merger_state_dict"):
         for k, v in straight[part].items():
             torch.testing.assert_close(resumed[part][k], v, rtol=0, atol=0, msg=f"{part} {k}")
+
+
+def _fit_linear(tmp_path, bad_step=None, **kw):
+    """engine.fit on a 2-weight model; the loss is NaN at `bad_step`."""
+    nets = torch.nn.ModuleDict({"m": torch.nn.Linear(2, 1)})
+
+    def step_fn(n, batch, i):
+        loss = n["m"](batch["x"]).pow(2).sum()
+        return (loss * float("nan") if i == bad_step else loss), {}, 1
+
+    cfg = TrainConfig(iters=10, device="cpu", lr=0.01, **kw)
+    engine.fit(nets, step_fn, lambda s: {"x": torch.ones(1, 2)}, cfg, 10, torch.device("cpu"),
+               tmp_path, "fit", quiet=True)  # fmt: skip
+
+
+def test_losses_are_synced_once_per_logging_window(tmp_path, monkeypatch):
+    windows = []
+    real = engine.checked_losses
+
+    def spy(losses, *a):
+        windows.append([s for s, _ in losses])
+        return real(losses, *a)
+
+    monkeypatch.setattr(engine, "checked_losses", spy)
+    _fit_linear(tmp_path, log_every=5, checkpoint_every=0)
+    assert windows == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]  # two host syncs for ten steps
+
+
+def test_nan_found_at_a_later_sync_names_its_step_and_keeps_the_good_state(tmp_path):
+    with pytest.raises(BoxsegError, match=r"loss became nan at step 3; .*last\.pt holds"):
+        _fit_linear(tmp_path, bad_step=3, log_every=5, checkpoint_every=2)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 2  # saved after steps 0-1; the save after step 3 was refused
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
