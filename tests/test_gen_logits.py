@@ -89,3 +89,27 @@ def test_an_image_changed_since_the_store_was_made_is_a_clear_error(pipeline, tm
     cv2.imwrite(str(ds.mask_path("train", victim)), mask)
     with pytest.raises(BoxsegError, match=r"48x40.*made for 32x32"):
         gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True)
+
+
+def test_thread_count_changes_at_most_the_last_float16_bit(pipeline, tmp_path):
+    """The guarantee docs/store.md states: stores made with the same number of threads per
+    process are equal element for element (test_distributed.py); with another thread count the
+    CPU kernels sum in another order, so a value may differ by one float16 step, never more,
+    and the argmax does not move."""
+    import os
+    import subprocess
+    import sys
+
+    stores = {}
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}.zarr"
+        subprocess.run([sys.executable, "-m", "boxseg", "gen-logits", str(pipeline["data"]),
+                        "--model", str(pipeline["anc"]), "--out", str(out), "--num-full", "4",
+                        "--device", "cpu", "--quiet"],
+                       env=os.environ | {"OMP_NUM_THREADS": threads}, check=True,
+                       timeout=120)  # fmt: skip
+        stores[threads] = LogitsStore.open(out).logits[:].astype(np.float32)
+    a, b = stores["1"], stores["2"]
+    ulp = np.spacing(np.abs(a).astype(np.float16)).astype(np.float32)
+    assert (np.abs(a - b) <= ulp + 1e-12).all()
+    np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
