@@ -91,14 +91,17 @@ def box_bias(
 
 
 def pool_bias(bias: torch.Tensor, stride: int) -> torch.Tensor:
-    """KxHxW bias -> the store's grid (as `store.pool_logits` pads): the max over each cell, so
-    a class is allowed in a cell if any of its pixels allows it (thin boxes survive)."""
+    """KxHxW (or NxKxHxW) bias -> the store's grid (as `store.pool_logits` pads): the max over
+    each cell, so a class is allowed in a cell if any of its pixels allows it (thin boxes
+    survive)."""
     if stride == 1:
         return bias
     h, w = bias.shape[-2:]
     ph, pw = -h % stride, -w % stride
-    x = F.pad(bias[None], (0, pw, 0, ph), mode="replicate") if (ph or pw) else bias[None]
-    return F.max_pool2d(x, stride)[0]
+    x = bias if bias.dim() == 4 else bias[None]
+    x = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+    out = F.max_pool2d(x, stride)
+    return out if bias.dim() == 4 else out[0]
 
 
 @dataclass(frozen=True)

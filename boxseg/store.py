@@ -72,64 +72,78 @@ def zarr_location(location: str | Path) -> str:
     return str(path) if path is not None else str(location)
 
 
-def pool_logits(logits: torch.Tensor, stride: int) -> torch.Tensor:
-    """KxHxW -> Kx ceil(H/s) x ceil(W/s): block means (edge blocks padded by replication).
+def pool_logits(logits: torch.Tensor, stride: int, void_free: bool = False) -> torch.Tensor:
+    """KxHxW (or NxKxHxW) -> Kx ceil(H/s) x ceil(W/s): block means (edge blocks padded by
+    replication).
 
     Void pixels (NaN logits) are left out of their block's mean; a block is void (NaN) only
-    when all of its pixels are."""
+    when all of its pixels are. `void_free`: the caller knows there is none (no host sync)."""
     if stride == 1:
         return logits
     h, w = logits.shape[-2:]
     ph, pw = -h % stride, -w % stride
-    x = F.pad(logits[None], (0, pw, 0, ph), mode="replicate") if (ph or pw) else logits[None]
-    void = torch.isnan(x[:, :1])
-    if not void.any():
-        return F.avg_pool2d(x, stride)[0]
-    weight = F.avg_pool2d((~void).float(), stride)
-    mean = F.avg_pool2d(x.nan_to_num(0.0), stride) / weight.clamp_min(1e-6)
-    return torch.where(weight > 0, mean, torch.nan)[0]
+    x = logits if logits.dim() == 4 else logits[None]
+    x = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+    void = None if void_free else torch.isnan(x[:, :1])
+    if void is None or not void.any():
+        out = F.avg_pool2d(x, stride)
+    else:
+        weight = F.avg_pool2d((~void).float(), stride)
+        mean = F.avg_pool2d(x.nan_to_num(0.0), stride) / weight.clamp_min(1e-6)
+        out = torch.where(weight > 0, mean, torch.nan)
+    return out if logits.dim() == 4 else out[0]
 
 
-def upsample_logits(logits: torch.Tensor, stride: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of `pool_logits`: Kxhxw at stride s -> KxHxW at pixel resolution.
+def upsample_logits(
+    logits: torch.Tensor, stride: int, height: int, width: int, void_free: bool = False
+) -> torch.Tensor:
+    """Inverse of `pool_logits`: Kxhxw (or NxKxhxw) at stride s -> KxHxW at pixel resolution.
 
     With void cells (NaN), values are interpolated from the non-void neighbours only
     (normalised interpolation), and a pixel is void where void cells outweigh the others, so
-    a void region keeps its size instead of spreading by a stride."""
+    a void region keeps its size instead of spreading by a stride. `void_free`: the caller
+    knows there is none (no host sync)."""
     if stride == 1:
-        return logits[:, :height, :width]
+        return logits[..., :height, :width]
     h, w = logits.shape[-2:]
+    x = logits if logits.dim() == 4 else logits[None]
 
-    def up(x: torch.Tensor) -> torch.Tensor:
+    def up(t: torch.Tensor) -> torch.Tensor:
         size = (h * stride, w * stride)
-        return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
-    void = torch.isnan(logits[:1])
-    if not void.any():
-        return up(logits)[:, :height, :width]
-    weight = up((~void).float())
-    out = up(logits.nan_to_num(0.0)) / weight.clamp_min(1e-6)
-    return torch.where(weight >= 0.5, out, torch.nan)[:, :height, :width]
+    void = None if void_free else torch.isnan(x[:, :1])
+    if void is None or not void.any():
+        out = up(x)[..., :height, :width]
+    else:
+        weight = up((~void).float())
+        out = up(x.nan_to_num(0.0)) / weight.clamp_min(1e-6)
+        out = torch.where(weight >= 0.5, out, torch.nan)[..., :height, :width]
+    return out if logits.dim() == 4 else out[0]
 
 
 def as_stored(
     logits: torch.Tensor, stride: int, dtype: str, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """What a store of this stride and dtype gives back (`read_full`) for pixel-resolution
-    logits (KxHxW): pooled to the stride, the box-constraint `bias` pooled by its maximum and
-    added (as gen-logits does), rounded to the dtype, resampled to HxW. The conv merger's F
-    inputs are made this way in store mode, so it learns on the kind of input it corrects on W."""
+    logits (KxHxW, or a batch NxKxHxW; no void pixels): pooled to the stride, the
+    box-constraint `bias` pooled by its maximum and added (as gen-logits does), rounded to the
+    dtype, resampled to HxW. The conv merger's F inputs are made this way in store mode, so it
+    learns on the kind of input it corrects on W; a whole batch at once, without host syncs
+    (but for int8, whose codes are made on the CPU)."""
     from boxseg.box_constraint import pool_bias  # (box_constraint is above the store)
 
     h, w = logits.shape[-2:]
-    pooled = pool_logits(logits.float(), stride)
+    pooled = pool_logits(logits.float(), stride, void_free=True)
     if bias is not None:
         pooled = pooled + pool_bias(bias.to(pooled.device), stride)
     if dtype == "int8":
-        pooled = decode_int8(encode_int8(pooled.cpu())).to(logits.device)
+        per_image = pooled if pooled.dim() == 4 else pooled[None]
+        codes = [decode_int8(encode_int8(x.cpu())) for x in per_image]
+        pooled = torch.stack(codes).to(logits.device).reshape(pooled.shape)
     else:
         pooled = pooled.half().float()
-    return upsample_logits(pooled, stride, h, w)
+    return upsample_logits(pooled, stride, h, w, void_free=True)
 
 
 class LogitsStore:

@@ -33,7 +33,4 @@ class OnlineAncillary:
         if self.like_store is None:
             return out if bias is None else out + bias
         stride, dtype = self.like_store
-        return torch.stack([
-            as_stored(x, stride, dtype, None if bias is None else bias[k])
-            for k, x in enumerate(out)
-        ])  # fmt: skip
+        return as_stored(out, stride, dtype, bias)  # the whole batch at once

@@ -184,10 +184,8 @@ def train_primary(
     f_batches = Batches(f_set, cfg.batch_size, cfg.workers, cfg.seed)
     w_set, w_logits = None, None
     if weak_source == "store":
-        w_set, w_logits = (
-            WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std),
-            stored_logits,
-        )
+        w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
+        w_logits = stored_logits
     elif weak_source == "online":
         w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std, bias)
         w_logits = OnlineAncillary(anc)
