@@ -279,8 +279,9 @@ class LogitsStore:
                               "free space and run again to resume") from e  # fmt: skip
         self._known_done[start:end] = True
 
-    def read(self, i: int) -> torch.Tensor:
-        """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32)."""
+    def read(self, i: int, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
+        """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32),
+        or just the given rows and columns of its cells (`transforms.cells_needed`)."""
         if not (self._known_done[i] or bool(self.done[i])):
             raise BoxsegError(
                 f"{self.location}: image {self.image_ids[i]} has no logits yet "
@@ -288,7 +289,8 @@ class LogitsStore:
             )
         h, w = (int(v) for v in self.sizes[i])
         hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
-        chunk = self.logits[i, :, :hs, :ws]
+        rows, cols = rows or slice(0, hs), cols or slice(0, ws)
+        chunk = self.logits[i, :, rows.start : min(rows.stop, hs), cols.start : min(cols.stop, ws)]
         if self.dtype == "int8":
             return decode_int8(chunk)
         return torch.from_numpy(chunk.astype(np.float32))
@@ -351,6 +353,9 @@ class InMemoryLogits:
 
     def done_mask(self) -> np.ndarray:
         return np.ones(len(self), dtype=bool)
+
+    def read(self, i: int, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
+        return self._logits[i][:, rows or slice(None), cols or slice(None)]
 
     def read_full(self, i: int) -> torch.Tensor:
         return self._logits[i]

@@ -12,7 +12,15 @@ from torch.utils.data import Dataset
 from boxseg.box_constraint import BiasMaker
 from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import SegDataset, load_full, load_weak
-from boxseg.data.transforms import Aligned, apply, draw_params, to_tensor
+from boxseg.data.transforms import (
+    Aligned,
+    apply,
+    cells_needed,
+    crop_logits,
+    draw_params,
+    to_tensor,
+    window,
+)
 from boxseg.errors import BoxsegError
 from boxseg.store import InMemoryLogits, LogitsStore
 
@@ -80,7 +88,8 @@ class FullTrainSet(Dataset):
 
 
 class WeakTrainSet(Dataset):
-    """W: augmented image + its stored ancillary logits (resampled and cropped identically)."""
+    """W: augmented image + its stored ancillary logits, cropped identically (only the stored
+    cells under the crop are read and resampled)."""
 
     def __init__(
         self,
@@ -118,13 +127,16 @@ class WeakTrainSet(Dataset):
                 f"{self.store_location}: logits of {image_id} are for a {w}x{h} image, "
                 f"the dataset's is {image.shape[1]}x{image.shape[0]}"
             )
-        a = apply(
-            Aligned(image, logits=self.store.read_full(j)), self.aug.draw(rng, h, w), self.aug.crop
-        )
-        void = torch.isnan(a.logits).any(0)  # box-method stores mark void pixels with NaN
+        p = self.aug.draw(rng, h, w)
+        win = window(h, w, p, self.aug.crop)  # crop first: read and resample only its cells
+        rows, cols = cells_needed(win, self.store.stride)
+        cells = self.store.read(j, rows, cols)
+        logits = crop_logits(cells, win, self.store.stride, (rows.start, cols.start))
+        a = apply(Aligned(image), p, self.aug.crop)
+        void = torch.isnan(logits).any(0)  # box-method stores mark void pixels with NaN
         return {
             "image": to_tensor(a.image, self.mean, self.std),
-            "logits": a.logits.nan_to_num(0.0),
+            "logits": logits.nan_to_num(0.0),
             "valid": torch.from_numpy(a.valid) & ~void,
         }
 
