@@ -258,7 +258,11 @@ def gen_logits_cmd(
         int, typer.Option(help="box/grabcut: smallest component (pixels) that gets a box.")
     ] = 16,
     workers: Annotated[
-        int | None, typer.Option(help="grabcut: processes (default: every core).")
+        int | None,
+        typer.Option(
+            help="anc: processes reading images and boxes ahead of the net (default: half the "
+            "cores, at most 4; 0: none); grabcut: processes (default: every core)."
+        ),
     ] = None,
     batch_size: Annotated[
         int, typer.Option(help="anc: images per forward pass (lower it if memory is short).")

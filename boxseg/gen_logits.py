@@ -9,7 +9,12 @@ group of `batch_size` consecutive store indices, always the whole group (done or
 image's values are the same whether the run was interrupted or not and for any number of ranks.
 Under torchrun each rank takes a contiguous share of those groups and writes their chunks
 itself: one chunk (and one done flag) per image, so no two ranks ever write the same file.
-GrabCut runs one image per process on every core (`--workers`).
+
+A pipeline, so that a fast GPU is not kept waiting: `--workers` reader processes (a DataLoader)
+read the images, derive the boxes and build each pass's inputs ahead of the net; chunks are
+compressed and written by a background thread while the next pass runs. Neither changes a
+value: a store is the same element for element with any number of workers. GrabCut runs one
+image per process on every core (`--workers`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -38,7 +45,7 @@ from boxseg.data.validate import check_image_file, usable_ids
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
-from boxseg.inference import predict_batch
+from boxseg.inference import batch_inputs
 from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
@@ -142,14 +149,10 @@ def gen_logits(
     todo = rank_share([i for i in range(len(store)) if not done[i]], batch_size)
 
     if box_method is None:
-
-        def results() -> Iterator[torch.Tensor]:
-            wanted = set(todo)
-            for group in sorted({i // batch_size for i in todo}):
-                yield from _group_logits(store, ds, split.split, model, meta, box_spec, dev,
-                                         group, batch_size, wanted, bias)  # fmt: skip
-
-        _fill(store, todo, results(), quiet, "gen-logits")
+        passes = forward_passes(store, todo, batch_size, dev)
+        reader = PassReader(ds, split.split, store, passes, meta, box_spec, bias)
+        logits = net_logits(model, dev, reader, todo, reader_workers(workers))
+        _fill(store, todo, logits, quiet, "gen-logits")
     else:
         label_map = partial(box_label_map, ds, split.split, box_method)
         ids = [store.image_ids[i] for i in todo]
@@ -189,50 +192,108 @@ def rank_share(todo: list[int], group_size: int) -> list[int]:
     return [i for i in todo if i // group_size in keep]
 
 
-def _group_logits(store: LogitsStore, ds: SegDataset, split: str, model, meta: dict,
-                  box_spec: BoxSpec | None, device: torch.device, group: int, batch_size: int,
-                  todo: set[int],
-                  bias: BiasMaker | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
-    """Stored-resolution logits of the images of group `group` that are in `todo`, in index
-    order. The net runs on every image of the group (same-size images together), done ones
-    included: batch composition changes the last bits of the outputs. `bias` (the box
-    constraint) is pooled to the store's grid by its maximum and added to the pooled logits,
-    so a class stays allowed in every cell that one of its boxes touches."""
-    members = range(group * batch_size, min((group + 1) * batch_size, len(store)))
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for i in members:
-        by_size.setdefault((int(store.sizes[i][0]), int(store.sizes[i][1])), []).append(i)
-    passes: list[tuple[tuple[int, int], list[int]]] = []
-    for size, ids in by_size.items():
-        n = batch_size
-        if device.type == "cpu":  # a pixel budget per pass: big CPU batches are slower
-            n = min(batch_size, max(1, CPU_PASS_PIXELS // (size[0] * size[1])))
-        passes += [(size, ids[k : k + n]) for k in range(0, len(ids), n)]
-    out: dict[int, torch.Tensor] = {}
-    for size, ids in passes:
-        if not any(i in todo for i in ids):
-            continue
-        samples = [weak_sample(ds, split, store.image_ids[i], box_spec) for i in ids]
-        for i, s in zip(ids, samples, strict=True):
-            if s.image.shape[:2] != size:
-                h, w = s.image.shape[:2]
-                raise BoxsegError(
-                    f"{ds.image_path(split, store.image_ids[i])}: the image is {w}x{h}, the "
-                    f"store {store.location} was made for {size[1]}x{size[0]}; pass --overwrite "
-                    "to start over"
-                )
-        boxes = None if box_spec is None else [s.boxes for s in samples]
-        labels = None if box_spec is None else [s.labels for s in samples]
-        logits = predict_batch(model, meta, [s.image for s in samples], device, boxes, labels)
-        for i, s, x in zip(ids, samples, logits, strict=True):
-            if i in todo:
-                out[i] = pool_logits(x, store.stride).cpu()
+def reader_workers(workers: int | None) -> int:
+    """Reader processes for the net's inputs: `--workers`, or by default half the cores (at
+    most 4), leaving the rest to the forward pass."""
+    return min(4, (os.cpu_count() or 1) // 2) if workers is None else max(0, workers)
+
+
+def forward_passes(
+    store: LogitsStore, todo: list[int], batch_size: int, device: torch.device
+) -> list[tuple[int, list[int]]]:
+    """The forward passes that cover `todo`: (group, store indices) in order. A group is
+    `batch_size` consecutive store indices; the net runs on every image of a group (same-size
+    images together, done ones included: batch composition changes the last bits of the
+    outputs), so every image's values are the same whatever was done before."""
+    passes: list[tuple[int, list[int]]] = []
+    wanted = set(todo)
+    for group in sorted({i // batch_size for i in todo}):
+        members = range(group * batch_size, min((group + 1) * batch_size, len(store)))
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i in members:
+            by_size.setdefault((int(store.sizes[i][0]), int(store.sizes[i][1])), []).append(i)
+        for (h, w), ids in by_size.items():
+            n = batch_size
+            if device.type == "cpu":  # a pixel budget per pass: big CPU batches are slower
+                n = min(batch_size, max(1, CPU_PASS_PIXELS // (h * w)))
+            passes += [(group, ids[k : k + n]) for k in range(0, len(ids), n)
+                       if any(i in wanted for i in ids[k : k + n])]  # fmt: skip
+    return passes
+
+
+class PassReader(torch.utils.data.Dataset):
+    """Item k: the inputs of forward pass k, read and prepared (in DataLoader workers): the
+    images, their boxes derived and rasterised, and the box constraint's bias already pooled
+    to the store's grid. A user mistake comes back as the BoxsegError itself (raised by the
+    main process as one line, not as a worker's traceback)."""
+
+    def __init__(self, ds: SegDataset, split: str, store: LogitsStore,
+                 passes: list[tuple[int, list[int]]], meta: dict, box_spec: BoxSpec | None,
+                 bias: BiasMaker | None):  # fmt: skip
+        self.ds, self.split, self.passes, self.meta = ds, split, passes, meta
+        self.box_spec, self.bias, self.stride = box_spec, bias, store.stride
+        self.image_ids, self.location = store.image_ids, store.location
+        self.sizes = {i: (int(store.sizes[i][0]), int(store.sizes[i][1]))
+                      for _, ids in passes for i in ids}  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.passes)
+
+    def __getitem__(self, k: int):
+        group, ids = self.passes[k]
+        try:
+            samples = [weak_sample(self.ds, self.split, self.image_ids[i], self.box_spec)
+                       for i in ids]  # fmt: skip
+            for i, s in zip(ids, samples, strict=True):
+                if s.image.shape[:2] != self.sizes[i]:
+                    (h, w), (sh, sw) = s.image.shape[:2], self.sizes[i]
+                    raise BoxsegError(
+                        f"{self.ds.image_path(self.split, self.image_ids[i])}: the image is "
+                        f"{w}x{h}, the store {self.location} was made for {sw}x{sh}; pass "
+                        "--overwrite to start over"
+                    )
+        except BoxsegError as e:
+            return e
+        boxes = None if self.box_spec is None else [s.boxes for s in samples]
+        labels = None if self.box_spec is None else [s.labels for s in samples]
+        x, rasters = batch_inputs(self.meta, [s.image for s in samples], boxes, labels)
+        bias = None
+        if self.bias is not None:
+            bias = torch.stack([pool_bias(self.bias(s.boxes, s.labels, *s.size), self.stride)
+                                for s in samples])  # fmt: skip
+        return group, ids, x, rasters, bias
+
+
+@torch.no_grad()
+def net_logits(
+    model: torch.nn.Module,
+    device: torch.device,
+    reader: PassReader,
+    todo: list[int],
+    workers: int,
+) -> Iterator[torch.Tensor]:
+    """Stored-resolution logits of the images in `todo`, in order: `workers` processes read
+    and prepare the next passes while this one runs the net. The box constraint's bias is
+    added to the pooled logits, so a class stays allowed in every cell one of its boxes
+    touches."""
+    loader = torch.utils.data.DataLoader(
+        reader, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None
+    )
+    wanted, done, current = set(todo), {}, None
+    for item in loader:
+        if isinstance(item, BoxsegError):
+            raise item
+        group, ids, x, rasters, bias = item
+        if current is not None and group != current:
+            yield from (done.pop(i) for i in sorted(done))
+        current = group
+        logits = model(x.to(device), None if rasters is None else rasters.to(device)).float()
+        for k, i in enumerate(ids):
+            if i in wanted:
+                done[i] = pool_logits(logits[k], reader.stride).cpu()
                 if bias is not None:
-                    b = bias(s.boxes, s.labels, *size)
-                    out[i] = out[i] + pool_bias(b, store.stride)
-    for i in members:
-        if i in out:
-            yield out[i]
+                    done[i] = done[i] + bias[k]
+    yield from (done.pop(i) for i in sorted(done))
 
 
 class _mapper:
@@ -267,23 +328,54 @@ def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], q
         TimeRemainingColumn(),
     )
     t0 = time.perf_counter()
-    with Progress(*columns, disable=quiet or not distributed.is_main()) as bar:
+    with (
+        Progress(*columns, disable=quiet or not distributed.is_main()) as bar,
+        BlockWriter(store) as writer,
+    ):
         task = bar.add_task(description, total=len(todo), ips=0.0)
         block: list = []  # consecutive images written together: fewer, concurrent writes
         block_start = 0
         for n, (i, x) in enumerate(zip(todo, logits, strict=True), 1):
             if block and block_start + len(block) != i:
-                store.write_block(block_start, block)
+                writer.write(block_start, block)
                 block = []
             if not block:
                 block_start = i
             block.append(x)
             if len(block) == WRITE_BLOCK:
-                store.write_block(block_start, block)
+                writer.write(block_start, block)
                 block = []
             bar.update(task, advance=1, ips=n / (time.perf_counter() - t0))
         if block:
-            store.write_block(block_start, block)
+            writer.write(block_start, block)
+
+
+class BlockWriter:
+    """`with BlockWriter(store) as w: w.write(start, block)`: compresses and writes blocks in
+    one background thread, so the next forward pass runs meanwhile. At most `depth` blocks
+    wait (memory stays bounded); a failed write is raised at the next `write` or on leaving.
+    Leaving waits for the blocks already handed over: done flags are only set after their
+    chunks, so a kill at any moment still resumes."""
+
+    def __init__(self, store: LogitsStore, depth: int = 2):
+        self.store, self.depth = store, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="boxseg-writer")
+        self.pending: deque[Future] = deque()
+
+    def write(self, start: int, block: list[torch.Tensor]) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self.store.write_block, start, block))
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _open_or_create(

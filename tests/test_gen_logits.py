@@ -66,8 +66,11 @@ def test_ranks_share_whole_groups(monkeypatch, world):
     assert [i for s in shares for i in s] == todo  # contiguous runs, in order of the ranks
 
 
-def test_an_image_changed_since_the_store_was_made_is_a_clear_error(pipeline, tmp_path,
-                                                                     monkeypatch):  # fmt: skip
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_changed_since_the_store_was_made_is_a_clear_error(
+    pipeline, tmp_path, monkeypatch, workers
+):
+    """Also when the image is read in a reader process: the BoxsegError itself comes back."""
     data = tmp_path / "data"
     shutil.copytree(pipeline["data"], data)
     out = str(tmp_path / "w.zarr")
@@ -87,8 +90,27 @@ def test_an_image_changed_since_the_store_was_made_is_a_clear_error(pipeline, tm
     mask = cv2.imread(str(ds.mask_path("train", victim)), cv2.IMREAD_UNCHANGED)
     mask = cv2.resize(mask, (48, 40), interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(ds.mask_path("train", victim)), mask)
-    with pytest.raises(BoxsegError, match=r"48x40.*made for 32x32"):
-        gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True)
+    with pytest.raises(BoxsegError, match=r"^\S+: the image is 48x40.*made for 32x32") as e:
+        gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
+                      workers=workers)  # fmt: skip
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_reader_workers_and_the_writer_thread_write_the_same_store(pipeline, tmp_path,
+                                                                   batch_size):  # fmt: skip
+    """gen-logits as a pipeline (2 reader processes ahead of the net, chunks written by a
+    background thread) writes the store element for element as reading in-process does."""
+    stores = []
+    for workers in (0, 2):
+        out = str(tmp_path / f"w{workers}.zarr")
+        gl.gen_logits(pipeline["data"], pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
+                      workers=workers, batch_size=batch_size)  # fmt: skip
+        s = LogitsStore.open(out)
+        assert s.done_mask().all()
+        stores.append(s.logits[:])
+    np.testing.assert_array_equal(stores[0], stores[1])
+    assert np.abs(stores[0]).max() > 0  # real logits, not the fill value
 
 
 def test_thread_count_changes_at_most_the_last_float16_bit(pipeline, tmp_path):

@@ -42,7 +42,10 @@ def test_crash_between_blocks_then_resume(pipeline, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         _finish(pipeline, tmp_path / "w.zarr")
     monkeypatch.setattr(LogitsStore, "write_block", real)
-    assert LogitsStore.open(tmp_path / "w.zarr").done_mask().tolist() == [True] * 3 + [False] * 5
+    done = LogitsStore.open(tmp_path / "w.zarr").done_mask().tolist()
+    # the failed block (images 3-5) is not done; the block after it may have been written by
+    # the background writer before the failure surfaced, and that is fine: it is complete
+    assert done[:3] == [True] * 3 and done[3:6] == [False] * 3
     np.testing.assert_array_equal(_finish(pipeline, tmp_path / "w.zarr"), _reference(pipeline))
 
 
