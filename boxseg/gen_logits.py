@@ -49,6 +49,7 @@ from boxseg.inference import batch_inputs
 from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
+WRITER_DEPTH = 2  # blocks waiting for the writer thread (0: write in the caller, no thread)
 CPU_PASS_PIXELS = 2**18  # on the CPU, bigger batches are no faster (docs/performance.md)
 
 
@@ -330,7 +331,7 @@ def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], q
     t0 = time.perf_counter()
     with (
         Progress(*columns, disable=quiet or not distributed.is_main()) as bar,
-        BlockWriter(store) as writer,
+        BlockWriter(store, WRITER_DEPTH) as writer,
     ):
         task = bar.add_task(description, total=len(todo), ips=0.0)
         block: list = []  # consecutive images written together: fewer, concurrent writes
@@ -353,9 +354,9 @@ def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], q
 class BlockWriter:
     """`with BlockWriter(store) as w: w.write(start, block)`: compresses and writes blocks in
     one background thread, so the next forward pass runs meanwhile. At most `depth` blocks
-    wait (memory stays bounded); a failed write is raised at the next `write` or on leaving.
-    Leaving waits for the blocks already handed over: done flags are only set after their
-    chunks, so a kill at any moment still resumes."""
+    wait (memory stays bounded; 0: each is written at once, in the caller); a failed write is
+    raised at the next `write` or on leaving. Leaving waits for the blocks already handed
+    over: done flags are only set after their chunks, so a kill at any moment still resumes."""
 
     def __init__(self, store: LogitsStore, depth: int = 2):
         self.store, self.depth = store, depth
@@ -363,6 +364,9 @@ class BlockWriter:
         self.pending: deque[Future] = deque()
 
     def write(self, start: int, block: list[torch.Tensor]) -> None:
+        if self.depth == 0:  # no overlap (benchmarks' serial baseline)
+            self.store.write_block(start, block)
+            return
         while len(self.pending) >= self.depth:
             self.pending.popleft().result()
         self.pending.append(self.pool.submit(self.store.write_block, start, block))

@@ -40,7 +40,7 @@ from boxseg.selfcorr import (
     soft_cross_entropy,
 )
 from boxseg.store import InMemoryLogits, LogitsStore
-from boxseg.targets import OnlineAncillary, stored_logits
+from boxseg.targets import OnlineAncillary, StoredLogits, without_void
 
 
 def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> None:
@@ -185,7 +185,8 @@ def train_primary(
     w_set, w_logits = None, None
     if weak_source == "store":
         w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
-        w_logits = stored_logits
+        may_void = store.attrs.get("method") in ("box", "grabcut")  # void cells: NaN
+        w_logits = StoredLogits(may_void)
     elif weak_source == "online":
         w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std, bias)
         w_logits = OnlineAncillary(anc)
@@ -242,8 +243,9 @@ def train_primary(
         loss = loss_f + loss_c
         logs |= {"loss_f": loss_f.detach(), "skipped_f": all_void}
         if w is not None:
-            q, extra = correction.target(w_logits(w), out[nf:], i)
-            loss_w = soft_cross_entropy(out[nf:], q, w["valid"], weights)
+            l_anc, valid = without_void(w_logits(w), w["valid"])
+            q, extra = correction.target(l_anc, out[nf:], i)
+            loss_w = soft_cross_entropy(out[nf:], q, valid, weights)
             loss = loss + w_scale * loss_w
             logs |= {"loss_w": loss_w.detach()} | extra
         if correction.merger is not None:

@@ -5,8 +5,11 @@ The W set reads images and the logits store only: it has no way to reach W's mas
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from boxseg.box_constraint import BiasMaker
@@ -16,7 +19,7 @@ from boxseg.data.transforms import (
     Aligned,
     apply,
     cells_needed,
-    crop_logits,
+    crop_coords,
     draw_params,
     to_tensor,
     window,
@@ -88,8 +91,12 @@ class FullTrainSet(Dataset):
 
 
 class WeakTrainSet(Dataset):
-    """W: augmented image + its stored ancillary logits, cropped identically (only the stored
-    cells under the crop are read and resampled)."""
+    """W: augmented image + the stored logits under its crop, crop first: only the store
+    cells the crop needs are read (padded by repetition to `cells_size`, a fixed size, so
+    items batch), with each crop pixel's cell coordinates ("rows", "cols"); the resampling to
+    pixels happens on the training device (`targets.StoredLogits`, one `grid_sample`). So a
+    few hundred KB travel through the DataLoader instead of a KxCxC float map. Void cells
+    (box-method stores) are NaN; "valid" marks padding."""
 
     def __init__(
         self,
@@ -104,6 +111,12 @@ class WeakTrainSet(Dataset):
         self.ds, self.split, self.ids = ds, split, ids
         self.store_location, self.aug, self.mean, self.std = store_location, aug, mean, std
         self._store: LogitsStore | None = None  # opened lazily, once per DataLoader worker
+        store = self.store
+        self.stride, self.half = store.stride, store.dtype == "float16"  # float16: lossless
+        widest = math.ceil(aug.crop / min(aug.scale_range) / self.stride * 1.01) + 3
+        cells = int(np.ceil(store.sizes.max() / self.stride))
+        self.cells_size = min(widest, cells)
+        self._store = None  # each worker opens its own
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -128,16 +141,22 @@ class WeakTrainSet(Dataset):
                 f"the dataset's is {image.shape[1]}x{image.shape[0]}"
             )
         p = self.aug.draw(rng, h, w)
-        win = window(h, w, p, self.aug.crop)  # crop first: read and resample only its cells
-        rows, cols = cells_needed(win, self.store.stride)
+        win = window(h, w, p, self.aug.crop)
+        rows, cols = cells_needed(win, self.stride)
         cells = self.store.read(j, rows, cols)
-        logits = crop_logits(cells, win, self.store.stride, (rows.start, cols.start))
+        n = self.cells_size
+        if max(cells.shape[-2:]) > n:  # cannot happen with draw_params' windows
+            raise RuntimeError(f"a crop needs {tuple(cells.shape[-2:])} cells, more than {n}")
+        pad = (0, n - cells.shape[-1], 0, n - cells.shape[-2])
+        cells = F.pad(cells[None], pad, mode="replicate")[0] if any(pad) else cells
+        row_at, col_at = crop_coords(win, self.stride)
         a = apply(Aligned(image), p, self.aug.crop)
-        void = torch.isnan(logits).any(0)  # box-method stores mark void pixels with NaN
         return {
             "image": to_tensor(a.image, self.mean, self.std),
-            "logits": logits.nan_to_num(0.0),
-            "valid": torch.from_numpy(a.valid) & ~void,
+            "cells": cells.half() if self.half else cells,
+            "rows": torch.from_numpy(row_at - rows.start).float(),
+            "cols": torch.from_numpy(col_at - cols.start).float(),
+            "valid": torch.from_numpy(a.valid),
         }
 
 

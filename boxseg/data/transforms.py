@@ -2,11 +2,12 @@
 its mask, its boxes and its soft-label logits, so that all stay aligned.
 
 Crop first: the crop window is worked out in the original image's coordinates and only that
-window is resampled (the image by one affine warp, the mask by nearest-pixel lookup, logits at
-any stride by separable bilinear taps straight from the stored cells). A 2048x1024 image at
-scale 2 never exists as a 4096x2048 array, nor its logits as a KxHxW float map: the cost of a
-sample follows the crop, not the image. `resize_then_crop` is the plain path (resize all, then
-crop), kept as the reference the crop-first path is tested and benchmarked against.
+window is resampled (the image by one affine warp, the mask by nearest-pixel lookup, logits
+held at a store's stride by one bilinear pass straight from the cells under the crop). A
+2048x1024 image at scale 2 never exists as a 4096x2048 array, nor its logits as a KxHxW float
+map: the cost of a sample follows the crop, not the image. `resize_then_crop` is the plain
+path (resize all, then crop), kept as the reference the crop-first path is tested and
+benchmarked against.
 """
 
 from __future__ import annotations
@@ -92,64 +93,66 @@ def window(height: int, width: int, p: AugParams, crop: int) -> Window:
     return Window(height, width, h, w, p.top, p.left, crop, p.flip)
 
 
-def _bilinear(dst: np.ndarray, n_in: int, n_out: int):
-    """Taps of `F.interpolate(..., mode="bilinear", align_corners=False)` from n_in to n_out
-    values along one axis, for output indices `dst`: (first, second, weight of the second)."""
-    src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+def cell_coords(start: int, n: int, scaled: int, src: int, stride: int = 1) -> np.ndarray:
+    """For crop pixels start..start+n-1 along an axis of `src` pixels scaled to `scaled`: the
+    (fractional) index of the cell, among values held at `stride`, that each pixel is read at
+    (cell c covers pixels c*s ... c*s + s - 1 and sits at their centre). Half-pixel centres
+    as `F.interpolate(..., align_corners=False)`; past the image's edge the edge repeats."""
+    y = np.arange(start, start + n, dtype=np.float64)
+    pix = np.clip((y + 0.5) * (src / scaled) - 0.5, 0, src - 1)
+    return np.clip((pix + 0.5) / stride - 0.5, 0, -(-src // stride) - 1)
 
 
-def taps(start: int, n: int, scaled: int, src: int, stride: int = 1):
-    """Where output pixels start..start+n of an axis of `src` pixels, scaled to `scaled`, read
-    values held at `stride` (cell c covers pixels c*s..c*s+s-1): (indices, weights), each
-    n x 4, such that out[i] = sum_k weights[i, k] * cells[indices[i, k]]. This is the store's
-    resampling to pixels (`store.upsample_logits`) followed by the scale's, folded into one
-    separable step, so only the crop's cells are read and only the crop is computed."""
-    y0, y1, wy = _bilinear(np.arange(start, start + n, dtype=np.float64), src, scaled)
-    cells = -(-src // stride)
-    index, weight = [], []
-    for y, w in [(y0, 1 - wy), (y1, wy)]:  # each pixel y is itself a blend of two cells
-        c0, c1, wc = _bilinear(y.astype(np.float64), cells, cells * stride)
-        index += [c0, c1]
-        weight += [w * (1 - wc), w * wc]
-    return np.stack(index, 1), np.stack(weight, 1).astype(np.float32)
+def crop_coords(win: Window, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) cell coordinates of every pixel of the crop window (columns reversed
+    when the window is flipped)."""
+    rows = cell_coords(win.top, win.crop, win.h, win.src_h, stride)
+    cols = cell_coords(win.left, win.crop, win.w, win.src_w, stride)
+    return rows, cols[::-1].copy() if win.flip else cols
 
 
 def cells_needed(win: Window, stride: int) -> tuple[slice, slice]:
     """The rows and columns of cells held at `stride` that the crop window reads."""
-    r, _ = taps(win.top, max(win.rows, 1), win.h, win.src_h, stride)
-    c, _ = taps(win.left, max(win.cols, 1), win.w, win.src_w, stride)
-    return slice(int(r.min()), int(r.max()) + 1), slice(int(c.min()), int(c.max()) + 1)
+    rows, cols = crop_coords(win, stride)
+    return (slice(int(rows.min()), int(np.ceil(rows.max())) + 1),
+            slice(int(cols.min()), int(np.ceil(cols.max())) + 1))  # fmt: skip
+
+
+def resample_cells(
+    cells: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, void: bool = True
+) -> torch.Tensor:
+    """Bilinear resampling of NxKxhxw cells at fractional cell coordinates (rows: NxH, cols:
+    NxW) -> NxKxHxW, one fused pass (`F.grid_sample`), on whatever device the cells are:
+    W targets are made this way on the training device from the few cells under each crop.
+    With `void`, void cells (NaN) are left out of the interpolation and a pixel is void
+    (NaN) where void cells outweigh the others, as in `store.upsample_logits`; without it the
+    caller knows there is none (no extra passes)."""
+    h, w = cells.shape[-2:]
+    gy = (2 * rows.float() + 1) / h - 1
+    gx = (2 * cols.float() + 1) / w - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)
+
+    def sample(x: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    if not void:
+        return sample(cells)
+    missing = torch.isnan(cells[:, :1])
+    weight = sample((~missing).to(cells.dtype))
+    out = sample(cells.nan_to_num(0.0)) / weight.clamp_min(1e-6)
+    return torch.where(weight >= 0.5, out, torch.nan)
 
 
 def crop_logits(
     cells: torch.Tensor, win: Window, stride: int = 1, origin: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
-    """The crop window of logits held at `stride`: KxCxC, 0 on padding, flipped with the
-    window. `cells` is Kxhxw; `origin` the index of cells[:, 0, 0] when only `cells_needed`
-    were read. Void cells (NaN) are left out of the interpolation and a pixel is void (NaN)
-    where void cells outweigh the others, as in `store.upsample_logits`."""
-    ri, rw = taps(win.top, win.rows, win.h, win.src_h, stride)
-    ci, cw = taps(win.left, win.cols, win.w, win.src_w, stride)
-    ri, ci = torch.from_numpy(ri - origin[0]), torch.from_numpy(ci - origin[1])
-    rw, cw = torch.from_numpy(rw), torch.from_numpy(cw)
-
-    def resample(x: torch.Tensor) -> torch.Tensor:
-        x = sum(x.index_select(1, ri[:, k]) * rw[:, k, None] for k in range(4))
-        return sum(x.index_select(2, ci[:, k]) * cw[:, k] for k in range(4))
-
-    cells = cells.float()
-    void = torch.isnan(cells[:1])
-    if void.any():
-        weight = resample((~void).float())
-        values = resample(cells.nan_to_num(0.0)) / weight.clamp_min(1e-6)
-        values = torch.where(weight >= 0.5, values, torch.nan)
-    else:
-        values = resample(cells)
-    out = values.new_zeros((cells.shape[0], win.crop, win.crop))
-    out[:, : win.rows, : win.cols] = values
-    return out.flip(-1) if win.flip else out
+    """The crop window (KxCxC, flipped with it) of logits held at `stride` (`cells`: Kxhxw;
+    `origin`: the index of cells[:, 0, 0] when only `cells_needed` were read)."""
+    rows, cols = crop_coords(win, stride)
+    rows = torch.from_numpy(rows - origin[0]).float()[None]
+    cols = torch.from_numpy(cols - origin[1]).float()[None]
+    cells = cells.float()[None]
+    return resample_cells(cells, rows, cols, bool(torch.isnan(cells[:, :1]).any()))[0]
 
 
 def _warp_image(image: np.ndarray, win: Window) -> np.ndarray:
