@@ -19,7 +19,7 @@ from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.data.validate import usable_ids
 from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
-from boxseg.models import BoxPathSpec, ModelSpec, build_model
+from boxseg.models import BoxPathSpec, ModelSpec, build_model, say_pretrained
 from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
 from boxseg.selfcorr import hard_cross_entropy
 
@@ -61,6 +61,7 @@ def train_anc(
     torch.manual_seed(cfg.seed)
     channels = box_channels(ds.num_classes, ds.background)
     model = build_model(spec, ds.num_classes, channels, pretrained, box_path).to(device)
+    say_pretrained(model, quiet)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     bias = None
     if constraint_loss:
@@ -88,6 +89,7 @@ def train_anc(
                     "values": None if weights is None else weights.tolist(),
                 },
                 "pretrained": pretrained,
+                "pretrained_loaded": model.backbone.pretrained,
                 "train": cfg.to_dict(),
                 "iters": iters,
             },

@@ -28,7 +28,7 @@ from boxseg.data.validate import check_image_file, usable_ids
 from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
-from boxseg.models import ModelSpec, build_model
+from boxseg.models import ModelSpec, build_model, say_pretrained
 from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
 from boxseg.selfcorr import (
     SELF_CORR_MODES,
@@ -176,6 +176,7 @@ def train_primary(
     bias = constraint_of(anc_meta, box_constraint) if anc_meta else None
     torch.manual_seed(cfg.seed)
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
+    say_pretrained(model, quiet)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     box_spec = BoxSpec.from_dict(anc_meta["boxes"]) if anc_meta else BoxSpec()
@@ -224,6 +225,7 @@ def train_primary(
                      "grad_to_primary": conv_grad_to_primary},
             "weak_weight": weak_weight, "weak_batch_size": nw, "weak_loss_scale": w_scale,
             "model": spec.to_dict(), "pretrained": pretrained,
+            "pretrained_loaded": model.backbone.pretrained,
             "class_weights": {"option": class_weights,
                               "values": None if weights is None else weights.tolist()},
             "box_constraint": box_constraint.to_dict() if anc_meta else None,

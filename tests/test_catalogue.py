@@ -176,6 +176,16 @@ def _folder_with_box(c: Ctx, bbox=None, category=None) -> list:
 
 
 Case = tuple[str, Callable[[Ctx], list], tuple[str, ...]]
+
+
+def _other_arch_weights(c) -> list:
+    """resnet18 weights given to a resnet34 backbone: they would fill only part of it."""
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), c.tmp / "r18.pth")
+    return c.anc("--backbone", "resnet34", "--pretrained", c.tmp / "r18.pth")
+
+
 CASES: list[Case] = [
     # dataset layout and split lists
     (
@@ -374,6 +384,11 @@ CASES: list[Case] = [
     ("batch size 0", lambda c: c.anc("--batch-size", "0"), ("--batch-size 0",)),
     ("crop too small", lambda c: c.anc("--crop", "8"), ("--crop 8",)),
     ("unknown backbone", lambda c: c.anc("--backbone", "vgg"), ("unknown backbone", "vgg")),
+    (
+        "pretrained weights of another architecture",
+        _other_arch_weights,
+        ("r18.pth", "tensors of a resnet34", "looks like a torchvision resnet18"),
+    ),
     ("output stride 32", lambda c: c.anc("--output-stride", "32"), ("8 or 16",)),
     ("unknown optimizer", lambda c: c.anc("--optimizer", "lamb"), ("--optimizer lamb",)),
     ("unknown amp mode", lambda c: c.anc("--amp", "fp8"), ("--amp fp8",)),

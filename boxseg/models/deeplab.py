@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from boxseg import distributed
 from boxseg.models.backbone import build_backbone
 from boxseg.models.box_encoder import BoxEncoder, BoxPathSpec, resize_boxes
 
@@ -94,3 +95,11 @@ def build_model(
 ) -> DeepLabV3Plus:
     """A primary net (no `box_channels`) or an ancillary net with the box path `box_path`."""
     return DeepLabV3Plus(spec, num_classes, box_channels, pretrained, box_path)
+
+
+def say_pretrained(model: DeepLabV3Plus, quiet: bool = False) -> None:
+    """Print which pretrained weights filled how much of the backbone (rank 0, not quiet)."""
+    loaded = model.backbone.pretrained
+    if loaded and not quiet and distributed.is_main():
+        print(f"pretrained: {loaded['tensors_filled']} of the backbone's {loaded['tensors']} "
+              f"tensors from {loaded['source']}")  # fmt: skip

@@ -63,3 +63,43 @@ def test_pretrained_from_local_state_dict(tmp_path):
         build_backbone("resnet18", 16, str(bad))
     with pytest.raises(BoxsegError, match="--pretrained"):
         build_backbone("resnet18", 16, "no/such/file.pth")
+
+
+def test_pretrained_file_of_another_architecture_is_refused_naming_it(tmp_path):
+    """A resnet18 state dict for a resnet34 backbone fills only the tensors whose names and
+    shapes match (about half): refused in one line that names what the file looks like."""
+    import torchvision
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(BoxsegError, match=r"fills \d+ of the \d+ tensors of a resnet34 backbone;") as e:
+        build_backbone("resnet34", 16, str(path))
+    assert "looks like a torchvision resnet18" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pretrained_file_that_matches_fills_every_backbone_tensor(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": ref.state_dict()}, path)  # (a wrapped state dict, as many save)
+    bb = build_backbone("resnet18", 16, str(path))
+    n = len([k for k in ref.state_dict() if not k.startswith("fc.")])
+    assert bb.pretrained == {"source": str(path), "tensors_filled": n, "tensors": n}
+    torch.testing.assert_close(bb.high[-1][-1].bn2.running_var, ref.layer4[-1].bn2.running_var)
+    assert build_backbone("resnet18", 16, "none").pretrained is None
+
+
+def test_pretrained_download_that_fails_is_one_line_naming_where_the_file_goes(monkeypatch):
+    """No network: torchvision's download raises URLError (an OSError); the user gets where
+    to put the file instead of a traceback."""
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(BoxsegError, match=r"--pretrained imagenet: cannot get https://") as e:
+        build_backbone("resnet18", 16, "imagenet")
+    assert "resnet18-" in str(e.value) and "checkpoints" in str(e.value)
+    assert "\n" not in str(e.value)
