@@ -84,8 +84,9 @@ def evaluate_pred_dir(ds: SegDataset, split: str, pred_dir: Path) -> dict:
 
 def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = False) -> dict:
     """Scores of a logits store's argmax (the pseudo-labels W gets) against the masks of its
-    images in `split`. Void pseudo-label pixels count as misses; `coverage` is the share of
-    labelled ground-truth pixels that got a pseudo-label."""
+    images in `split`: of those that have one (a user checking pseudo-labels masks a few W
+    images; `images_without_mask` counts the rest). Void pseudo-label pixels count as misses;
+    `coverage` is the share of labelled ground-truth pixels that got a pseudo-label."""
     store = LogitsStore.open(location)
     if list(store.class_names) != list(ds.class_names):
         raise BoxsegError(f"{location}: the store's classes differ from the dataset's")
@@ -95,17 +96,30 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
             f"{location}: {len(missing)} of its images are not in split '{split}' "
             f"(first: {missing[0]}); pass the --split it was made from"
         )
+    has_mask = getattr(ds, "has_mask", None)  # (the folder layout: W images may have none)
+    masked = [i for i, image_id in enumerate(store.image_ids)
+              if has_mask is None or has_mask(split, image_id)]  # fmt: skip
+    if not masked:
+        raise BoxsegError(
+            f"{location}: none of its {len(store)} images has a mask in split '{split}'; "
+            "mask a few of them (masks/<id>.png) to score the pseudo-labels"
+        )
     k = ds.num_classes
     conf = np.zeros((k + 1, k + 1), np.int64)
-    for i, image_id in enumerate(track(store.image_ids, description="eval store", disable=quiet)):
+    for i in track(masked, description="eval store", disable=quiet):
         logits = store.read_full(i)
         pred = logits.nan_to_num(float("-inf")).argmax(0)
         pred[torch.isnan(logits).any(0)] = k  # void pseudo-label
-        conf += confusion_matrix(pred, torch.from_numpy(ds.read_mask(split, image_id)), k + 1)
+        mask = ds.read_mask(split, store.image_ids[i])
+        conf += confusion_matrix(pred, torch.from_numpy(mask), k + 1)
     result = scores(conf[:k, :k], list(ds.class_names), unlabelled=conf[:k, k])
     labelled = conf[:k].sum()
     result["coverage"] = float(conf[:k, :k].sum() / labelled * 100) if labelled else 0.0
     result["method"] = store.attrs.get("method", "anc")
+    result["images_scored"], result["images_without_mask"] = len(masked), len(store) - len(masked)
+    if result["images_without_mask"] and not quiet:
+        print(f"eval: scored the {len(masked)} store images that have a mask; the other "
+              f"{result['images_without_mask']} have none")  # fmt: skip
     return result
 
 

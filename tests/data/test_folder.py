@@ -103,3 +103,28 @@ def test_pipeline_on_the_folder_layout(tmp_path, capsys):
     code, _, err = run_cli(["train-primary", root, "--out", tmp_path / "p", "--logits", store,
                             "--self-corr", "linear", *common], capsys)  # fmt: skip
     assert code == 0, err
+
+
+def test_eval_of_a_store_scores_the_weak_images_that_have_masks(tmp_path, capsys):
+    """A user masks 5 of W's 8 images to check the pseudo-labels: eval --logits scores those
+    5 and says the other 3 have none; a store none of whose images has a mask is one line."""
+    root = write_folder(
+        tmp_path / "f", n=14, with_png=(0, 1, 2, 3, 4, 5, 6, 7, 8), with_polygons=()
+    )
+    (tmp_path / "f.txt").write_text("img0\nimg1\nimg2\nimg3\n")  # F; W = img4 ... img11
+    store = tmp_path / "w.zarr"
+    code, _, err = run_cli(["gen-logits", root, "--method", "box", "--full-list",
+                            tmp_path / "f.txt", "--out", store, "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli(["eval", root, "--split", "train", "--logits", store, "--json",
+                              tmp_path / "e.json"], capsys)  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["images_scored"] == 5 and result["images_without_mask"] == 3
+    assert "scored the 5 store images that have a mask; the other 3 have none" in out
+    # box-fill of these boxes is exact where the boxes do not overlap: a high score
+    assert result["per_class_iou"]["cat"] > 80 and result["per_class_iou"]["dog"] > 80
+    for k in range(4, 9):  # now no W image has a mask
+        (root / "masks" / f"img{k}.png").unlink()
+    code, _, err = run_cli(["eval", root, "--split", "train", "--logits", store], capsys)
+    assert code == 2 and "none of its 8 images has a mask" in err

@@ -72,7 +72,9 @@ def test_pretrained_file_of_another_architecture_is_refused_naming_it(tmp_path):
 
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(BoxsegError, match=r"fills \d+ of the \d+ tensors of a resnet34 backbone;") as e:
+    with pytest.raises(
+        BoxsegError, match=r"fills \d+ of the \d+ tensors of a resnet34 backbone;"
+    ) as e:
         build_backbone("resnet34", 16, str(path))
     assert "looks like a torchvision resnet18" in str(e.value) and "\n" not in str(e.value)
 
