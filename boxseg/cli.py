@@ -532,6 +532,30 @@ def viz_cmd(
     print(f"viz: {len(written)} pictures in {out}")
 
 
+@app.command("plot")
+def plot_cmd(
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Run directories, compared on shared axes.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("curves.png"),
+    confusion: Annotated[
+        Path | None,
+        typer.Option(help="An eval --json report: draw its normalised confusion matrix."),
+    ] = None,
+    smooth: Annotated[int, typer.Option(help="Moving average of the loss over N logs.")] = 1,
+) -> None:
+    """Training curves (loss, learning rate, val mIoU) of runs, or a confusion matrix."""
+    from boxseg.plot import plot_confusion, plot_runs
+
+    if (confusion is None) == (not runs):
+        raise BoxsegError("give run directories, or --confusion EVAL.json (not both)")
+    if confusion is not None:
+        plot_confusion(confusion, out)
+    else:
+        plot_runs(runs, out, max(1, smooth))
+    print(f"plot: wrote {out}")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[
