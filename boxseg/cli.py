@@ -532,6 +532,36 @@ def viz_cmd(
     print(f"viz: {len(written)} pictures in {out}")
 
 
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="model.pt (primary, or ancillary: two inputs).")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")] = Path("model.onnx"),
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    check: Annotated[
+        bool, typer.Option(help="Compare with PyTorch in onnxruntime (when installed).")
+    ] = True,
+    size: Annotated[
+        str, typer.Option(help="Ancillary models: the fixed input size, HEIGHTxWIDTH.")
+    ] = "512x512",
+) -> None:
+    """Export a trained model to ONNX (dynamic batch; a primary model any image size)."""
+    from boxseg.export import TOLERANCE, export_onnx
+
+    try:
+        hw = tuple(int(v) for v in size.lower().split("x"))
+    except ValueError:
+        hw = ()
+    if len(hw) != 2:
+        raise BoxsegError(f"--size {size}: give HEIGHTxWIDTH, e.g. 512x512")
+    r = export_onnx(model, out, opset, check, hw)
+    diff = r.get("max_abs_diff")
+    checked = (f"; onnxruntime matches PyTorch to {diff:.1e} (tolerance {TOLERANCE:g})"
+               if diff is not None else "")  # fmt: skip
+    fixed = f", fixed size {hw[0]}x{hw[1]}" if r["size"] else ", any image size"
+    print(f"export: {r['kind']} model to {out} (opset {opset}, inputs "
+          f"{', '.join(r['inputs'])}{fixed}){checked}")  # fmt: skip
+
+
 @app.command("plot")
 def plot_cmd(
     runs: Annotated[
