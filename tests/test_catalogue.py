@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from boxseg.io import write_label_png
 from boxseg.store import LogitsStore
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+from tests.data.test_box_files import XML_BAD, YOLO_BAD, bad_box_file, write_box_folder
 
 
 @dataclass
@@ -178,6 +180,13 @@ def _folder_with_box(c: Ctx, bbox=None, category=None) -> list:
 Case = tuple[str, Callable[[Ctx], list], tuple[str, ...]]
 
 
+def _bad_box_file(c, source: str, content: str) -> list:
+    """A YOLO or VOC XML folder whose W image img4 has a malformed box file."""
+    root = write_box_folder(c.tmp / "bf", source)
+    bad_box_file(root, source, content)
+    return ["gen-logits", root, "--method", "box", "--out", c.tmp / "w.zarr", "--quiet"]
+
+
 def _other_arch_weights(c) -> list:
     """resnet18 weights given to a resnet34 backbone: they would fill only part of it."""
     import torchvision
@@ -311,6 +320,36 @@ CASES: list[Case] = [
         lambda c: _folder_with_box(c, category="zebra"),
         ("boxes.json", "unknown class name 'zebra'"),
     ),
+    *[
+        (
+            f"YOLO label file: {what}",
+            partial(_bad_box_file, source="yolo", content=content),
+            ("labels/img4.txt", needle),
+        )
+        for what, (content, needle) in zip(
+            (
+                "wrong column count",
+                "not numbers",
+                "unknown class id",
+                "box outside the image",
+                "box of zero size",
+            ),
+            YOLO_BAD,
+            strict=True,
+        )
+    ],
+    *[
+        (
+            f"VOC XML box file: {what}",
+            partial(_bad_box_file, source="voc_xml", content=content),
+            ("annotations/img4.xml", needle),
+        )
+        for what, (content, needle) in zip(
+            ("unknown class name", "corner not a number", "not well-formed XML"),
+            XML_BAD,
+            strict=True,
+        )
+    ],  # fmt: skip
     # logits stores
     (
         "store with another class order",

@@ -1,17 +1,20 @@
 """The folder layout: your own images, with boxes as annotation tools export them (docs/formats.md).
 
     DATA/classes.txt       class names, one a line (index = line number); a class named
-                           `background` is the background class
+                           `background` is the background class (YOLO: or data.yaml `names`)
     DATA/images/<stem>.jpg|.png
     DATA/masks/<stem>.png  optional class-index PNG per image (255 void)
+    DATA/<split>.txt       split lists of image stems (train.txt, val.txt, ...)
+and exactly one box source:
     DATA/boxes.json        COCO instances JSON: images (id, file_name), categories (id, name),
                            annotations (image_id, category_id, bbox [x, y, w, h], segmentation)
-    DATA/<split>.txt       split lists of image stems (train.txt, val.txt, ...)
+    DATA/labels/<stem>.txt YOLO: `class cx cy w h` lines, normalised (box_files.py)
+    DATA/annotations/<stem>.xml  PASCAL VOC XML, as LabelImg and CVAT write it
 
-An image's mask is masks/<stem>.png; failing that, when every one of its annotations has a
-segmentation, the polygons are drawn with OpenCV (larger objects first; RLE needs pycocotools);
-otherwise it has no mask, and it is a weak image. Without --num-full or --full-list, F is the
-images of the split that have a mask and W the rest.
+An image's mask is masks/<stem>.png; failing that (COCO only), when every one of its
+annotations has a segmentation, the polygons are drawn with OpenCV (larger objects first; RLE
+needs pycocotools); otherwise it has no mask, and it is a weak image. Without --num-full or
+--full-list, F is the images of the split that have a mask and W the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from boxseg.data.box_files import read_voc_xml, read_yaml_names, read_yolo
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import ClassInfo, read_class_names, read_id_list
 from boxseg.data.sample import VOID
@@ -31,10 +36,20 @@ from boxseg.errors import BoxsegError
 from boxseg.io import read_image, read_label_png
 
 BOXES_FILE = "boxes.json"
+BOX_SOURCES = {"coco": "boxes.json", "yolo": "labels/", "voc_xml": "annotations/"}
+
+
+def box_sources(root: Path) -> list[str]:
+    """The box sources present in a folder dataset (one is allowed)."""
+
+    def present(name: str) -> bool:
+        return (root / name[:-1]).is_dir() if name.endswith("/") else (root / name).is_file()
+
+    return [k for k, name in BOX_SOURCES.items() if present(name)]
 
 
 def is_folder(root: Path) -> bool:
-    return (root / "images").is_dir() and (root / BOXES_FILE).is_file()
+    return (root / "images").is_dir() and bool(box_sources(root))
 
 
 @dataclass(frozen=True)
@@ -87,7 +102,8 @@ class FolderDataset(ClassInfo):
     background: int | None
     layout: str = "folder"
     void_value: int = 255
-    boxes_from_masks = False  # boxes come from boxes.json
+    box_source: str = "coco"  # coco (boxes.json), yolo (labels/) or voc_xml (annotations/)
+    boxes_from_masks = False  # boxes come from the box files
 
     @property
     def coco(self) -> CocoBoxes:
@@ -116,6 +132,8 @@ class FolderDataset(ClassInfo):
     def has_mask(self, split: str, image_id: str) -> bool:
         if self.mask_path(split, image_id).is_file():
             return True
+        if self.box_source != "coco":
+            return False
         anns = self.coco.boxes.get(image_id, [])
         return bool(anns) and all(a.get("segmentation") for a in anns)
 
@@ -158,6 +176,20 @@ class FolderDataset(ClassInfo):
         return mask
 
     def read_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
+        """The image's boxes from its box source, as xyxy pixels; `spec.classes` filters them."""
+        if self.box_source == "coco":
+            return self._coco_boxes(split, image_id, spec)
+        if self.box_source == "yolo":
+            h, w = image_size(self.image_path(split, image_id))
+            path = self.root / "labels" / f"{image_id}.txt"
+            boxes, labels = read_yolo(path, self.num_classes, h, w)
+        else:
+            path = self.root / "annotations" / f"{image_id}.xml"
+            boxes, labels = read_voc_xml(path, self.class_names)
+        keep = np.ones(len(labels), bool) if spec.classes is None else np.isin(labels, spec.classes)
+        return boxes[keep], labels[keep]
+
+    def _coco_boxes(self, split: str, image_id: str, spec: BoxSpec):
         """The image's boxes from boxes.json (xywh -> xyxy), checked against the image size."""
         path = self.root / BOXES_FILE
         if image_id not in self.coco.boxes:
@@ -183,8 +215,30 @@ class FolderDataset(ClassInfo):
         return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image file's header."""
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, UnidentifiedImageError) as e:
+        raise BoxsegError(f"{path}: not a readable image ({e})") from e
+
+
 def open_folder(root: Path) -> FolderDataset:
+    sources = box_sources(root)
+    if len(sources) > 1:
+        found = " and ".join(f"{BOX_SOURCES[k]} ({k})" for k in sources)
+        raise BoxsegError(f"{root}: two box sources, {found}; keep exactly one")
+    source = sources[0]
     path = root / "classes.txt"
-    if not path.is_file():
-        raise BoxsegError(f"{path}: the folder layout needs a classes file (one name a line)")
-    return FolderDataset(root, *read_class_names(path))
+    if path.is_file():
+        return FolderDataset(root, *read_class_names(path), box_source=source)
+    if source == "yolo" and (root / "data.yaml").is_file():
+        names = tuple(read_yaml_names(root / "data.yaml"))
+        background = names.index("background") if "background" in names else None
+        return FolderDataset(root, names, background, box_source=source)
+    raise BoxsegError(
+        f"{path}: the folder layout needs a classes file (one name a line"
+        + ("; or data.yaml with names" if source == "yolo" else "")
+        + ")"
+    )

@@ -38,7 +38,8 @@ CAMVID_CLASSES = (
 SUPPORTED_LAYOUTS = {
     "segnet": "<split>.txt lists, <split>/ images, <split>annot/ masks (CamVid, SegNet tutorial)",
     "voc": "JPEGImages/, SegmentationClass(Aug)/, Annotations/ XML, ImageSets/ lists (VOC+SBD)",
-    "folder": "images/, masks/, boxes.json (COCO), classes.txt, <split>.txt (docs/formats.md)",
+    "folder": "images/, masks/, boxes.json (COCO) or labels/ (YOLO) or annotations/ (VOC XML), "
+    "classes.txt, <split>.txt (docs/formats.md)",
     "cityscapes": "leftImg8bit/<split>/<city>/, gtFine/<split>/<city>/ labelIds, instanceIds",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -14,13 +14,13 @@ A mask is read from SegmentationClass when there is one, else from SegmentationC
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from boxseg.data.box_files import read_voc_xml
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import ClassInfo, read_id_list
 from boxseg.data.sample import VOID
@@ -101,29 +101,9 @@ class VocDataset(ClassInfo):
         return mask
 
     def read_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
-        """Boxes of Annotations/<id>.xml (VOC's 1-based inclusive corners -> 0-based xyxy with
-        exclusive x2/y2); `spec.classes` filters them."""
-        path = self.root / "Annotations" / f"{image_id}.xml"
-        try:
-            tree = ET.parse(path)
-        except FileNotFoundError as e:
-            raise BoxsegError(f"{path}: box annotation not found") from e
-        except ET.ParseError as e:
-            raise BoxsegError(f"{path}: not valid XML ({e})") from e
-        boxes, labels = [], []
-        for obj in tree.getroot().iter("object"):
-            name = (obj.findtext("name") or "").strip()
-            if name not in self.class_names:
-                raise BoxsegError(f"{path}: unknown class name '{name}'")
-            bb = obj.find("bndbox")
-            try:
-                x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            except (AttributeError, TypeError, ValueError) as e:
-                raise BoxsegError(f"{path}: a '{name}' box lacks numeric corners") from e
-            if not all(np.isfinite([x1, y1, x2, y2])) or x2 < x1 or y2 < y1 or min(x1, y1) < 0:
-                raise BoxsegError(f"{path}: bad '{name}' box ({x1}, {y1}, {x2}, {y2})")
-            label = self.class_names.index(name)
-            if spec.classes is None or label in spec.classes:
-                boxes.append([x1 - 1, y1 - 1, x2, y2])
-                labels.append(label)
-        return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+        """Boxes of Annotations/<id>.xml (box_files.read_voc_xml: VOC's 1-based inclusive
+        corners -> 0-based xyxy, x2/y2 exclusive); `spec.classes` filters them."""
+        boxes, labels = read_voc_xml(self.root / "Annotations" / f"{image_id}.xml",
+                                     self.class_names)  # fmt: skip
+        keep = np.ones(len(labels), bool) if spec.classes is None else np.isin(labels, spec.classes)
+        return boxes[keep], labels[keep]
