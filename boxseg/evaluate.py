@@ -96,9 +96,8 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
             f"{location}: {len(missing)} of its images are not in split '{split}' "
             f"(first: {missing[0]}); pass the --split it was made from"
         )
-    has_mask = getattr(ds, "has_mask", None)  # (the folder layout: W images may have none)
-    masked = [i for i, image_id in enumerate(store.image_ids)
-              if has_mask is None or has_mask(split, image_id)]  # fmt: skip
+    # (in the folder layout W images may have no mask; elsewhere every image has one)
+    masked = [i for i, image_id in enumerate(store.image_ids) if ds.has_mask(split, image_id)]
     if not masked:
         raise BoxsegError(
             f"{location}: none of its {len(store)} images has a mask in split '{split}'; "

@@ -59,8 +59,8 @@ def test_self_training_store_from_a_primary_model_reads_no_mask(pipeline, f_only
     def no_masks(*a, **k):
         raise AssertionError("a W mask was read")
 
-    monkeypatch.setattr(formats.SegDataset, "read_boxes", no_masks, raising=False)
-    monkeypatch.setattr(formats.SegDataset, "read_mask", no_masks, raising=False)
+    monkeypatch.setattr(formats.SegnetDataset, "read_boxes", no_masks, raising=False)
+    monkeypatch.setattr(formats.SegnetDataset, "read_mask", no_masks, raising=False)
     store = gen_logits(pipeline["data"], f_only, str(tmp_path / "self.zarr"), SPLIT,
                        device="cpu", quiet=True)  # fmt: skip
     with pytest.raises(AssertionError, match="W mask"):  # the patch does stop a boxed run

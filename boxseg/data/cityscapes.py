@@ -20,10 +20,10 @@ import numpy as np
 
 from boxseg.data.box_cache import derived_boxes
 from boxseg.data.boxes import BoxSpec, boxes_from_mask
-from boxseg.data.formats import ClassInfo
+from boxseg.data.reader import ReaderBase
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
-from boxseg.io import read_image, read_label_png
+from boxseg.io import read_label_png
 
 TRAIN_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign",
@@ -43,7 +43,7 @@ def is_cityscapes(root: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class CityscapesDataset(ClassInfo):
+class CityscapesDataset(ReaderBase):
     root: Path
     layout: str = "cityscapes"
     class_names: tuple[str, ...] = TRAIN_CLASSES
@@ -72,9 +72,6 @@ class CityscapesDataset(ClassInfo):
 
     def mask_path(self, split: str, image_id: str) -> Path:
         return self.root / "gtFine" / split / f"{image_id}_gtFine_labelIds.png"
-
-    def read_image(self, split: str, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(split, image_id))
 
     def read_mask(self, split: str, image_id: str) -> np.ndarray:
         """Train ids (0..18), void 255."""

@@ -30,10 +30,10 @@ from PIL import Image, UnidentifiedImageError
 
 from boxseg.data.box_files import read_voc_xml, read_yaml_names, read_yolo
 from boxseg.data.boxes import BoxSpec
-from boxseg.data.formats import ClassInfo, read_class_names, read_id_list
+from boxseg.data.reader import ReaderBase, check_mask, read_class_names, read_id_list
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
-from boxseg.io import read_image, read_label_png
+from boxseg.io import read_label_png
 
 BOXES_FILE = "boxes.json"
 BOX_SOURCES = {"coco": "boxes.json", "yolo": "labels/", "voc_xml": "annotations/"}
@@ -96,7 +96,7 @@ def read_coco(path: Path, mtime: float, class_names: tuple[str, ...]) -> CocoBox
 
 
 @dataclass(frozen=True)
-class FolderDataset(ClassInfo):
+class FolderDataset(ReaderBase):
     root: Path
     class_names: tuple[str, ...]
     background: int | None
@@ -104,6 +104,7 @@ class FolderDataset(ClassInfo):
     void_value: int = 255
     box_source: str = "coco"  # coco (boxes.json), yolo (labels/) or voc_xml (annotations/)
     boxes_from_masks = False  # boxes come from the box files
+    masks_mark_full = True  # the images with a mask are F unless told otherwise
 
     @property
     def coco(self) -> CocoBoxes:
@@ -137,9 +138,6 @@ class FolderDataset(ClassInfo):
         anns = self.coco.boxes.get(image_id, [])
         return bool(anns) and all(a.get("segmentation") for a in anns)
 
-    def read_image(self, split: str, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(split, image_id))
-
     def read_mask(self, split: str, image_id: str) -> np.ndarray:
         path = self.mask_path(split, image_id)
         if path.is_file():
@@ -148,11 +146,7 @@ class FolderDataset(ClassInfo):
             mask = self._draw_segmentations(image_id)
         else:
             raise BoxsegError(f"{path}: no mask for this image (it is a weak image)")
-        bad = (mask >= self.num_classes) & (mask != VOID)
-        if bad.any():
-            raise BoxsegError(f"{path}: class id {int(mask[bad].max())} out of range "
-                              f"(0..{self.num_classes - 1}, void 255)")  # fmt: skip
-        return mask
+        return check_mask(mask, path, self.num_classes)
 
     def _draw_segmentations(self, image_id: str) -> np.ndarray:
         """A class mask from the image's COCO segmentations, larger objects drawn first."""

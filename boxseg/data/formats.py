@@ -1,7 +1,7 @@
-"""Dataset readers. A layout is detected from the directory; each reader returns `Sample`s.
+"""Dataset readers. A layout is detected from the directory (`open_dataset`); every reader
+satisfies `reader.SegDataset`, and `load_full` / `load_weak` make its `Sample`s.
 
-Supported layouts (voc.py, cityscapes.py and folder.py hold the other readers, with the same
-methods):
+Supported layouts (voc.py, cityscapes.py and folder.py hold the other readers):
 - segnet: the SegNet/CamVid layout: `<split>.txt` (one stem a line, or SegNet's
   "image-path mask-path" lines), `<split>/<stem>.png|.jpg` images and `<split>annot/<stem>.png`
   class-index masks. Class names come from an optional `classes.txt` (one name a line, index =
@@ -16,11 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from boxseg.data import cityscapes, folder, voc
 from boxseg.data.box_cache import derived_boxes
 from boxseg.data.boxes import BoxSpec, boxes_from_mask
+from boxseg.data.reader import ReaderBase, SegDataset, check_mask, read_class_names, read_id_list
 from boxseg.data.sample import VOID, Sample
 from boxseg.errors import BoxsegError
-from boxseg.io import read_image, read_label_png
+from boxseg.io import read_label_png
+
+__all__ = ["SegDataset", "SegnetDataset", "load_full", "load_weak", "open_dataset"]
 
 CAMVID_CLASSES = (
     "sky",
@@ -45,47 +49,9 @@ SUPPORTED_LAYOUTS = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def read_id_list(path: Path) -> list[str]:
-    """Image ids of a split list (first word of each line, as a stem); clear errors for an empty
-    list or duplicates."""
-    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise BoxsegError(f"{path}: the split list is empty")
-    if len(set(ids)) != len(ids):
-        raise BoxsegError(f"{path}: duplicate image ids in the split list")
-    return ids
-
-
-def read_class_names(path: Path) -> tuple[tuple[str, ...], int | None]:
-    """Class names of a classes file (one a line, index = line number) and the index of the
-    class called `background` (None if there is none)."""
-    names = tuple(n.strip() for n in path.read_text().splitlines() if n.strip())
-    if not names:
-        raise BoxsegError(f"{path}: no class names")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise BoxsegError(f"{path}: duplicate class name '{dup[0]}'")
-    if len(names) > 255:
-        raise BoxsegError(f"{path}: at most 255 classes are supported")
-    return names, names.index("background") if "background" in names else None
-
-
-class ClassInfo:
-    """What every reader says of its classes (readers are frozen dataclasses with `root`,
-    `layout` and `class_names`)."""
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def describe(self) -> dict:
-        names = list(self.class_names)
-        return {"root": str(self.root), "layout": self.layout, "class_names": names}
-
-
 @dataclass(frozen=True)
-class SegDataset(ClassInfo):
-    """A dataset on disk: where it is, its classes, and how its files are named."""
+class SegnetDataset(ReaderBase):
+    """The segnet layout (CamVid): split lists, image folders, mask folders; no box files."""
 
     root: Path
     layout: str
@@ -95,8 +61,6 @@ class SegDataset(ClassInfo):
 
     def has_split(self, split: str) -> bool:
         return (self.root / f"{split}.txt").is_file()
-
-    boxes_from_masks = True  # no box annotations: boxes are derived from masks
 
     def ids(self, split: str) -> list[str]:
         """Image ids of a split, in file order; a clear error for a missing or empty list."""
@@ -118,22 +82,13 @@ class SegDataset(ClassInfo):
     def mask_path(self, split: str, image_id: str) -> Path:
         return self.root / f"{split}annot" / f"{image_id}.png"
 
-    def read_image(self, split: str, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(split, image_id))
-
     def read_mask(self, split: str, image_id: str) -> np.ndarray:
         """The mask with void mapped to VOID; class ids out of range are an error."""
         path = self.mask_path(split, image_id)
         raw = read_label_png(path)
         mask = raw.copy()
         mask[raw == self.void_value] = VOID
-        bad = (mask >= self.num_classes) & (mask != VOID)
-        if bad.any():
-            raise BoxsegError(
-                f"{path}: class id {int(mask[bad].max())} out of range "
-                f"(0..{self.num_classes - 1}, void {self.void_value})"
-            )
-        return mask
+        return check_mask(mask, path, self.num_classes, self.void_value)
 
     def read_boxes(
         self, split: str, image_id: str, spec: BoxSpec, mask: np.ndarray | None = None
@@ -150,12 +105,12 @@ class SegDataset(ClassInfo):
                              (self.num_classes, self.background, self.void_value))  # fmt: skip
 
 
-def _open_segnet(root: Path) -> SegDataset:
+def _open_segnet(root: Path) -> SegnetDataset:
     classes_file = root / "classes.txt"
     if classes_file.is_file():
         names, background = read_class_names(classes_file)
-        return SegDataset(root, "segnet", names, 255, background)
-    return SegDataset(root, "segnet", CAMVID_CLASSES, len(CAMVID_CLASSES), None)
+        return SegnetDataset(root, "segnet", names, 255, background)
+    return SegnetDataset(root, "segnet", CAMVID_CLASSES, len(CAMVID_CLASSES), None)
 
 
 def _is_segnet(root: Path) -> bool:
@@ -169,8 +124,6 @@ def open_dataset(root: Path | str) -> SegDataset:
     root = Path(root)
     if not root.is_dir():
         raise BoxsegError(f"{root}: dataset directory not found")
-    from boxseg.data import cityscapes, folder, voc  # readers of the other layouts
-
     if cityscapes.is_cityscapes(root):
         return cityscapes.CityscapesDataset(root)
     if voc.is_voc(root):

@@ -78,7 +78,7 @@ def split_dataset(ds, spec: SplitSpec) -> tuple[list[str], list[str]]:
     """(F ids, W ids) of a dataset's split. Without --num-full or --full-list, a dataset that
     knows which images have masks (the folder layout) gives F = those, W = the rest."""
     ids = ds.ids(spec.split)
-    if spec.num_full is None and spec.full_list is None and hasattr(ds, "has_mask"):
+    if spec.num_full is None and spec.full_list is None and ds.masks_mark_full:
         full = [i for i in ids if ds.has_mask(spec.split, i)]
         if not full:
             raise BoxsegError(f"no image of split '{spec.split}' has a mask: F would be empty")

@@ -22,10 +22,8 @@ from PIL import Image
 
 from boxseg.data.box_files import read_voc_xml
 from boxseg.data.boxes import BoxSpec
-from boxseg.data.formats import ClassInfo, read_id_list
-from boxseg.data.sample import VOID
+from boxseg.data.reader import ReaderBase, check_mask, read_id_list
 from boxseg.errors import BoxsegError
-from boxseg.io import read_image
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -54,7 +52,7 @@ def read_index_png(path: Path) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class VocDataset(ClassInfo):
+class VocDataset(ReaderBase):
     root: Path
     layout: str = "voc"
     class_names: tuple[str, ...] = VOC_CLASSES
@@ -88,17 +86,10 @@ class VocDataset(ClassInfo):
         voc = self.root / "SegmentationClass" / f"{image_id}.png"
         return voc if voc.is_file() else self.root / "SegmentationClassAug" / f"{image_id}.png"
 
-    def read_image(self, split: str, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(split, image_id))
-
     def read_mask(self, split: str, image_id: str) -> np.ndarray:
         path = self.mask_path(split, image_id)
         mask = read_index_png(path)
-        bad = (mask >= self.num_classes) & (mask != VOID)
-        if bad.any():
-            raise BoxsegError(f"{path}: class id {int(mask[bad].max())} out of range "
-                              f"(0..{self.num_classes - 1}, void 255)")  # fmt: skip
-        return mask
+        return check_mask(mask, path, self.num_classes)
 
     def read_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
         """Boxes of Annotations/<id>.xml (box_files.read_voc_xml: VOC's 1-based inclusive

@@ -8,7 +8,7 @@ import pytest
 
 from boxseg.data import box_cache
 from boxseg.data.boxes import BoxSpec
-from boxseg.data.formats import SegDataset, open_dataset
+from boxseg.data.formats import SegnetDataset, open_dataset
 from boxseg.io import write_label_png
 
 
@@ -29,7 +29,7 @@ def test_boxes_are_derived_once_per_file(data, monkeypatch):
     def no_mask(*a, **k):
         raise AssertionError("the mask was read again")
 
-    monkeypatch.setattr(SegDataset, "read_mask", no_mask)
+    monkeypatch.setattr(SegnetDataset, "read_mask", no_mask)
     again = ds.read_boxes("train", image_id, BoxSpec(4))
     np.testing.assert_array_equal(again[0], first[0])
     np.testing.assert_array_equal(again[1], first[1])
