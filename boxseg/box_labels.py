@@ -18,7 +18,7 @@ import torch
 
 from boxseg.data.sample import VOID
 
-METHODS = ("anc", "box", "grabcut")
+METHODS = ("anc", "box", "grabcut", "sam")
 
 
 def painting_order(boxes: np.ndarray) -> np.ndarray:

@@ -237,7 +237,7 @@ def gen_logits_cmd(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="anc (the ancillary net), box (box-fill) or grabcut.")
+        str, typer.Option(help="anc (the ancillary net), box (box-fill), grabcut or sam.")
     ] = "anc",
     num_full: NumFull = None,
     seed_split: SplitSeed = 0,
@@ -257,6 +257,10 @@ def gen_logits_cmd(
     box_min_area: Annotated[
         int, typer.Option(help="box/grabcut: smallest component (pixels) that gets a box.")
     ] = 16,
+    sam_checkpoint: Annotated[
+        str | None, typer.Option(help="sam: SAM's weights file (segment-anything).")
+    ] = None,
+    sam_model: Annotated[str, typer.Option(help="sam: vit_b, vit_l or vit_h.")] = "vit_b",
     workers: Annotated[
         int | None,
         typer.Option(
@@ -287,7 +291,8 @@ def gen_logits_cmd(
         raise BoxsegError(f"--method {method}: choose from {', '.join(METHODS)}")
     box_method = None
     if method != "anc":
-        box_method = BoxMethod(method, confidence, grabcut_iters, grabcut_margin, box_min_area)
+        box_method = BoxMethod(method, confidence, grabcut_iters, grabcut_margin, box_min_area,
+                               sam_checkpoint, sam_model)  # fmt: skip
     store = gen_logits(
         data,
         model,

@@ -1,5 +1,6 @@
 """`boxseg gen-logits`: fill the logits store for W, from the ancillary net (`--method anc`) or
-from the boxes alone (`box`: box-fill, `grabcut`: OpenCV GrabCut; see box_labels.py). Given a
+from the boxes alone (`box`: box-fill, `grabcut`: OpenCV GrabCut, see box_labels.py; `sam`:
+Segment Anything prompted with the boxes, sam_labels.py). Given a
 primary model.pt instead, `--model` writes that net's own logits (method "primary"): the
 targets of self-training, the no-box baseline, made from the images alone.
 
@@ -46,6 +47,7 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
 from boxseg.inference import batch_inputs
+from boxseg.sam_labels import load_sam, sam_fill
 from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
@@ -62,6 +64,8 @@ class BoxMethod:
     grabcut_iters: int = 5
     grabcut_margin: int = 0  # pixels added around each box for GrabCut's rectangle
     box_min_area: int = 16
+    sam_checkpoint: str | None = None  # SAM's weights file (--method sam)
+    sam_model: str = "vit_b"  # its architecture: vit_b, vit_l or vit_h
 
     def validate(self) -> None:
         if not 0 < self.confidence < 1:
@@ -70,6 +74,12 @@ class BoxMethod:
             raise BoxsegError(f"--grabcut-iters {self.grabcut_iters}: must be at least 1")
         if self.grabcut_margin < 0:
             raise BoxsegError(f"--grabcut-margin {self.grabcut_margin}: must be >= 0")
+
+
+def sam_label_map(ds: SegDataset, split: str, opts: BoxMethod, predictor, image_id: str):
+    """One weak image's label map from SAM's masks for its boxes (in this process)."""
+    s = load_weak(ds, split, image_id, BoxSpec(opts.box_min_area))
+    return sam_fill(predictor, s.image, s.boxes, s.labels, ds.background)
 
 
 def box_label_map(ds: SegDataset, split: str, opts: BoxMethod, image_id: str):
@@ -96,10 +106,13 @@ def gen_logits(
     skip_bad: bool = False,
     batch_size: int = 8,
     constraint: BoxConstraint | None = None,
+    sam_predictor=None,
 ) -> LogitsStore:
     """Write (or finish) the store at `out` for every W image of the split: from the ancillary
     model at `model_path` (`batch_size` images per forward pass; box-consistent unless
-    `constraint` is disabled: box_constraint.py), or (with `box_method`) from the boxes alone."""
+    `constraint` is disabled: box_constraint.py), or (with `box_method`) from the boxes alone
+    (box-fill, GrabCut, or SAM prompted with them: `sam_predictor`, or one loaded from
+    `box_method.sam_checkpoint`)."""
     constraint = BoxConstraint() if constraint is None else constraint
     constraint.validate()
     if stride < 1:
@@ -124,6 +137,8 @@ def gen_logits(
     if box_method is None:
         model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
+    elif box_method.method == "sam" and sam_predictor is None:
+        sam_predictor = load_sam(box_method.sam_checkpoint, box_method.sam_model, dev)
     # W's masks are read (for boxes) only where boxes come from masks and boxes are used
     uses_boxes = meta is None or meta["kind"] == "ancillary"
     all_weak = weak_ids
@@ -138,8 +153,9 @@ def gen_logits(
         provenance = {"method": "primary", "checkpoint_sha256": file_sha256(model_path),
                       "box_constraint": None}  # fmt: skip
     else:
+        sam_file = box_method.sam_checkpoint if box_method.method == "sam" else None
         provenance = {"method": box_method.method, "method_options": asdict(box_method),
-                      "checkpoint_sha256": None}  # fmt: skip
+                      "checkpoint_sha256": file_sha256(sam_file) if sam_file else None}  # fmt: skip
     provenance["skipped_ids"] = sorted(set(all_weak) - set(weak_ids))
     if distributed.is_main():  # one rank creates (or checks) the store, then all open it
         store = _open_or_create(out, ds, split, weak_ids, stride, provenance, overwrite, dtype)
@@ -156,6 +172,8 @@ def gen_logits(
         _fill(store, todo, logits, quiet, "gen-logits")
     else:
         label_map = partial(box_label_map, ds, split.split, box_method)
+        if box_method.method == "sam":
+            label_map = partial(sam_label_map, ds, split.split, box_method, sam_predictor)
         ids = [store.image_ids[i] for i in todo]
         to_logits = partial(labels_to_logits, num_classes=ds.num_classes,
                             confidence=box_method.confidence)  # fmt: skip
@@ -171,6 +189,8 @@ def gen_logits(
             _fill(store, todo, results(), quiet, f"gen-logits {box_method.method}")
         if box_method.method == "grabcut" and not quiet and distributed.is_main():
             print(f"gen-logits: GrabCut fell back to box-fill for {fallbacks[0]} boxes")
+        if box_method.method == "sam" and not quiet and distributed.is_main():
+            print(f"gen-logits: SAM gave an empty mask for {fallbacks[0]} boxes")
     distributed.barrier()  # every rank's share is written before anyone reads the store
     return LogitsStore.open(out)
 
