@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -185,6 +186,12 @@ def _bad_box_file(c, source: str, content: str) -> list:
     root = write_box_folder(c.tmp / "bf", source)
     bad_box_file(root, source, content)
     return ["gen-logits", root, "--method", "box", "--out", c.tmp / "w.zarr", "--quiet"]
+
+
+def _sam(c, checkpoint=None) -> list:
+    more = [] if checkpoint is None else ["--sam-checkpoint", checkpoint]
+    return ["gen-logits", c.data(), "--method", "sam", "--out", c.tmp / "s.zarr", "--num-full",
+            "4", *more]  # fmt: skip
 
 
 def _other_arch_weights(c) -> list:
@@ -434,6 +441,21 @@ CASES: list[Case] = [
     ("stride 0", lambda c: c.gen("--stride", "0"), ("--stride 0",)),
     ("unknown store dtype", lambda c: c.gen("--dtype", "int4"), ("--dtype int4",)),
     ("unknown gen-logits method", lambda c: c.gen("--method", "magic"), ("--method magic",)),
+    (
+        "--method sam without a checkpoint",
+        lambda c: _sam(c),
+        ("--method sam needs --sam-checkpoint PATH", "none is downloaded"),
+    ),
+    (
+        "--method sam without the package",
+        lambda c: c.monkeypatch.setitem(sys.modules, "segment_anything", None) or _sam(c),
+        ("pip install 'boxseg[sam]'",),
+    ),
+    (
+        "SAM checkpoint not a SAM file",
+        lambda c: (c.tmp / "junk.pth").write_bytes(b"junk") and _sam(c, c.tmp / "junk.pth"),
+        ("junk.pth", "not a SAM vit_b checkpoint"),
+    ),
     (
         "box confidence out of range",
         lambda c: c.gen("--method", "box", "--confidence", "1.5"),
