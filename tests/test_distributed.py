@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 
 from boxseg.store import LogitsStore
@@ -52,3 +53,37 @@ def test_two_ranks_train_anc_gen_logits_and_train_primary(tiny_data, tmp_path):
         assert (tmp_path / run / "model.pt").is_file()
         config = json.loads((tmp_path / run / "config.json").read_text())
         assert config["environment"]["world_size"] == 2
+    check_conv_two_ranks_like_one(tiny_data, tmp_path, model, common)
+
+
+def _params(state: dict) -> torch.Tensor:
+    return torch.cat([v.flatten().float() for k, v in sorted(state.items())
+                      if v.is_floating_point() and "running" not in k])  # fmt: skip
+
+
+def _conv_run(data, out, anc, args) -> dict:
+    """A one-process conv run; returns its model.pt."""
+    subprocess.run([sys.executable, "-m", "boxseg", "train-primary", *map(str, [
+        data, "--out", out, "--anc-model", anc, "--self-corr", "conv", "--conv-warmup", "1",
+        "--allow-full-anc", *args])], env=ENV, check=True, timeout=300)  # fmt: skip
+    return torch.load(out / "model.pt", weights_only=False)
+
+
+def check_conv_two_ranks_like_one(data, tmp_path, anc, common) -> None:
+    """Two ranks of batch 2 see, step by step, the images one process of batch 4 sees (the
+    epoch's permutation interleaved over the ranks, the same augmentation seeds) and average
+    their gradients. So: the same schedule (steps, stage 2, alpha, merger), and a merger g
+    (no BatchNorm) that ends much closer to the one-process run's than a run on other data
+    does. (The primary nets differ by their BatchNorm statistics over 2 vs 4 images, which at
+    this size dominate a 4-step run, so their weights are not compared.)"""
+    one = list(common)
+    one[one.index("--batch-size") + 1] = "4"
+    m1 = _conv_run(data, tmp_path / "conv1", anc, one)
+    other = _conv_run(data, tmp_path / "conv_other", anc, [*one, "--seed-split", "1"])
+    c1, c2 = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("conv1", "conv"))
+    for key in ("iters", "w_steps", "stage2_steps", "conv", "alpha", "weak_loss_scale"):
+        assert c1[key] == c2[key], key
+    m2 = torch.load(tmp_path / "conv" / "model.pt", weights_only=False)
+    g1, g2, g3 = (_params(m["merger_state_dict"]) for m in (m1, m2, other))
+    assert (g2 - g1).norm() < 0.5 * (g3 - g1).norm(), (float((g2 - g1).norm()),
+                                                        float((g3 - g1).norm()))  # fmt: skip
