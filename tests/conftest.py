@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -76,3 +77,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def cli_pipeline(root: Path, tmp_path: Path, capsys) -> dict:
+    """train-anc -> gen-logits -> train-primary (linear) through the CLI on a tiny budget;
+    returns the ancillary run's config.json."""
+    common = [*TINY_MODEL, *TINY_TRAIN]
+    code, _, err = run_cli(["train-anc", root, "--out", tmp_path / "a", *common], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["gen-logits", root, "--model", tmp_path / "a" / "model.pt", "--out",
+                            tmp_path / "w.zarr", "--device", "cpu", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    store = tmp_path / "w.zarr"
+    code, _, err = run_cli(["train-primary", root, "--out", tmp_path / "p", "--logits", store,
+                            "--self-corr", "linear", *common], capsys)  # fmt: skip
+    assert code == 0, err
+    return json.loads((tmp_path / "a" / "config.json").read_text())

@@ -199,19 +199,21 @@ def apply(x: Aligned, p: AugParams, crop: int) -> Aligned:
     mask = None if x.mask is None else _nearest(x.mask, win, VOID)
     logits = None if x.logits is None else crop_logits(x.logits, win)
     boxes, labels = (None, x.labels) if x.boxes is None else _crop_boxes(x.boxes, x.labels, win)
-    if p.flip:
+    return _flip_and_pack(Aligned(image, mask, boxes, labels, logits, valid), p.flip, crop)
+
+
+def _flip_and_pack(a: Aligned, flip: bool, crop: int) -> Aligned:
+    """Mirror the crop's image, valid map, mask and boxes when `flip` (its logits come
+    mirrored already), and make the arrays contiguous."""
+    image, mask, valid, boxes = a.image, a.mask, a.valid, a.boxes
+    if flip:
         image, valid = image[:, ::-1], valid[:, ::-1]
         mask = None if mask is None else mask[:, ::-1]
         if boxes is not None:
             boxes = np.stack([crop - boxes[:, 2], boxes[:, 1], crop - boxes[:, 0], boxes[:, 3]], 1)
-    return Aligned(
-        np.ascontiguousarray(image),
-        None if mask is None else np.ascontiguousarray(mask),
-        boxes,
-        labels,
-        logits,
-        np.ascontiguousarray(valid),
-    )
+    contiguous = np.ascontiguousarray
+    return Aligned(contiguous(image), None if mask is None else contiguous(mask), boxes, a.labels,
+                   a.logits, contiguous(valid))  # fmt: skip
 
 
 def resize_then_crop(x: Aligned, p: AugParams, crop: int) -> Aligned:
@@ -254,20 +256,10 @@ def resize_then_crop(x: Aligned, p: AugParams, crop: int) -> Aligned:
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, labels = boxes[keep], None if labels is None else labels[keep]
 
-    if p.flip:
-        cw = image.shape[1]
-        image, valid = image[:, ::-1], valid[:, ::-1]
-        mask = None if mask is None else mask[:, ::-1]
-        logits = None if logits is None else logits.flip(-1)
-        if boxes is not None:
-            boxes = np.stack([cw - boxes[:, 2], boxes[:, 1], cw - boxes[:, 0], boxes[:, 3]], 1)
-    return Aligned(
-        np.ascontiguousarray(image),
-        None if mask is None else np.ascontiguousarray(mask),
-        boxes,
-        labels,
-        logits,
-        np.ascontiguousarray(valid),
+    if p.flip and logits is not None:
+        logits = logits.flip(-1)
+    return _flip_and_pack(
+        Aligned(image, mask, boxes, labels, logits, valid), p.flip, image.shape[1]
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
 from boxseg.io import write_image, write_label_png
-from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+from tests.conftest import cli_pipeline, run_cli
 
 CLASSES = ["background", "cat", "dog"]
 CAT, DOG = (4, 4, 20, 12), (20, 20, 30, 30)  # x1, y1, x2, y2 (exclusive) on 32x32 images
@@ -82,17 +82,7 @@ def test_boxes_read_as_the_pixels_they_cover(tmp_path, source, names):
 @pytest.mark.parametrize("source", ["yolo", "voc_xml"])
 def test_pipeline_on_yolo_and_voc_xml_folders(tmp_path, capsys, source):
     root = write_box_folder(tmp_path / "d", source)
-    common = [*TINY_MODEL, *TINY_TRAIN]
-    code, _, err = run_cli(["train-anc", root, "--out", tmp_path / "a", *common], capsys)
-    assert code == 0, err
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["num_full"] == 3  # masked
-    code, _, err = run_cli(["gen-logits", root, "--model", tmp_path / "a" / "model.pt", "--out",
-                            tmp_path / "w.zarr", "--device", "cpu", "--quiet"], capsys)  # fmt: skip
-    assert code == 0, err
-    store = tmp_path / "w.zarr"
-    code, _, err = run_cli(["train-primary", root, "--out", tmp_path / "p", "--logits", store,
-                            "--self-corr", "linear", *common], capsys)  # fmt: skip
-    assert code == 0, err
+    assert cli_pipeline(root, tmp_path, capsys)["num_full"] == 3  # the masked train images
     code, _, err = run_cli(["eval", root, "--model", tmp_path / "p" / "model.pt", "--json",
                             tmp_path / "e.json"], capsys)  # fmt: skip
     assert code == 0, err

@@ -12,7 +12,7 @@ from boxseg.data.sample import VOID
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.errors import BoxsegError
 from boxseg.io import write_image, write_label_png
-from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+from tests.conftest import cli_pipeline, run_cli
 
 CLASSES = ["background", "cat", "dog"]
 
@@ -92,17 +92,7 @@ def test_unknown_class_name(tmp_path):
 
 def test_pipeline_on_the_folder_layout(tmp_path, capsys):
     root = write_folder(tmp_path / "f", n=10, with_png=(0, 1, 2, 8, 9), with_polygons=(3,))
-    common = [*TINY_MODEL, *TINY_TRAIN]
-    code, _, err = run_cli(["train-anc", root, "--out", tmp_path / "a", *common], capsys)
-    assert code == 0, err
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["num_full"] == 4
-    code, _, err = run_cli(["gen-logits", root, "--model", tmp_path / "a" / "model.pt", "--out",
-                            tmp_path / "w.zarr", "--device", "cpu", "--quiet"], capsys)  # fmt: skip
-    assert code == 0, err
-    store = tmp_path / "w.zarr"
-    code, _, err = run_cli(["train-primary", root, "--out", tmp_path / "p", "--logits", store,
-                            "--self-corr", "linear", *common], capsys)  # fmt: skip
-    assert code == 0, err
+    assert cli_pipeline(root, tmp_path, capsys)["num_full"] == 4
 
 
 def test_eval_of_a_store_scores_the_weak_images_that_have_masks(tmp_path, capsys):
