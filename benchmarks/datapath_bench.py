@@ -242,12 +242,14 @@ def in_fresh_process(args: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--images", type=int, default=8, help="images of the sample measurements")
+    ap.add_argument("--gen-images", type=int, default=32, help="images of the gen-logits runs")
     ap.add_argument("--samples", type=int, default=24, help="samples per measurement")
     ap.add_argument("--crop", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement")
     ap.add_argument("--work", type=Path, help="keep the generated data here (default: temp)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only-gen", action="store_true", help="the gen-logits measurement alone")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement
     args = ap.parse_args()
     if args.one:
@@ -274,7 +276,7 @@ def main() -> None:
     print(f"{cores} cores, torch {torch.__version__}, crop {args.crop}, scale 0.5-2.0")
 
     rows = []
-    for workers in (0, 2):
+    for workers in () if args.only_gen else (0, 2):
         for variant in ("before", "after"):
             for kind in KINDS:
                 runs = [in_fresh_process(["--samples", str(args.samples), "--crop",
@@ -301,7 +303,7 @@ def main() -> None:
                     (kind, variant, workers))  # fmt: skip
 
     ratios = {}
-    for variant in ("before", "after"):
+    for variant in () if args.only_gen else ("before", "after"):
         for workers in (0, 2):
             f, w = pick("F", variant, workers), pick("W", variant, workers)
             ratios[f"{variant}_{workers}w"] = {"w_over_f_time": w["seconds"] / f["seconds"]}
@@ -312,11 +314,15 @@ def main() -> None:
                 line += f", W/F peak memory {mem:.2f}x"
             print(line)
 
+    gen_root = work / "cs_gen"  # more images: the pipeline's start-up is not what is measured
+    if not (gen_root / "leftImg8bit").is_dir():
+        write_cityscapes_like(gen_root, args.gen_images, seed=1)
     gen = []
     for workers, depth in ((0, 0), (0, 2), (2, 2)):
-        runs = [in_fresh_process(["--one", "gen", str(root), str(work / f"g{workers}{depth}.zarr"),
-                                  str(workers), str(depth), "2"])
-                for _ in range(args.repeats)]  # fmt: skip
+        runs = [in_fresh_process(["--one", "gen", str(gen_root),
+                                  str(work / f"g{workers}{depth}_{k}.zarr"), str(workers),
+                                  str(depth), "2"])
+                for k in range(args.repeats)]  # fmt: skip
         r = runs[0] | {"images_per_s": statistics.median(x["images_per_s"] for x in runs)}
         gen.append(r)
         how = f"{workers} reader processes, " + ("writer thread" if depth else "writes in line")

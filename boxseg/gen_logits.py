@@ -243,10 +243,13 @@ def forward_passes(
 
 
 class PassReader(torch.utils.data.Dataset):
-    """Item k: the inputs of forward pass k, read and prepared (in DataLoader workers): the
-    images, their boxes derived and rasterised, and the box constraint's bias already pooled
-    to the store's grid. A user mistake comes back as the BoxsegError itself (raised by the
-    main process as one line, not as a worker's traceback)."""
+    """Item k: what forward pass k needs from disk, read in DataLoader workers: its images
+    (N x H x W x 3 uint8, stacked) and their boxes, derived where they come from masks. Only
+    that crosses between processes: the net's float inputs (normalised images, box rasters,
+    the box constraint's bias: K x H x W each) are made from them next to the net, where a
+    GPU would make them, instead of shipping 30 times the bytes. A user mistake comes back as
+    the BoxsegError itself (raised by the main process as one line, not a worker's
+    traceback)."""
 
     def __init__(self, ds: SegDataset, split: str, store: LogitsStore,
                  passes: list[tuple[int, list[int]]], meta: dict, box_spec: BoxSpec | None,
@@ -277,12 +280,13 @@ class PassReader(torch.utils.data.Dataset):
             return e
         boxes = None if self.box_spec is None else [s.boxes for s in samples]
         labels = None if self.box_spec is None else [s.labels for s in samples]
-        x, rasters = batch_inputs(self.meta, [s.image for s in samples], boxes, labels)
-        bias = None
-        if self.bias is not None:
-            bias = torch.stack([pool_bias(self.bias(s.boxes, s.labels, *s.size), self.stride)
-                                for s in samples])  # fmt: skip
-        return group, ids, x, rasters, bias
+        images = torch.from_numpy(np.stack([s.image for s in samples]))
+        return group, ids, images, boxes, labels
+
+
+def _as_is(item):
+    """The DataLoader's collate for PassReader: items as they are (boxes stay numpy)."""
+    return item
 
 
 @torch.no_grad()
@@ -294,26 +298,28 @@ def net_logits(
     workers: int,
 ) -> Iterator[torch.Tensor]:
     """Stored-resolution logits of the images in `todo`, in order: `workers` processes read
-    and prepare the next passes while this one runs the net. The box constraint's bias is
-    added to the pooled logits, so a class stays allowed in every cell one of its boxes
+    the next passes' images and boxes while this one runs the net. The box constraint's bias
+    is added to the pooled logits, so a class stays allowed in every cell one of its boxes
     touches."""
-    loader = torch.utils.data.DataLoader(
-        reader, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None
-    )
+    loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
+                                         collate_fn=_as_is,
+                                         prefetch_factor=2 if workers else None)  # fmt: skip
     wanted, done, current = set(todo), {}, None
     for item in loader:
         if isinstance(item, BoxsegError):
             raise item
-        group, ids, x, rasters, bias = item
+        group, ids, images, boxes, labels = item
         if current is not None and group != current:
             yield from (done.pop(i) for i in sorted(done))
         current = group
+        x, rasters = batch_inputs(reader.meta, list(images.numpy()), boxes, labels)
         logits = model(x.to(device), None if rasters is None else rasters.to(device)).float()
         for k, i in enumerate(ids):
             if i in wanted:
                 done[i] = pool_logits(logits[k], reader.stride).cpu()
-                if bias is not None:
-                    done[i] = done[i] + bias[k]
+                if reader.bias is not None:
+                    bias = reader.bias(boxes[k], labels[k], *images.shape[1:3])
+                    done[i] = done[i] + pool_bias(bias, reader.stride)
     yield from (done.pop(i) for i in sorted(done))
 
 
