@@ -12,10 +12,10 @@ Under torchrun each rank takes a contiguous share of those groups and writes the
 itself: one chunk (and one done flag) per image, so no two ranks ever write the same file.
 
 A pipeline, so that a fast GPU is not kept waiting: `--workers` reader processes (a DataLoader)
-read the images, derive the boxes and build each pass's inputs ahead of the net; chunks are
-compressed and written by a background thread while the next pass runs. Neither changes a
-value: a store is the same element for element with any number of workers. GrabCut runs one
-image per process on every core (`--workers`).
+read the images and derive the boxes ahead of the net (the net's float inputs are made next to
+it); chunks are compressed and written by a background thread while the next pass runs.
+Neither changes a value: a store is the same element for element with any number of workers.
+GrabCut runs one image per process on every core (`--workers`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from boxseg.data.validate import check_image_file, usable_ids
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
-from boxseg.inference import batch_inputs
+from boxseg.inference import predict_batch
 from boxseg.sam_labels import load_sam, sam_fill
 from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
 
@@ -289,7 +289,6 @@ def _as_is(item):
     return item
 
 
-@torch.no_grad()
 def net_logits(
     model: torch.nn.Module,
     device: torch.device,
@@ -312,8 +311,7 @@ def net_logits(
         if current is not None and group != current:
             yield from (done.pop(i) for i in sorted(done))
         current = group
-        x, rasters = batch_inputs(reader.meta, list(images.numpy()), boxes, labels)
-        logits = model(x.to(device), None if rasters is None else rasters.to(device)).float()
+        logits = predict_batch(model, reader.meta, list(images.numpy()), device, boxes, labels)
         for k, i in enumerate(ids):
             if i in wanted:
                 done[i] = pool_logits(logits[k], reader.stride).cpu()

@@ -59,24 +59,13 @@ def predict_batch(
 ) -> torch.Tensor:
     """N x K x H x W float32 logits, on `device`, of same-size images in one forward pass
     (gen-logits: several images per pass keep a GPU, or the CPU's matrix kernels, busy)."""
-    x, b = batch_inputs(meta, images, boxes, labels)
-    return model(x.to(device), None if b is None else b.to(device)).float()
-
-
-def batch_inputs(
-    meta: dict,
-    images: list[np.ndarray],
-    boxes: list[np.ndarray] | None = None,
-    labels: list[np.ndarray] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(N x 3 x H x W images, N x K x H x W box rasters or None) of same-size images, as the
-    model in `meta` takes them (made in gen-logits' reader processes)."""
     if len({im.shape for im in images}) != 1:
         raise ValueError("predict_batch needs images of one size")
     xs, rasters = zip(*(model_inputs(meta, im, None if boxes is None else boxes[k],
                                      None if labels is None else labels[k])
                         for k, im in enumerate(images)), strict=True)  # fmt: skip
-    return torch.stack(xs), None if rasters[0] is None else torch.stack(rasters)
+    b = None if rasters[0] is None else torch.stack(rasters).to(device)
+    return model(torch.stack(xs).to(device), b).float()
 
 
 @torch.no_grad()

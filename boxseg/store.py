@@ -36,6 +36,7 @@ DTYPES = ("float16", "int8")
 INT8_RANGE = 16.0  # int8 codes cover log-probabilities in [-16, 0]; below is clamped
 
 
+NET_METHODS = ("anc", "primary")  # stores written by a net: no void cells (the others paint)
 INT8_STEPS = 254  # codes 0..254 hold log-probabilities; 255 marks a void pixel (NaN logits)
 
 
@@ -160,6 +161,8 @@ class LogitsStore:
         self.stride: int = int(attrs["stride"])
         self.dtype: str = attrs.get("dtype", "float16")
         self.attrs = attrs
+        # box-fill, GrabCut and SAM stores mark unlabelled pixels void (NaN); a net's never do
+        self.may_hold_void = attrs.get("method", "anc") not in NET_METHODS
         self._index = {k: i for i, k in enumerate(self.image_ids)}
         self.logits = group["logits"]
         self.sizes = np.asarray(group["sizes"][:])  # small: kept in memory
@@ -341,6 +344,7 @@ class InMemoryLogits:
         self.sizes = np.array([x.shape[-2:] for x in self._logits], dtype=np.int32)
         self.stride, self.dtype, self.location = 1, "float32", "<logits in memory>"
         self.attrs: dict = {}
+        self.may_hold_void = False  # (NaN-free logits expected)
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -186,8 +186,7 @@ def train_primary(
     w_set, w_logits = None, None
     if weak_source == "store":
         w_set = WeakTrainSet(ds, split.split, weak_ids, logits, aug, mean, std)
-        may_void = store.attrs.get("method") in ("box", "grabcut")  # void cells: NaN
-        w_logits = StoredLogits(may_void)
+        w_logits = StoredLogits(store.may_hold_void)
     elif weak_source == "online":
         w_set = OnlineWeakTrainSet(ds, split.split, weak_ids, box_spec, aug, mean, std, bias)
         w_logits = OnlineAncillary(anc)

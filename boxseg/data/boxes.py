@@ -30,6 +30,16 @@ class BoxSpec:
         return BoxSpec(int(d.get("min_area", 16)), tuple(classes) if classes else None)
 
 
+def keep_classes(
+    boxes: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes (and labels) of `classes` only; all of them when `classes` is None."""
+    if classes is None:
+        return boxes, labels
+    keep = np.isin(labels, classes)
+    return boxes[keep], labels[keep]
+
+
 def boxes_from_mask(
     mask: np.ndarray,
     num_classes: int,

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from boxseg.data.box_files import read_voc_xml, read_yaml_names, read_yolo
-from boxseg.data.boxes import BoxSpec
+from boxseg.data.boxes import BoxSpec, keep_classes
 from boxseg.data.reader import ReaderBase, check_mask, read_class_names, read_id_list
 from boxseg.data.sample import VOID
+from boxseg.data.validate import check_image_file
 from boxseg.errors import BoxsegError
 from boxseg.io import read_label_png
 
@@ -174,14 +174,13 @@ class FolderDataset(ReaderBase):
         if self.box_source == "coco":
             return self._coco_boxes(split, image_id, spec)
         if self.box_source == "yolo":
-            h, w = image_size(self.image_path(split, image_id))
+            h, w = check_image_file(self.image_path(split, image_id))
             path = self.root / "labels" / f"{image_id}.txt"
             boxes, labels = read_yolo(path, self.num_classes, h, w)
         else:
             path = self.root / "annotations" / f"{image_id}.xml"
             boxes, labels = read_voc_xml(path, self.class_names)
-        keep = np.ones(len(labels), bool) if spec.classes is None else np.isin(labels, spec.classes)
-        return boxes[keep], labels[keep]
+        return keep_classes(boxes, labels, spec.classes)
 
     def _coco_boxes(self, split: str, image_id: str, spec: BoxSpec):
         """The image's boxes from boxes.json (xywh -> xyxy), checked against the image size."""
@@ -207,15 +206,6 @@ class FolderDataset(ReaderBase):
                 boxes.append([max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)])
                 labels.append(a["label"])
         return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image file's header."""
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except (OSError, UnidentifiedImageError) as e:
-        raise BoxsegError(f"{path}: not a readable image ({e})") from e
 
 
 def open_folder(root: Path) -> FolderDataset:

@@ -18,7 +18,7 @@ from boxseg.data.formats import SegDataset, load_full, load_weak
 from boxseg.data.transforms import (
     Aligned,
     apply,
-    cells_needed,
+    cells_spanned,
     crop_coords,
     draw_params,
     to_tensor,
@@ -141,15 +141,14 @@ class WeakTrainSet(Dataset):
                 f"the dataset's is {image.shape[1]}x{image.shape[0]}"
             )
         p = self.aug.draw(rng, h, w)
-        win = window(h, w, p, self.aug.crop)
-        rows, cols = cells_needed(win, self.stride)
+        row_at, col_at = crop_coords(window(h, w, p, self.aug.crop), self.stride)
+        rows, cols = cells_spanned(row_at), cells_spanned(col_at)
         cells = self.store.read(j, rows, cols)
         n = self.cells_size
         if max(cells.shape[-2:]) > n:  # cannot happen with draw_params' windows
             raise RuntimeError(f"a crop needs {tuple(cells.shape[-2:])} cells, more than {n}")
         pad = (0, n - cells.shape[-1], 0, n - cells.shape[-2])
         cells = F.pad(cells[None], pad, mode="replicate")[0] if any(pad) else cells
-        row_at, col_at = crop_coords(win, self.stride)
         a = apply(Aligned(image), p, self.aug.crop)
         return {
             "image": to_tensor(a.image, self.mean, self.std),

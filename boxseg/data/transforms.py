@@ -111,11 +111,15 @@ def crop_coords(win: Window, stride: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols[::-1].copy() if win.flip else cols
 
 
+def cells_spanned(coords: np.ndarray) -> slice:
+    """The cells that bilinear reads at these fractional cell coordinates touch."""
+    return slice(int(coords.min()), int(np.ceil(coords.max())) + 1)
+
+
 def cells_needed(win: Window, stride: int) -> tuple[slice, slice]:
     """The rows and columns of cells held at `stride` that the crop window reads."""
     rows, cols = crop_coords(win, stride)
-    return (slice(int(rows.min()), int(np.ceil(rows.max())) + 1),
-            slice(int(cols.min()), int(np.ceil(cols.max())) + 1))  # fmt: skip
+    return cells_spanned(rows), cells_spanned(cols)
 
 
 def resample_cells(

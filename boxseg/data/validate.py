@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
 from boxseg.data.boxes import BoxSpec
-from boxseg.data.formats import SegDataset
+from boxseg.data.reader import SegDataset
 from boxseg.errors import BoxsegError
 from boxseg.io import write_json
 

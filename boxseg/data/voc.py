@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from boxseg.data.box_files import read_voc_xml
-from boxseg.data.boxes import BoxSpec
+from boxseg.data.boxes import BoxSpec, keep_classes
 from boxseg.data.reader import ReaderBase, check_mask, read_id_list
 from boxseg.errors import BoxsegError
 
@@ -96,5 +96,4 @@ class VocDataset(ReaderBase):
         corners -> 0-based xyxy, x2/y2 exclusive); `spec.classes` filters them."""
         boxes, labels = read_voc_xml(self.root / "Annotations" / f"{image_id}.xml",
                                      self.class_names)  # fmt: skip
-        keep = np.ones(len(labels), bool) if spec.classes is None else np.isin(labels, spec.classes)
-        return boxes[keep], labels[keep]
+        return keep_classes(boxes, labels, spec.classes)
