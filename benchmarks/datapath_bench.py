@@ -36,11 +36,10 @@ import numpy as np
 import torch
 
 import boxseg.gen_logits as gl
-from boxseg.box_constraint import BoxConstraint, constraint_of
 from boxseg.data import box_cache
 from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import load_full, open_dataset
-from boxseg.data.torchsets import AugmentSpec, FullTrainSet, WeakTrainSet
+from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,7 +49,7 @@ from boxseg.data.transforms import (
 )
 from boxseg.io import write_image
 from boxseg.store import LogitsStore
-from boxseg.targets import StoredLogits
+from boxseg.weak_targets import StoredLogits, WeakTrainSet
 
 H, W, K, STRIDE = 1024, 2048, 19, 4
 BOX_SPEC = BoxSpec(min_area=16)
@@ -222,8 +221,7 @@ def measure_gen_logits(root: Path, out: Path, workers: int, writer_depth: int,
     todo = list(range(len(ids)))
     dev = torch.device("cpu")
     passes = gl.forward_passes(store, todo, batch_size, dev)
-    bias = constraint_of(meta, BoxConstraint())
-    reader = gl.PassReader(ds, "train", store, passes, meta, BOX_SPEC, bias)
+    reader = gl.PassReader(ds, "train", store, passes, meta, BOX_SPEC)
     gl.WRITER_DEPTH = writer_depth
     t = time.perf_counter()
     gl._fill(store, todo, gl.net_logits(ZeroNet(), dev, reader, todo, workers), True, "bench")

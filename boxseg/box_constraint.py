@@ -1,4 +1,5 @@
-"""Box-consistent ancillary logits: what the boxes say for certain, applied at decoding time.
+"""Box-consistent logits: what the boxes say for certain, applied at pixel resolution after
+decoding, on every path (stored W crops, online W crops, conv's F inputs, eval, viz, predict).
 
 A weak image's boxes are hard evidence (docs/method.md, "beyond the paper"):
 - a class that gets boxes can only be where a box of that class covers the pixel;
@@ -9,9 +10,15 @@ Where boxes of several classes overlap, the net chooses among them; `prior` adds
 the logit of the class of the smallest covering box (the box-fill rule as a soft prior; 0 =
 the net alone).
 
+Which pixels a box covers is `data.boxes.box_pixels`, in the original image's pixels. A pixel
+of a crop (scaled, shifted, mirrored) is judged by the original pixel it shows: the same
+nearest-pixel lookup its mask gets (`BoxEvidence`: per crop row and column, the source row and
+column, -1 on padding). So the rule is exact at any stride, dtype and augmentation: the store
+keeps what the net said (pooled cells), and the constraint is applied after the cells are
+decoded to pixels, never to the cells themselves.
+
 The rule is an additive bias on the logits: 0 where a class is allowed, -`NEG` where it is not,
-+`prior` for the smallest box's class. `NEG` is finite so the logits stay finite through
-float16 storage, pooling and interpolation, and large enough that a forbidden class never wins.
++`prior` for the smallest box's class; computed on the logits' device, vectorised over boxes.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boxseg.box_labels import painting_order
+from boxseg.data.boxes import box_pixels
 from boxseg.errors import BoxsegError
 
 NEG = 1e4  # the penalty of a class that no box allows (logits are O(10))
@@ -31,7 +38,7 @@ NEG = 1e4  # the penalty of a class that no box allows (logits are O(10))
 
 @dataclass(frozen=True)
 class BoxConstraint:
-    """Whether ancillary logits are made box-consistent, and the smaller-box prior's weight."""
+    """The user's option: whether logits are made box-consistent, and the smaller-box prior."""
 
     enabled: bool = True
     prior: float = 0.0
@@ -53,79 +60,161 @@ def free_classes(num_classes: int, background: int | None,
     return [k for k in range(num_classes) if k not in boxed]
 
 
-def _pixel_bounds(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-    """Rounded, clipped pixel bounds (as `rasterize_boxes` rounds them)."""
-    x1, y1, x2, y2 = (int(v) for v in np.rint(box))
-    return max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+@dataclass
+class BoxEvidence:
+    """A batch's boxes, as the constraint reads them (tensors, on one device):
+    bounds N x B x 4 int64 pixel bounds (x1, y1, x2, y2; `box_pixels`) in each original
+    image, labels N x B int64 (-1: padding), rows N x H and cols N x W int64: the original
+    image's row / column each output row / column shows (-1: padding, outside every box)."""
+
+    bounds: torch.Tensor
+    labels: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+    def to(self, device: torch.device | str) -> BoxEvidence:
+        return BoxEvidence(*(t.to(device, non_blocking=True) for t in
+                             (self.bounds, self.labels, self.rows, self.cols)))  # fmt: skip
+
+    @staticmethod
+    def of_batch(batch: dict) -> BoxEvidence:
+        """From a training batch's "box_bounds", "box_labels", "src_rows", "src_cols"."""
+        return BoxEvidence(batch["box_bounds"].long(), batch["box_labels"].long(),
+                           batch["src_rows"].long(), batch["src_cols"].long())  # fmt: skip
+
+    @staticmethod
+    def whole(boxes: list[np.ndarray], labels: list[np.ndarray], height: int, width: int,
+              device: torch.device | str = "cpu") -> BoxEvidence:  # fmt: skip
+        """Whole height x width images (no crop), one box array per image."""
+        items = [item_evidence(b, lab, height, width) for b, lab in zip(boxes, labels,
+                                                                         strict=True)]  # fmt: skip
+        n = len(items)
+        bounds, labs = pad_boxes([x["box_bounds"] for x in items],
+                                 [x["box_labels"] for x in items])  # fmt: skip
+        rows = torch.arange(height).expand(n, height)
+        cols = torch.arange(width).expand(n, width)
+        return BoxEvidence(bounds, labs, rows, cols).to(device)
 
 
-def box_bias(
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    height: int,
-    width: int,
-    background: int | None,
-    box_classes: Sequence[int] | None = None,
-    prior: float = 0.0,
-) -> np.ndarray:
-    """KxHxW float32 bias to add to an ancillary net's logits (see the module docstring)."""
-    allowed = np.zeros((num_classes, height, width), bool)
-    covered = np.zeros((height, width), bool)
-    smallest = np.full((height, width), -1, np.int64)  # class of the smallest covering box
-    for k in painting_order(boxes):  # largest first, so the smallest ends on top
-        x1, y1, x2, y2 = _pixel_bounds(boxes[k], height, width)
-        if x2 <= x1 or y2 <= y1:
-            continue
-        allowed[int(labels[k]), y1:y2, x1:x2] = True
-        covered[y1:y2, x1:x2] = True
-        smallest[y1:y2, x1:x2] = int(labels[k])
-    allowed[free_classes(num_classes, background, box_classes)] = True
-    if background is None:
-        allowed[:, ~covered] = True  # no box here and no background class: the net decides
-    bias = np.where(allowed, 0.0, -NEG).astype(np.float32)
-    if prior:
-        ys, xs = np.nonzero(smallest >= 0)
-        bias[smallest[ys, xs], ys, xs] += np.float32(prior)
-    return bias
+def item_evidence(boxes: np.ndarray, labels: np.ndarray, height: int, width: int,
+                  rows: np.ndarray | None = None,
+                  cols: np.ndarray | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One training item's share of a `BoxEvidence`: its boxes' pixel bounds in the original
+    height x width image (only the boxes the shown rows and columns meet) and the source rows
+    and columns (default: all of them, in order)."""
+    bounds = box_pixels(boxes, height, width)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    rows = np.arange(height) if rows is None else rows
+    cols = np.arange(width) if cols is None else cols
+    keep = (bounds[:, 2] > bounds[:, 0]) & (bounds[:, 3] > bounds[:, 1])
+    shown_r, shown_c = rows[rows >= 0], cols[cols >= 0]
+    if len(shown_r) and len(shown_c):
+        keep &= (bounds[:, 1] <= shown_r.max()) & (bounds[:, 3] > shown_r.min())
+        keep &= (bounds[:, 0] <= shown_c.max()) & (bounds[:, 2] > shown_c.min())
+    return {"box_bounds": torch.from_numpy(bounds[keep].astype(np.int32)),
+            "box_labels": torch.from_numpy(labels[keep]),
+            "src_rows": torch.from_numpy(np.asarray(rows, np.int64)),
+            "src_cols": torch.from_numpy(np.asarray(cols, np.int64))}  # fmt: skip
 
 
-def pool_bias(bias: torch.Tensor, stride: int) -> torch.Tensor:
-    """KxHxW (or NxKxHxW) bias -> the store's grid (as `store.pool_logits` pads): the max over
-    each cell, so a class is allowed in a cell if any of its pixels allows it (thin boxes
-    survive)."""
-    if stride == 1:
-        return bias
-    h, w = bias.shape[-2:]
-    ph, pw = -h % stride, -w % stride
-    x = bias if bias.dim() == 4 else bias[None]
-    x = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
-    out = F.max_pool2d(x, stride)
-    return out if bias.dim() == 4 else out[0]
+def pad_boxes(bounds: Sequence[torch.Tensor],
+              labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Items' B_i x 4 bounds and B_i labels -> N x B x 4 and N x B (labels -1 on padding)."""
+    b = max([len(x) for x in labels] + [1])
+    out_b = torch.zeros(len(bounds), b, 4, dtype=torch.int64)
+    out_l = torch.full((len(labels), b), -1, dtype=torch.int64)
+    for k, (bb, ll) in enumerate(zip(bounds, labels, strict=True)):
+        out_b[k, : len(ll)] = bb.long()
+        out_l[k, : len(ll)] = ll.long()
+    return out_b, out_l
 
 
 @dataclass(frozen=True)
-class BiasMaker:
-    """(boxes, labels, height, width) -> KxHxW bias tensor for one model's classes; a plain
-    picklable object, so DataLoader workers can make the bias of their crops."""
+class ConstraintRule:
+    """What the constraint needs besides the boxes: the classes, which of them are free
+    (allowed everywhere), the background class, the prior. Recorded in a store's attributes,
+    so any reader applies the rule the store was made with."""
 
     num_classes: int
+    free: tuple[int, ...]
     background: int | None
-    box_classes: tuple[int, ...] | None
-    prior: float
+    prior: float = 0.0
 
-    def __call__(self, boxes: np.ndarray, labels: np.ndarray, height: int,
-                 width: int) -> torch.Tensor:  # fmt: skip
-        bias = box_bias(boxes, labels, self.num_classes, height, width, self.background,
-                        self.box_classes, self.prior)  # fmt: skip
-        return torch.from_numpy(bias)
+    def to_dict(self) -> dict:
+        return {"num_classes": self.num_classes, "free": list(self.free),
+                "background": self.background, "prior": self.prior}  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: dict) -> ConstraintRule:
+        return ConstraintRule(int(d["num_classes"]), tuple(int(k) for k in d["free"]),
+                              d.get("background"), float(d.get("prior", 0.0)))  # fmt: skip
+
+    @staticmethod
+    def of(num_classes: int, background: int | None, box_classes: Sequence[int] | None,
+           prior: float = 0.0) -> ConstraintRule:  # fmt: skip
+        free = free_classes(num_classes, background, box_classes)
+        return ConstraintRule(num_classes, tuple(free), background, prior)
+
+    def allowed(self, ev: BoxEvidence) -> torch.Tensor:
+        """N x K x H x W bool: where each class may be (see the module docstring)."""
+        y1, y2 = ev.bounds[..., 1, None], ev.bounds[..., 3, None]
+        x1, x2 = ev.bounds[..., 0, None], ev.bounds[..., 2, None]
+        rows, cols = ev.rows[:, None, :], ev.cols[:, None, :]
+        real = ev.labels >= 0
+        in_rows = ((rows >= y1) & (rows < y2) & (rows >= 0) & real[..., None]).float()  # NxBxH
+        in_cols = ((cols >= x1) & (cols < x2) & (cols >= 0)).float()  # N x B x W
+        onehot = F.one_hot(ev.labels.clamp_min(0), self.num_classes).float()  # N x B x K
+        onehot = onehot * real[..., None]
+        allowed = torch.einsum("nbk,nbh,nbw->nkhw", onehot, in_rows, in_cols) > 0
+        if self.free:
+            allowed[:, list(self.free)] = True
+        if self.background is None:  # no box here and no background class: the net decides
+            covered = torch.einsum("nbh,nbw->nhw", in_rows, in_cols) > 0
+            allowed |= ~covered[:, None]
+        return allowed
+
+    def bias(self, ev: BoxEvidence) -> torch.Tensor:
+        """N x K x H x W float32: 0 allowed, -NEG not, +prior on the smallest box's class."""
+        bias = torch.where(self.allowed(ev), 0.0, -NEG)
+        if self.prior:
+            bias = bias + self.prior * self._smallest(ev)
+        return bias
+
+    def _smallest(self, ev: BoxEvidence) -> torch.Tensor:
+        """N x K x H x W one-hot of the class of the smallest box covering each pixel (box-fill's
+        painting order: among equal areas the later box), zeros where none covers it."""
+        b = ev.bounds.float()
+        area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+        area = torch.where(ev.labels >= 0, area, torch.inf)
+        rows, cols = ev.rows[:, None, :, None], ev.cols[:, None, None, :]
+        bb = ev.bounds[..., None, None, :]
+        inside = ((rows >= bb[..., 1]) & (rows < bb[..., 3]) & (cols >= bb[..., 0])
+                  & (cols < bb[..., 2]) & (rows >= 0) & (cols >= 0))  # fmt: skip
+        score = torch.where(inside, area[..., None, None], torch.inf).flip(1)  # later first
+        best = score.argmin(1)  # N x H x W, index into the flipped boxes
+        label = ev.labels.flip(1).gather(1, best.flatten(1)).view_as(best)
+        hit = torch.isfinite(score.amin(1)) & (label >= 0)
+        return F.one_hot(label.clamp_min(0), self.num_classes).permute(0, 3, 1, 2) * hit[:, None]
+
+    def apply(self, logits: torch.Tensor, ev: BoxEvidence) -> torch.Tensor:
+        """N x K x H x W logits made box-consistent (NaN, void, stays NaN)."""
+        return logits + self.bias(ev.to(logits.device)).to(logits.dtype)
 
 
-def constraint_of(meta: dict, rule: BoxConstraint | None) -> BiasMaker | None:
-    """The bias maker for the ancillary model in `meta`, or None when the rule is off (or the
+def rule_of(meta: dict | None, option: BoxConstraint | None) -> ConstraintRule | None:
+    """The rule for the ancillary model in `meta`, or None when the option is off (or the
     model is not an ancillary one)."""
-    if rule is None or not rule.enabled or meta.get("kind") != "ancillary":
+    if meta is None or option is None or not option.enabled or meta.get("kind") != "ancillary":
         return None
     classes = (meta.get("boxes") or {}).get("classes")
-    return BiasMaker(len(meta["class_names"]), meta.get("background"),
-                     tuple(classes) if classes else None, rule.prior)  # fmt: skip
+    return ConstraintRule.of(len(meta["class_names"]), meta.get("background"),
+                             tuple(classes) if classes else None, option.prior)  # fmt: skip
+
+
+def constrain_whole(logits: torch.Tensor, rule: ConstraintRule | None, boxes: np.ndarray,
+                    labels: np.ndarray) -> torch.Tensor:  # fmt: skip
+    """One whole image's K x H x W logits made box-consistent by `rule` (None: as they are)."""
+    if rule is None:
+        return logits
+    ev = BoxEvidence.whole([boxes], [labels], *logits.shape[-2:], device=logits.device)
+    return rule.apply(logits[None], ev)[0]

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from boxseg.data.boxes import box_pixels
 from boxseg.data.sample import VOID
 
 METHODS = ("anc", "box", "grabcut", "sam")
@@ -29,20 +30,13 @@ def painting_order(boxes: np.ndarray) -> np.ndarray:
     return np.argsort(-areas, kind="stable")
 
 
-def _pixel_box(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-    """xyxy (exclusive x2/y2, floats) -> integer pixel bounds inside the image."""
-    x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-    x2, y2 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
-    return x1, y1, x2, y2
-
-
 def box_fill(
     height: int, width: int, boxes: np.ndarray, labels: np.ndarray, background: int | None
 ) -> np.ndarray:
     """HxW uint8 label map: boxes painted largest first; outside them background or VOID."""
     out = np.full((height, width), VOID if background is None else background, np.uint8)
     for k in painting_order(boxes):
-        x1, y1, x2, y2 = _pixel_box(boxes[k], height, width)
+        x1, y1, x2, y2 = box_pixels(boxes[k][None], height, width)[0]
         out[y1:y2, x1:x2] = labels[k]
     return out
 
@@ -51,7 +45,7 @@ def grabcut_mask(image: np.ndarray, box: np.ndarray, iterations: int, margin: in
     """HxW bool foreground of one box by GrabCut (rect = the box grown by `margin` pixels).
     Raises cv2.error / ValueError when GrabCut cannot run on it."""
     h, w = image.shape[:2]
-    x1, y1, x2, y2 = _pixel_box(box, h, w)
+    x1, y1, x2, y2 = box_pixels(box[None], h, w)[0]
     x1, y1 = max(0, x1 - margin), max(0, y1 - margin)
     x2, y2 = min(w, x2 + margin), min(h, y2 + margin)
     if x2 - x1 < 2 or y2 - y1 < 2 or (x2 - x1) * (y2 - y1) >= h * w:
@@ -77,7 +71,7 @@ def grabcut_fill(
     out = np.full((h, w), VOID if background is None else background, np.uint8)
     fallbacks = 0
     for k in painting_order(boxes):
-        x1, y1, x2, y2 = _pixel_box(boxes[k], h, w)
+        x1, y1, x2, y2 = box_pixels(boxes[k][None], h, w)[0]
         try:
             fg = grabcut_mask(image, boxes[k], iterations, margin)
             fg[:y1], fg[y2:], fg[:, :x1], fg[:, x2:] = False, False, False, False

@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from boxseg.box_constraint import BoxConstraint, constraint_of
+from boxseg.box_constraint import BoxConstraint, rule_of
 from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_full, open_dataset
+from boxseg.data.sample import VOID
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
@@ -42,18 +43,21 @@ def evaluate_model(
     save_pred: Path | None = None,
     window: int = 0,
     constraint: BoxConstraint | None = None,
+    ids: list[str] | None = None,
 ) -> dict:
-    """Scores of a model on a split, whole images; an ancillary model gets boxes from the masks
-    (its output made box-consistent by `constraint`, default on: box_constraint.py).
-    `scales`/`flip`: test-time augmentation; `save_pred`: also write <id>.png predictions."""
+    """Scores of a model on a split (or the images `ids` of it), whole images; an ancillary
+    model gets boxes from the masks (its output made box-consistent by `constraint`, default
+    on: box_constraint.py). `scales`/`flip`: test-time augmentation; `save_pred`: also write
+    <id>.png predictions."""
     box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
-    bias = constraint_of(meta, BoxConstraint() if constraint is None else constraint)
+    rule = rule_of(meta, BoxConstraint() if constraint is None else constraint)
     conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
     model.eval()
-    for image_id in track(ds.ids(split), description=f"eval {split}", disable=quiet):
+    for image_id in track(ds.ids(split) if ids is None else ids, description=f"eval {split}",
+                          disable=quiet):  # fmt: skip
         s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
         logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels, scales, flip,
-                                window, bias)  # fmt: skip
+                                window, rule)  # fmt: skip
         pred = logits.argmax(0)
         if save_pred is not None:
             write_label_png(Path(save_pred) / f"{image_id}.png", pred.numpy().astype(np.uint8))
@@ -82,11 +86,24 @@ def evaluate_pred_dir(ds: SegDataset, split: str, pred_dir: Path) -> dict:
     return scores(conf, list(ds.class_names))
 
 
-def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = False) -> dict:
-    """Scores of a logits store's argmax (the pseudo-labels W gets) against the masks of its
-    images in `split`: of those that have one (a user checking pseudo-labels masks a few W
-    images; `images_without_mask` counts the rest). Void pseudo-label pixels count as misses;
-    `coverage` is the share of labelled ground-truth pixels that got a pseudo-label."""
+def pseudo_labels(store: LogitsStore, i: int) -> np.ndarray:
+    """Image i's pseudo-label (H x W uint8 class indices, VOID where the store is void): the
+    argmax of its logits decoded and made box-consistent at pixel level, as the primary's W
+    targets see them."""
+    logits = store.read_full(i)
+    pred = logits.nan_to_num(float("-inf")).argmax(0).to(torch.uint8)
+    pred[torch.isnan(logits).any(0)] = VOID
+    return pred.numpy()
+
+
+def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = False,
+                   save_pred: Path | None = None) -> dict:  # fmt: skip
+    """Scores of a logits store's pseudo-labels (`pseudo_labels`: what W gets) against the
+    masks of its images in `split`: of those that have one (a user checking pseudo-labels
+    masks a few W images; `images_without_mask` counts the rest). Void pseudo-label pixels
+    count as misses; `coverage` is the share of labelled ground-truth pixels that got a
+    pseudo-label. `save_pred`: also write every store image's pseudo-label as
+    <id>.png (class indices, 255 void), masked or not."""
     store = LogitsStore.open(location)
     if list(store.class_names) != list(ds.class_names):
         raise BoxsegError(f"{location}: the store's classes differ from the dataset's")
@@ -98,6 +115,12 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
         )
     # (in the folder layout W images may have no mask; elsewhere every image has one)
     masked = [i for i, image_id in enumerate(store.image_ids) if ds.has_mask(split, image_id)]
+    if save_pred is not None:
+        for i in track(range(len(store)), description="pseudo-labels", disable=quiet):
+            write_label_png(Path(save_pred) / f"{store.image_ids[i]}.png", pseudo_labels(store, i))
+    if not masked and save_pred is not None:
+        return {"method": store.attrs.get("method", "anc"), "images_scored": 0,
+                "images_without_mask": len(store), "saved": len(store)}  # fmt: skip
     if not masked:
         raise BoxsegError(
             f"{location}: none of its {len(store)} images has a mask in split '{split}'; "
@@ -106,9 +129,8 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
     k = ds.num_classes
     conf = np.zeros((k + 1, k + 1), np.int64)
     for i in track(masked, description="eval store", disable=quiet):
-        logits = store.read_full(i)
-        pred = logits.nan_to_num(float("-inf")).argmax(0)
-        pred[torch.isnan(logits).any(0)] = k  # void pseudo-label
+        pred = torch.from_numpy(pseudo_labels(store, i)).long()
+        pred[pred == VOID] = k  # void pseudo-label
         mask = ds.read_mask(split, store.image_ids[i])
         conf += confusion_matrix(pred, torch.from_numpy(mask), k + 1)
     result = scores(conf[:k, :k], list(ds.class_names), unlabelled=conf[:k, k])
@@ -156,7 +178,12 @@ def run_eval(
     if sum(x is not None for x in (model_path, pred_dir, logits)) != 1:
         raise BoxsegError("give exactly one of --model, --pred-dir or --logits")
     if logits is not None:
-        result = evaluate_store(ds, split, logits, quiet)
+        result = evaluate_store(ds, split, logits, quiet, save_pred)
+        if "miou" not in result:  # nothing to score: the pseudo-labels were the point
+            if not quiet:
+                print(f"eval: wrote {result['saved']} pseudo-labels to {save_pred}; none of "
+                      "the store's images has a mask to score them with")  # fmt: skip
+            return result
         title = f"pseudo-labels of {logits} ({result['method']}) on {split}"
     elif pred_dir is not None:
         result = evaluate_pred_dir(ds, split, pred_dir)

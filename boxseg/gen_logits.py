@@ -23,9 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -35,8 +33,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from boxseg import distributed
-from boxseg.box_constraint import BiasMaker, BoxConstraint, constraint_of, pool_bias
+from boxseg.box_constraint import BoxConstraint, ConstraintRule, rule_of
 from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits
+from boxseg.cells import pool_logits
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_weak, open_dataset
@@ -48,7 +47,7 @@ from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
 from boxseg.inference import predict_batch
 from boxseg.sam_labels import load_sam, sam_fill
-from boxseg.store import DTYPES, LogitsStore, local_path, pool_logits
+from boxseg.store import DTYPES, BlockWriter, LogitsStore, open_or_create
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
 WRITER_DEPTH = 2  # blocks waiting for the writer thread (0: write in the caller, no thread)
@@ -77,18 +76,20 @@ class BoxMethod:
 
 
 def sam_label_map(ds: SegDataset, split: str, opts: BoxMethod, predictor, image_id: str):
-    """One weak image's label map from SAM's masks for its boxes (in this process)."""
+    """One weak image's label map from SAM's masks for its boxes (in this process), the
+    number of empty masks, and the boxes."""
     s = load_weak(ds, split, image_id, BoxSpec(opts.box_min_area))
-    return sam_fill(predictor, s.image, s.boxes, s.labels, ds.background)
+    return *sam_fill(predictor, s.image, s.boxes, s.labels, ds.background), (s.boxes, s.labels)
 
 
 def box_label_map(ds: SegDataset, split: str, opts: BoxMethod, image_id: str):
-    """One weak image's label map from its boxes (run in worker processes for GrabCut)."""
+    """One weak image's label map from its boxes (run in worker processes for GrabCut), the
+    number of boxes that fell back to box-fill, and the boxes."""
     s = load_weak(ds, split, image_id, BoxSpec(opts.box_min_area))
     if opts.method == "box":
-        return box_fill(*s.size, s.boxes, s.labels, ds.background), 0
-    return grabcut_fill(s.image, s.boxes, s.labels, ds.background, opts.grabcut_iters,
-                        opts.grabcut_margin)  # fmt: skip
+        return box_fill(*s.size, s.boxes, s.labels, ds.background), 0, (s.boxes, s.labels)
+    return *grabcut_fill(s.image, s.boxes, s.labels, ds.background, opts.grabcut_iters,
+                         opts.grabcut_margin), (s.boxes, s.labels)  # fmt: skip
 
 
 def gen_logits(
@@ -133,7 +134,7 @@ def gen_logits(
     _, weak_ids = split_dataset(ds, split)
     if not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
-    model = meta = box_spec = bias = None
+    model = meta = box_spec = rule = None
     if box_method is None:
         model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
@@ -148,7 +149,7 @@ def gen_logits(
         box_spec = BoxSpec.from_dict(meta["boxes"])
         provenance = {"method": "anc", "checkpoint_sha256": file_sha256(model_path),
                       "box_constraint": constraint.to_dict()}  # fmt: skip
-        bias = constraint_of(meta, constraint)
+        rule = rule_of(meta, constraint)
     elif meta is not None:  # a primary net: self-training targets, no boxes anywhere
         provenance = {"method": "primary", "checkpoint_sha256": file_sha256(model_path),
                       "box_constraint": None}  # fmt: skip
@@ -156,9 +157,17 @@ def gen_logits(
         sam_file = box_method.sam_checkpoint if box_method.method == "sam" else None
         provenance = {"method": box_method.method, "method_options": asdict(box_method),
                       "checkpoint_sha256": file_sha256(sam_file) if sam_file else None}  # fmt: skip
+        rule = ConstraintRule.of(ds.num_classes, ds.background, None)  # painted inside boxes
     provenance["skipped_ids"] = sorted(set(all_weak) - set(weak_ids))
     if distributed.is_main():  # one rank creates (or checks) the store, then all open it
-        store = _open_or_create(out, ds, split, weak_ids, stride, provenance, overwrite, dtype)
+        attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()}}
+
+        def sizes() -> np.ndarray:
+            return np.array([check_image_file(ds.image_path(split.split, i)) for i in weak_ids],
+                            np.int32)  # fmt: skip
+
+        store = open_or_create(out, weak_ids, list(ds.class_names), stride, dtype, attrs, rule,
+                               sizes, overwrite)  # fmt: skip
     distributed.barrier()
     if not distributed.is_main():
         store = LogitsStore.open(out, mode="r+")
@@ -167,7 +176,7 @@ def gen_logits(
 
     if box_method is None:
         passes = forward_passes(store, todo, batch_size, dev)
-        reader = PassReader(ds, split.split, store, passes, meta, box_spec, bias)
+        reader = PassReader(ds, split.split, store, passes, meta, box_spec)
         logits = net_logits(model, dev, reader, todo, reader_workers(workers))
         _fill(store, todo, logits, quiet, "gen-logits")
     else:
@@ -181,10 +190,10 @@ def gen_logits(
             maps = imap(label_map, ids)
             fallbacks = [0]
 
-            def results() -> Iterator[torch.Tensor]:
-                for labels, n_fallback in maps:
+            def results() -> Iterator[tuple[torch.Tensor, tuple]]:
+                for labels, n_fallback, boxes in maps:
                     fallbacks[0] += n_fallback
-                    yield pool_logits(to_logits(labels), stride)
+                    yield pool_logits(to_logits(labels), stride), boxes
 
             _fill(store, todo, results(), quiet, f"gen-logits {box_method.method}")
         if box_method.method == "grabcut" and not quiet and distributed.is_main():
@@ -246,16 +255,16 @@ class PassReader(torch.utils.data.Dataset):
     """Item k: what forward pass k needs from disk, read in DataLoader workers: its images
     (N x H x W x 3 uint8, stacked) and their boxes, derived where they come from masks. Only
     that crosses between processes: the net's float inputs (normalised images, box rasters,
-    the box constraint's bias: K x H x W each) are made from them next to the net, where a
+    K x H x W each) are made from them next to the net, where a
     GPU would make them, instead of shipping 30 times the bytes. A user mistake comes back as
     the BoxsegError itself (raised by the main process as one line, not a worker's
     traceback)."""
 
     def __init__(self, ds: SegDataset, split: str, store: LogitsStore,
-                 passes: list[tuple[int, list[int]]], meta: dict, box_spec: BoxSpec | None,
-                 bias: BiasMaker | None):  # fmt: skip
+                 passes: list[tuple[int, list[int]]], meta: dict,
+                 box_spec: BoxSpec | None):  # fmt: skip
         self.ds, self.split, self.passes, self.meta = ds, split, passes, meta
-        self.box_spec, self.bias, self.stride = box_spec, bias, store.stride
+        self.box_spec, self.stride = box_spec, store.stride
         self.image_ids, self.location = store.image_ids, store.location
         self.sizes = {i: (int(store.sizes[i][0]), int(store.sizes[i][1]))
                       for _, ids in passes for i in ids}  # fmt: skip
@@ -295,11 +304,11 @@ def net_logits(
     reader: PassReader,
     todo: list[int],
     workers: int,
-) -> Iterator[torch.Tensor]:
-    """Stored-resolution logits of the images in `todo`, in order: `workers` processes read
-    the next passes' images and boxes while this one runs the net. The box constraint's bias
-    is added to the pooled logits, so a class stays allowed in every cell one of its boxes
-    touches."""
+) -> Iterator[tuple[torch.Tensor, tuple | None]]:
+    """(stored-resolution logits, (boxes, labels) or None) of the images in `todo`, in order:
+    `workers` processes read the next passes' images and boxes while this one runs the net.
+    The logits are what the net said: the box constraint is applied by every reader, at pixel
+    resolution, with the boxes stored beside them."""
     loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
                                          collate_fn=_as_is,
                                          prefetch_factor=2 if workers else None)  # fmt: skip
@@ -314,10 +323,8 @@ def net_logits(
         logits = predict_batch(model, reader.meta, list(images.numpy()), device, boxes, labels)
         for k, i in enumerate(ids):
             if i in wanted:
-                done[i] = pool_logits(logits[k], reader.stride).cpu()
-                if reader.bias is not None:
-                    bias = reader.bias(boxes[k], labels[k], *images.shape[1:3])
-                    done[i] = done[i] + pool_bias(bias, reader.stride)
+                pooled = pool_logits(logits[k], reader.stride, void_free=True).cpu()
+                done[i] = pooled, None if boxes is None else (boxes[k], labels[k])
     yield from (done.pop(i) for i in sorted(done))
 
 
@@ -341,9 +348,9 @@ class _mapper:
             self.pool.terminate()
 
 
-def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], quiet: bool,
-          description: str) -> None:  # fmt: skip
-    """Write each image's logits (at the store's stride, in todo's order) in blocks of
+def _fill(store: LogitsStore, todo: list[int], logits: Iterator[tuple[torch.Tensor, tuple]],
+          quiet: bool, description: str) -> None:  # fmt: skip
+    """Write each image's (logits at the store's stride, boxes), in todo's order, in blocks of
     consecutive images."""
     columns = (
         TextColumn("{task.description}"),
@@ -373,68 +380,3 @@ def _fill(store: LogitsStore, todo: list[int], logits: Iterator[torch.Tensor], q
             bar.update(task, advance=1, ips=n / (time.perf_counter() - t0))
         if block:
             writer.write(block_start, block)
-
-
-class BlockWriter:
-    """`with BlockWriter(store) as w: w.write(start, block)`: compresses and writes blocks in
-    one background thread, so the next forward pass runs meanwhile. At most `depth` blocks
-    wait (memory stays bounded; 0: each is written at once, in the caller); a failed write is
-    raised at the next `write` or on leaving. Leaving waits for the blocks already handed
-    over: done flags are only set after their chunks, so a kill at any moment still resumes."""
-
-    def __init__(self, store: LogitsStore, depth: int = 2):
-        self.store, self.depth = store, depth
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="boxseg-writer")
-        self.pending: deque[Future] = deque()
-
-    def write(self, start: int, block: list[torch.Tensor]) -> None:
-        if self.depth == 0:  # no overlap (benchmarks' serial baseline)
-            self.store.write_block(start, block)
-            return
-        while len(self.pending) >= self.depth:
-            self.pending.popleft().result()
-        self.pending.append(self.pool.submit(self.store.write_block, start, block))
-
-    def __enter__(self) -> BlockWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            while self.pending:
-                self.pending.popleft().result()
-        finally:
-            self.pool.shutdown(wait=True)
-
-
-def _open_or_create(
-    out: str, ds, split: SplitSpec, weak_ids: list[str], stride: int, provenance: dict,
-    overwrite: bool, dtype: str,
-) -> LogitsStore:  # fmt: skip
-    """Resume a matching store, refuse a mismatched one, or create a new one."""
-    path = local_path(out)
-    exists = path is not None and (path / "zarr.json").is_file()
-    state = LogitsStore.state(out) if exists and not overwrite else None
-    if state == "foreign":
-        raise BoxsegError(f"{out}: exists and is not a boxseg logits store; "
-                          "choose another --out, or pass --overwrite to replace it")  # fmt: skip
-    if state == "complete":
-        store = LogitsStore.open(out, mode="r+")
-        for what, have, want in (
-            ("image ids", store.image_ids, weak_ids),
-            ("classes", store.class_names, list(ds.class_names)),
-            ("stride", store.stride, stride),
-            ("dtype", store.dtype, dtype),
-            ("method", store.attrs.get("method", "anc"), provenance["method"]),
-            ("method options", store.attrs.get("method_options"), provenance.get("method_options")),
-            ("checkpoint", store.attrs.get("checkpoint_sha256"), provenance["checkpoint_sha256"]),
-            ("box constraint", store.attrs.get("box_constraint"), provenance.get("box_constraint")),
-        ):
-            if have != want:
-                raise BoxsegError(
-                    f"{out}: an existing store with other {what}; "
-                    "pass --overwrite to replace it, or another --out"
-                )
-        return store
-    sizes = np.array([check_image_file(ds.image_path(split.split, i)) for i in weak_ids], np.int32)
-    attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()}}
-    return LogitsStore.create(out, weak_ids, sizes, list(ds.class_names), stride, attrs, dtype)

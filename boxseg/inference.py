@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boxseg.box_constraint import BiasMaker
+from boxseg.box_constraint import ConstraintRule, constrain_whole
 from boxseg.data.boxes import rasterize_boxes
 from boxseg.data.transforms import to_tensor
 
@@ -79,28 +79,33 @@ def predict_logits(
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
     window: int = 0,
-    constraint: BiasMaker | None = None,
+    constraint: ConstraintRule | None = None,
 ) -> torch.Tensor:
     """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels;
-    `constraint` (box_constraint.constraint_of) makes its output box-consistent.
+    `constraint` (box_constraint.rule_of) makes its output box-consistent, at pixel level.
 
-    Test-time augmentation: with several `scales` or `flip`, the image (and its box raster) is
-    resized / mirrored, each output is mapped back to H x W, the softmax probabilities are
-    averaged, and their log is returned (argmax and softmax work on it as on logits).
-    `window`: run images larger than this in overlapping tiles (`windowed`)."""
+    Test-time augmentation: with several `scales` or `flip`, the image is resized / mirrored
+    (its boxes are scaled and rasterised at that size, so a thin box keeps a pixel at every
+    scale), each output is mapped back to H x W, the softmax probabilities are averaged, and
+    their log is returned (argmax and softmax work on it as on logits); the constraint comes
+    last, on the H x W result. `window`: run images larger than this in overlapping tiles
+    (`windowed`)."""
     x, raster = model_inputs(meta, image, boxes, labels)
     x = x[None].to(device)
     h, w = image.shape[:2]
     box_tensor = None if raster is None else raster[None].to(device)
-    bias = None if constraint is None else constraint(boxes, labels, h, w)
     if tuple(scales) == (1.0,) and not flip:
         out = windowed(model, x, box_tensor, window)[0].float().cpu()
-        return out if bias is None else out + bias
+        return constrain_whole(out, constraint, boxes, labels)
     probs = None
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        bs = None if box_tensor is None else F.interpolate(box_tensor, size=size, mode="nearest")
+        bs = None
+        if box_tensor is not None:
+            factor = np.array([size[1] / w, size[0] / h] * 2, np.float32)
+            bs = torch.from_numpy(rasterize_boxes(boxes * factor, labels, len(meta["class_names"]),
+                                                  *size, meta["background"]))[None].to(device)
         for mirrored in (False, True) if flip else (False,):
             xi = xs.flip(-1) if mirrored else xs
             bi = None if bs is None else (bs.flip(-1) if mirrored else bs)
@@ -110,4 +115,4 @@ def predict_logits(
                                             align_corners=False), dim=1)[0]  # fmt: skip
             probs = p if probs is None else probs + p
     out = torch.log(probs / probs.sum(0, keepdim=True)).cpu()
-    return out if bias is None else out + bias
+    return constrain_whole(out, constraint, boxes, labels)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from boxseg.box_labels import painting_order
+from boxseg.data.boxes import box_pixels
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
 
@@ -64,11 +65,16 @@ def sam_masks(predictor, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def sam_fill(predictor, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
              background: int | None) -> tuple[np.ndarray, int]:  # fmt: skip
-    """HxW uint8 label map from SAM's masks, painted larger boxes first; also the number of
-    boxes whose mask came back empty (their box is left as SAM left it: unpainted)."""
+    """HxW uint8 label map from SAM's masks, each clipped to its box (`box_pixels`, as GrabCut's
+    are), painted larger boxes first; also the number of boxes whose mask came back empty
+    (their box is left as SAM left it: unpainted)."""
     h, w = image.shape[:2]
     out = np.full((h, w), VOID if background is None else background, np.uint8)
     masks = sam_masks(predictor, image, boxes)
+    for k, (x1, y1, x2, y2) in enumerate(box_pixels(boxes, h, w)):  # a mask stays in its box
+        inside = np.zeros((h, w), bool)
+        inside[y1:y2, x1:x2] = True
+        masks[k] &= inside
     for k in painting_order(boxes):
         out[masks[k]] = labels[k]
     return out, int(sum(not m.any() for m in masks))

@@ -6,20 +6,23 @@
 - conv:   q = softmax(g(l, l_anc)), g a small CNN (`ConvMerger`) trained on F.
 q is always detached: no gradient flows into the target.
 
-train-primary composes one of `NoCorrection`, `LinearCorrection`, `ConvCorrection` (each: the
-target q of a W batch, and any loss of its own on F) with a source of ancillary logits
-(targets.py).
+The primary's objective (`Objective`, equation (5)) composes the F term, one of
+`NoCorrection`, `LinearCorrection`, `ConvCorrection` (each: the target q of a W batch, and any
+loss of its own on F) and a source of W's ancillary logits (weak_targets.py). A new correction
+is one class with `target` and `f_loss`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from boxseg.data.sample import VOID
+from boxseg.weak_targets import OnlineAncillary, Source, constrained, without_void
 
 SELF_CORR_MODES = ("none", "linear", "conv")
 LOGP_FLOOR = -16.0  # the merger's inputs are log-probabilities clamped here
@@ -175,10 +178,71 @@ class ConvCorrection(NoCorrection):
         self.merger, self.f_anc_logits, self.grad_to_primary = merger, f_anc_logits, grad_to_primary
 
     def target(self, anc_logits: torch.Tensor, primary_logits: torch.Tensor, step: int):
-        return soft_target(anc_logits, primary_logits, "conv", merger=self.merger), {}
+        q = soft_target(anc_logits, primary_logits, "conv", merger=self.merger)
+        return q, {"stage": 3}
 
     def f_loss(self, out_f: torch.Tensor, f: dict, class_weights) -> tuple[torch.Tensor, Logs]:
         g_in = out_f if self.grad_to_primary else out_f.detach()
         merged = self.merger(g_in.float(), self.f_anc_logits(f))
         loss, _ = hard_cross_entropy(merged, f["mask"], class_weights)
-        return loss, {"loss_g": loss.detach()}
+        return loss, {"loss_g": loss.detach(), "stage": 2}  # (3 once W joins: `target`)
+
+
+def make_correction(mode: str, num_classes: int, iters: int, alpha_start: float,
+                    alpha_end: float, alpha_decay_fraction: float, conv_hidden: int,
+                    conv_grad_to_primary: bool, f_anc: Source | None) -> NoCorrection:  # fmt: skip
+    """The self-correction piece for `mode`."""
+    if mode == "linear":
+        return LinearCorrection(iters, alpha_start, alpha_end, alpha_decay_fraction)
+    if mode == "conv":
+        merger = ConvMerger(num_classes, conv_hidden)
+        return ConvCorrection(merger, f_anc, conv_grad_to_primary)
+    return NoCorrection()
+
+
+def f_anc_logits(anc: nn.Module | None, like_store: tuple[int, str] | None,
+                 rule) -> Source | None:  # fmt: skip
+    """Conv's source of F's ancillary logits: the net online, made like the store's when W's
+    come from a store file (pooled, rounded, decoded: `like_store` = (stride, dtype)), then
+    box-consistent by `rule` at pixel level as W's are, so g learns on the input it
+    corrects."""
+    if anc is None:
+        return None
+    return constrained(OnlineAncillary(anc, like_store), rule)
+
+
+def weak_loss_scale(weak_weight: float, f_batch: int, w_batch: int) -> float:
+    """The W term's factor. The paper sums the loss over images, (sum_F + sum_W) / n_F =
+    mean_F + (n_W / n_F) mean_W; the terms are per-set means, so W's mean is scaled by W images
+    per F image (1 when the batches are equal), times --weak-weight."""
+    return weak_weight * w_batch / f_batch
+
+
+@dataclass
+class Objective:
+    """Equation (5): CE(y, p) on F + the correction's own F loss (conv's g) + the W term
+    CE(q, p), q = correction(l_anc, l) detached, weighted by `w_scale`. `weak_logits`: the
+    source of W's l_anc (None: F only). Called as the engine's step: (nets, batch, step) ->
+    (loss, logs, images)."""
+
+    correction: NoCorrection
+    weak_logits: Source | None
+    class_weights: torch.Tensor | None
+    w_scale: float
+
+    def __call__(self, nets: nn.ModuleDict, batch: dict, step: int):
+        f, w = batch["f"], batch.get("w")
+        nf = f["image"].shape[0]
+        images = f["image"] if w is None else torch.cat([f["image"], w["image"]])
+        out = nets["primary"](images)
+        loss_f, all_void = hard_cross_entropy(out[:nf], f["mask"], self.class_weights)
+        loss_c, logs = self.correction.f_loss(out[:nf], f, self.class_weights)
+        loss = loss_f + loss_c
+        logs |= {"loss_f": loss_f.detach(), "skipped_f": all_void}
+        if w is not None:  # (conv's stage 2 has no W batch)
+            l_anc, valid = without_void(self.weak_logits(w), w["valid"])
+            q, extra = self.correction.target(l_anc, out[nf:], step)
+            loss_w = soft_cross_entropy(out[nf:], q, valid, self.class_weights)
+            loss = loss + self.w_scale * loss_w
+            logs |= {"loss_w": loss_w.detach()} | extra
+        return loss, logs, images.shape[0]

@@ -1,13 +1,19 @@
-"""The ancillary logits store: a chunked zarr v3 group, one compressed chunk per weak image.
+"""The logits store: a chunked zarr v3 group, one compressed chunk per weak image. Store I/O
+only: the cell grid (pooling, int8 codes, decoding) is cells.py, the box constraint
+box_constraint.py.
 
 Layout (a zarr v3 group at any local path or zarr store URL):
-- `logits`: (N, K, Hc/s, Wc/s): image i's logits, pooled to stride s, in the top-left
-  corner of a canvas big enough for the largest image; one chunk per image (random access).
-  float16, or with dtype int8 8-bit codes of log-probabilities (see `encode_int8`).
+- `logits`: (N, K, Hc/s, Wc/s): image i's logits as the net (or box rule) gave them, pooled
+  to stride s, in the top-left corner of a canvas big enough for the largest image; one chunk
+  per image (random access). float16, or with dtype int8 8-bit codes of log-probabilities
+  (see `cells.encode_int8`). The box constraint is never baked into the cells.
+- `boxes`:  float32 (N, MAX_BOXES, 5): image i's boxes (x1, y1, x2, y2, class; class -1 on
+  unused rows), the ones gen-logits saw: every reader applies the constraint with them at
+  pixel resolution after decoding (`read_full`, and W's training crops).
 - `sizes`:  int32 (N, 2): each image's true (height, width) in pixels.
-- `done`:   bool (N,): set only after image i's chunk is written, so a killed run resumes.
-- attributes: format, class_names, image_ids, stride, dtype, checkpoint_sha256, dataset,
-  boxseg_version.
+- `done`:   bool (N,): set only after image i's chunks are written, so a killed run resumes.
+- attributes: format, class_names, image_ids, stride, dtype, constraint (the rule, or None),
+  checkpoint_sha256, dataset, boxseg_version.
 
 `location` is a local path, a `file://` URL, or any URL zarr opens through fsspec (`memory://`,
 `s3://` with s3fs installed, ...).
@@ -20,43 +26,26 @@ back at the centre of its block.
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 from zarr.codecs import ZstdCodec
 
 from boxseg import __version__
+from boxseg.box_constraint import BoxEvidence, ConstraintRule
+from boxseg.cells import decode_int8, encode_int8, pool_logits, upsample_logits
 from boxseg.errors import BoxsegError
 
-FORMAT = "boxseg-logits-v1"
+FORMAT = "boxseg-logits-v2"
+OLD_FORMATS = ("boxseg-logits-v1",)  # the constraint baked into pooled cells: refused
 DTYPES = ("float16", "int8")
-INT8_RANGE = 16.0  # int8 codes cover log-probabilities in [-16, 0]; below is clamped
-
-
+MAX_BOXES = 4096  # boxes per image a store holds (unused rows compress to nothing)
 NET_METHODS = ("anc", "primary")  # stores written by a net: no void cells (the others paint)
-INT8_STEPS = 254  # codes 0..254 hold log-probabilities; 255 marks a void pixel (NaN logits)
-
-
-def encode_int8(logits: torch.Tensor) -> np.ndarray:
-    """KxHxW logits -> uint8 codes of log-probabilities: round(-log_softmax * 254 / 16).
-
-    Softmax ignores a per-pixel shift, so log-probabilities keep all the information in the
-    logits; they lie in (-inf, 0], and classes below -16 (probability < 1.2e-7) are clamped.
-    The step is 16/254 = 0.063 nats, so a decoded logit is within 0.032 of the original and
-    each probability within about 3% of its value (docs/store.md). NaN (void) -> code 255."""
-    logp = torch.log_softmax(logits.float(), dim=0).clamp_min(-INT8_RANGE)
-    codes = torch.round(-logp * (INT8_STEPS / INT8_RANGE)).nan_to_num(255)
-    return codes.to(torch.uint8).numpy()
-
-
-def decode_int8(codes: np.ndarray) -> torch.Tensor:
-    """uint8 codes -> float32 log-probabilities (usable as logits); NaN where void."""
-    out = codes.astype(np.float32) * (-INT8_RANGE / INT8_STEPS)
-    out[codes == 255] = np.nan
-    return torch.from_numpy(out)
 
 
 def local_path(location: str | Path) -> Path | None:
@@ -73,78 +62,7 @@ def zarr_location(location: str | Path) -> str:
     return str(path) if path is not None else str(location)
 
 
-def pool_logits(logits: torch.Tensor, stride: int, void_free: bool = False) -> torch.Tensor:
-    """KxHxW (or NxKxHxW) -> Kx ceil(H/s) x ceil(W/s): block means (edge blocks padded by
-    replication).
-
-    Void pixels (NaN logits) are left out of their block's mean; a block is void (NaN) only
-    when all of its pixels are. `void_free`: the caller knows there is none (no host sync)."""
-    if stride == 1:
-        return logits
-    h, w = logits.shape[-2:]
-    ph, pw = -h % stride, -w % stride
-    x = logits if logits.dim() == 4 else logits[None]
-    x = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
-    void = None if void_free else torch.isnan(x[:, :1])
-    if void is None or not void.any():
-        out = F.avg_pool2d(x, stride)
-    else:
-        weight = F.avg_pool2d((~void).float(), stride)
-        mean = F.avg_pool2d(x.nan_to_num(0.0), stride) / weight.clamp_min(1e-6)
-        out = torch.where(weight > 0, mean, torch.nan)
-    return out if logits.dim() == 4 else out[0]
-
-
-def upsample_logits(
-    logits: torch.Tensor, stride: int, height: int, width: int, void_free: bool = False
-) -> torch.Tensor:
-    """Inverse of `pool_logits`: Kxhxw (or NxKxhxw) at stride s -> KxHxW at pixel resolution.
-
-    With void cells (NaN), values are interpolated from the non-void neighbours only
-    (normalised interpolation), and a pixel is void where void cells outweigh the others, so
-    a void region keeps its size instead of spreading by a stride. `void_free`: the caller
-    knows there is none (no host sync)."""
-    if stride == 1:
-        return logits[..., :height, :width]
-    h, w = logits.shape[-2:]
-    x = logits if logits.dim() == 4 else logits[None]
-
-    def up(t: torch.Tensor) -> torch.Tensor:
-        size = (h * stride, w * stride)
-        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-
-    void = None if void_free else torch.isnan(x[:, :1])
-    if void is None or not void.any():
-        out = up(x)[..., :height, :width]
-    else:
-        weight = up((~void).float())
-        out = up(x.nan_to_num(0.0)) / weight.clamp_min(1e-6)
-        out = torch.where(weight >= 0.5, out, torch.nan)[..., :height, :width]
-    return out if logits.dim() == 4 else out[0]
-
-
-def as_stored(
-    logits: torch.Tensor, stride: int, dtype: str, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """What a store of this stride and dtype gives back (`read_full`) for pixel-resolution
-    logits (KxHxW, or a batch NxKxHxW; no void pixels): pooled to the stride, the
-    box-constraint `bias` pooled by its maximum and added (as gen-logits does), rounded to the
-    dtype, resampled to HxW. The conv merger's F inputs are made this way in store mode, so it
-    learns on the kind of input it corrects on W; a whole batch at once, without host syncs
-    (but for int8, whose codes are made on the CPU)."""
-    from boxseg.box_constraint import pool_bias  # (box_constraint is above the store)
-
-    h, w = logits.shape[-2:]
-    pooled = pool_logits(logits.float(), stride, void_free=True)
-    if bias is not None:
-        pooled = pooled + pool_bias(bias.to(pooled.device), stride)
-    if dtype == "int8":
-        per_image = pooled if pooled.dim() == 4 else pooled[None]
-        codes = [decode_int8(encode_int8(x.cpu())) for x in per_image]
-        pooled = torch.stack(codes).to(logits.device).reshape(pooled.shape)
-    else:
-        pooled = pooled.half().float()
-    return upsample_logits(pooled, stride, h, w, void_free=True)
+Boxes = tuple[np.ndarray, np.ndarray]  # (N x 4 xyxy float32, N int64 labels)
 
 
 class LogitsStore:
@@ -154,6 +72,10 @@ class LogitsStore:
         self.group = group
         self.location = location
         attrs = dict(group.attrs)
+        if attrs.get("format") in OLD_FORMATS:
+            raise BoxsegError(f"{location}: written by an older boxseg that applied the box "
+                              "constraint to the pooled cells (it bends box edges); rewrite it "
+                              "with the same gen-logits command and --overwrite")  # fmt: skip
         if attrs.get("format") != FORMAT:
             raise BoxsegError(f"{location}: not a boxseg logits store")
         self.class_names: list[str] = list(attrs["class_names"])
@@ -163,8 +85,11 @@ class LogitsStore:
         self.attrs = attrs
         # box-fill, GrabCut and SAM stores mark unlabelled pixels void (NaN); a net's never do
         self.may_hold_void = attrs.get("method", "anc") not in NET_METHODS
+        rule = attrs.get("constraint")
+        self.rule = None if rule is None else ConstraintRule.from_dict(rule)
         self._index = {k: i for i, k in enumerate(self.image_ids)}
         self.logits = group["logits"]
+        self.boxes = group["boxes"]
         self.sizes = np.asarray(group["sizes"][:])  # small: kept in memory
         self.done = group["done"]
         self._known_done = self.done_mask()  # saves a read per image on the training hot path
@@ -178,8 +103,10 @@ class LogitsStore:
         stride: int,
         attributes: dict,
         dtype: str = "float16",
+        rule: ConstraintRule | None = None,
     ) -> LogitsStore:
-        """A new, empty store (all done flags False) sized for the given images."""
+        """A new, empty store (all done flags False) sized for the given images; `rule`: the
+        box constraint its readers apply (None: logits read as stored)."""
         if stride < 1:
             raise BoxsegError(f"--stride {stride}: must be a positive integer")
         if dtype not in DTYPES:
@@ -194,6 +121,7 @@ class LogitsStore:
             "stride": stride,
             "dtype": dtype,
             "boxseg_version": __version__,
+            "constraint": None if rule is None else rule.to_dict(),
             **attributes,
         }
         try:  # the attributes (with `format`) go in last: a store killed while being
@@ -210,6 +138,9 @@ class LogitsStore:
             fill_value=0,
             chunk_key_encoding={"name": "default", "separator": "."},  # one file per image, no dirs
         )
+        group.create_array("boxes", shape=(n, MAX_BOXES, 5), chunks=(1, MAX_BOXES, 5),
+                           dtype="float32", compressors=ZstdCodec(level=3), fill_value=-1,
+                           chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
         group.create_array("sizes", data=np.asarray(sizes, dtype=np.int32))
         group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False,
                            chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
@@ -226,7 +157,7 @@ class LogitsStore:
             return "foreign"
         if group.attrs.get("format") == FORMAT:
             return "complete"
-        ours = not dict(group.attrs) and set(group.keys()) <= {"logits", "sizes", "done"}
+        ours = not dict(group.attrs) and set(group.keys()) <= {"logits", "boxes", "sizes", "done"}
         return "unfinished" if ours else "foreign"
 
     @staticmethod
@@ -251,14 +182,26 @@ class LogitsStore:
     def done_mask(self) -> np.ndarray:
         return np.asarray(self.done[:], dtype=bool)
 
-    def write(self, i: int, logits: torch.Tensor) -> None:
-        """Store image i's logits (KxHxW at pixel resolution, or already pooled to the stride)."""
-        self.write_block(i, [logits])
+    def write(self, i: int, logits: torch.Tensor, boxes: Boxes | None = None) -> None:
+        """Store image i's logits (KxHxW at pixel resolution, or already pooled to the stride)
+        and its boxes ((Nx4 xyxy, N labels); None: none)."""
+        self.write_block(i, [logits], [boxes])
 
-    def write_block(self, start: int, logits: list[torch.Tensor]) -> None:
+    def write_block(self, start: int, logits: list[torch.Tensor],
+                    boxes: list[Boxes | None] | None = None) -> None:  # fmt: skip
         """Store images start, start+1, ... in one call (zarr writes their chunks concurrently),
         then set their done flags."""
         canvas = np.zeros((len(logits), *self.logits.shape[1:]), dtype=self.logits.dtype)
+        box_rows = np.full((len(logits), *self.boxes.shape[1:]), -1, np.float32)
+        for k, b in enumerate(boxes or []):
+            if b is None:
+                continue
+            xyxy, labels = np.asarray(b[0], np.float32).reshape(-1, 4), np.asarray(b[1])
+            if len(labels) > box_rows.shape[1]:
+                raise BoxsegError(f"{self.image_ids[start + k]}: {len(labels)} boxes, more than "
+                                  f"a store holds ({box_rows.shape[1]})")  # fmt: skip
+            box_rows[k, : len(labels), :4] = xyxy
+            box_rows[k, : len(labels), 4] = labels
         for k, x in enumerate(logits):
             i = start + k
             h, w = (int(v) for v in self.sizes[i])
@@ -275,6 +218,7 @@ class LogitsStore:
         end = start + len(logits)
         try:
             self.logits[start:end] = canvas
+            self.boxes[start:end] = box_rows
             self.done[start:end] = True  # only after the chunks are written
         except OSError as e:  # disk full and the like: done flags stay unset, so a rerun resumes
             first, why = self.image_ids[start], e.strerror or e
@@ -298,10 +242,22 @@ class LogitsStore:
             return decode_int8(chunk)
         return torch.from_numpy(chunk.astype(np.float32))
 
-    def read_full(self, i: int) -> torch.Tensor:
-        """Image i's logits resampled to pixel resolution (KxHxW float32)."""
+    def read_boxes(self, i: int) -> Boxes:
+        """Image i's boxes as gen-logits saw them: (Nx4 float32 xyxy, N int64 labels)."""
+        rows = np.asarray(self.boxes[i])
+        rows = rows[rows[:, 4] >= 0]
+        return rows[:, :4].copy(), rows[:, 4].astype(np.int64)
+
+    def read_full(self, i: int, constrained: bool = True) -> torch.Tensor:
+        """Image i's logits decoded to pixel resolution (KxHxW float32), made box-consistent
+        with its boxes at pixel level (unless the store has no rule, or `constrained` False:
+        what the net said)."""
         h, w = (int(v) for v in self.sizes[i])
-        return upsample_logits(self.read(i), self.stride, h, w)
+        logits = upsample_logits(self.read(i), self.stride, h, w, void_free=not self.may_hold_void)
+        if not constrained or self.rule is None:
+            return logits
+        boxes, labels = self.read_boxes(i)
+        return self.rule.apply(logits[None], BoxEvidence.whole([boxes], [labels], h, w))[0]
 
     def check_matches(self, class_names: list[str], image_ids: list[str]) -> None:
         """Refuse a store made for other classes (or class order) or another weak set."""
@@ -334,10 +290,14 @@ class LogitsStore:
 class InMemoryLogits:
     """Soft-label logits held in RAM (float32, pixel resolution), with the reading interface
     of `LogitsStore`: train-primary takes either. Benchmarks use it as the no-storage baseline;
-    Python users can train from logits they made themselves."""
+    Python users can train from logits they made themselves; with `boxes` (id -> (Nx4, N))
+    and a `rule`, readers make them box-consistent as a store's."""
 
-    def __init__(self, logits: dict[str, torch.Tensor], class_names: list[str]):
+    def __init__(self, logits: dict[str, torch.Tensor], class_names: list[str],
+                 boxes: dict[str, Boxes] | None = None,
+                 rule: ConstraintRule | None = None):  # fmt: skip
         self.image_ids = list(logits)
+        self._boxes, self.rule = boxes or {}, rule
         self.class_names = list(class_names)
         self._logits = [logits[i].float() for i in self.image_ids]
         self._index = {k: i for i, k in enumerate(self.image_ids)}
@@ -361,7 +321,77 @@ class InMemoryLogits:
     def read(self, i: int, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
         return self._logits[i][:, rows or slice(None), cols or slice(None)]
 
-    def read_full(self, i: int) -> torch.Tensor:
-        return self._logits[i]
+    def read_boxes(self, i: int) -> Boxes:
+        empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+        return self._boxes.get(self.image_ids[i], empty)
 
+    read_full = LogitsStore.read_full
     check_matches = LogitsStore.check_matches
+
+
+class BlockWriter:
+    """`with BlockWriter(store) as w: w.write(start, block)`: compresses and writes blocks of
+    (logits, boxes) pairs in one background thread, so the next forward pass runs meanwhile.
+    At most `depth` blocks wait (memory stays bounded; 0: each is written at once, in the
+    caller); a failed write is raised at the next `write` or on leaving. Leaving waits for the
+    blocks already handed over: done flags are only set after their chunks, so a kill at any
+    moment still resumes."""
+
+    def __init__(self, store: LogitsStore, depth: int = 2):
+        self.store, self.depth = store, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="boxseg-writer")
+        self.pending: deque[Future] = deque()
+
+    def write(self, start: int, block: list[tuple[torch.Tensor, Boxes | None]]) -> None:
+        logits, boxes = [x for x, _ in block], [b for _, b in block]
+        if self.depth == 0:  # no overlap (benchmarks' serial baseline)
+            self.store.write_block(start, logits, boxes)
+            return
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self.store.write_block, start, logits, boxes))
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def open_or_create(
+    out: str, image_ids: list[str], class_names: list[str], stride: int, dtype: str,
+    attrs: dict, rule: ConstraintRule | None, sizes: Callable[[], np.ndarray], overwrite: bool,
+) -> LogitsStore:  # fmt: skip
+    """Resume a store made the same way (ids, classes, stride, dtype, rule and the provenance
+    in `attrs`: method, options, checkpoint, box constraint), refuse a mismatched one, or
+    create a new one (`sizes()`: the images' (height, width), read only then)."""
+    path = local_path(out)
+    exists = path is not None and (path / "zarr.json").is_file()
+    state = LogitsStore.state(out) if exists and not overwrite else None
+    if state == "foreign":
+        raise BoxsegError(f"{out}: exists and is not a boxseg logits store; "
+                          "choose another --out, or pass --overwrite to replace it")  # fmt: skip
+    if state == "complete":
+        store = LogitsStore.open(out, mode="r+")
+        for what, have, want in (
+            ("image ids", store.image_ids, image_ids),
+            ("classes", store.class_names, class_names),
+            ("stride", store.stride, stride),
+            ("dtype", store.dtype, dtype),
+            ("box constraint rule", store.rule, rule),
+            ("method", store.attrs.get("method", "anc"), attrs["method"]),
+            ("method options", store.attrs.get("method_options"), attrs.get("method_options")),
+            ("checkpoint", store.attrs.get("checkpoint_sha256"), attrs["checkpoint_sha256"]),
+            ("box constraint", store.attrs.get("box_constraint"), attrs.get("box_constraint")),
+        ):
+            if have != want:
+                raise BoxsegError(
+                    f"{out}: an existing store with other {what}; "
+                    "pass --overwrite to replace it, or another --out"
+                )
+        return store
+    return LogitsStore.create(out, image_ids, sizes(), class_names, stride, attrs, dtype, rule)

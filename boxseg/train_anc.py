@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from boxseg import distributed
-from boxseg.box_constraint import BiasMaker
+from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.class_weights import resolve_class_weights
 from boxseg.data.boxes import BoxSpec, box_channels
 from boxseg.data.formats import open_dataset
@@ -63,12 +63,9 @@ def train_anc(
     model = build_model(spec, ds.num_classes, channels, pretrained, box_path).to(device)
     say_pretrained(model, quiet)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
-    bias = None
-    if constraint_loss:
-        bias = BiasMaker(ds.num_classes, ds.background, box_spec.classes, 0.0)
-    train_set = FullTrainSet(
-        ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN, IMAGENET_STD, bias
-    )
+    rule = ConstraintRule.of(ds.num_classes, ds.background, box_spec.classes)
+    train_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN,
+                             IMAGENET_STD, evidence=constraint_loss)  # fmt: skip
     batches = Batches(train_set, cfg.batch_size, cfg.workers, cfg.seed)
     iters = total_iters(cfg, batches)
     if distributed.is_main():
@@ -99,9 +96,10 @@ def train_anc(
     def step(nets: nn.ModuleDict, batch: dict, _: int):
         logits = nets["ancillary"](batch["image"], batch["boxes"])
         mask = batch["mask"]
-        if "bias" in batch:  # learn to choose among the classes the boxes allow
-            logits = logits.float() + batch["bias"]
-            ruled_out = batch["bias"].gather(1, mask.clamp_max(ds.num_classes - 1)[:, None])
+        if "box_bounds" in batch:  # learn to choose among the classes the boxes allow
+            bias = rule.bias(BoxEvidence.of_batch(batch).to(logits.device))
+            logits = logits.float() + bias
+            ruled_out = bias.gather(1, mask.clamp_max(ds.num_classes - 1)[:, None])
             mask = torch.where(ruled_out[:, 0] < 0, torch.full_like(mask, VOID), mask)
         loss, all_void = hard_cross_entropy(logits, mask, weights)
         return loss, {"skipped_f": all_void}, batch["image"].shape[0]

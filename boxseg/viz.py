@@ -1,8 +1,8 @@
 """`boxseg viz`: one picture per weak image, to judge the pseudo-labels before trusting them.
 
 Panels, left to right: the image with its boxes; the store's argmax (the ancillary net's, or
-box-fill's / GrabCut's, pseudo-label; void black; the ancillary store holds box-consistent
-logits unless gen-logits was told --no-box-constraint, and the title says so); its confidence
+box-fill's / GrabCut's, pseudo-label; void black; made box-consistent at pixel level with the
+store's boxes unless gen-logits was told --no-box-constraint, and the title says so); its confidence
 (max softmax probability, dark = unsure); with `--model`, q: the target a primary model would
 get (linear self-correction at `--alpha`, or its conv merger); the ground truth where a mask
 exists.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from boxseg.checkpoint import load_model
-from boxseg.data.boxes import BoxSpec
+from boxseg.data.boxes import BoxSpec, box_pixels
 from boxseg.data.formats import load_weak, open_dataset
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
@@ -57,13 +57,12 @@ def render(ds, split: str, store: LogitsStore, image_id: str, colours: np.ndarra
     anc = anc.nan_to_num(0.0)
     prob = torch.softmax(anc, 0)
     boxed = s.image.copy()
-    for box, label in zip(s.boxes, s.labels, strict=True):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
+    for (x1, y1, x2, y2), label in zip(box_pixels(s.boxes, *s.size), s.labels, strict=True):
         cv2.rectangle(boxed, (x1, y1), (x2 - 1, y2 - 1), colours[label].tolist(), 1)
     conf = (prob.max(0).values.numpy() * 255).astype(np.uint8)
     heat = cv2.cvtColor(cv2.applyColorMap(conf, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
     heat[void] = 0
-    constrained = (store.attrs.get("box_constraint") or {}).get("enabled")
+    constrained = store.rule is not None
     label_title = "pseudo-label (box-consistent)" if constrained else "pseudo-label"
     panels = [panel(boxed, "image + boxes", zoom),
               panel(colourise(prob.argmax(0).numpy(), colours, void), label_title, zoom),

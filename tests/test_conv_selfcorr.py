@@ -115,28 +115,30 @@ def test_online_q_equals_stored_q_up_to_storage_error(tiny_data, trained_anc):
     constraint made by the online W set, as train-primary does) and q from the (constrained)
     store differ only by float16 and stride-4 resampling: less than a 2-pixel shift of the
     same q would make them differ."""
-    from boxseg.box_constraint import BoxConstraint, constraint_of
-    from boxseg.data.torchsets import AugmentSpec, OnlineWeakTrainSet
+    from boxseg.box_constraint import BoxConstraint, rule_of
+    from boxseg.data.sampling import collate
+    from boxseg.data.torchsets import AugmentSpec
+    from boxseg.weak_targets import OnlineAncillary, OnlineWeakTrainSet, constrained
 
     model, meta = load_model(trained_anc[0], kind="ancillary")
     ds = open_dataset(tiny_data)
     store = LogitsStore.open(trained_anc[1])
     identity = AugmentSpec(32, (1.0, 1.0), hflip=False)
     online_set = OnlineWeakTrainSet(ds, "train", store.image_ids, BoxSpec.from_dict(meta["boxes"]),
-                                    identity, meta["mean"], meta["std"],
-                                    constraint_of(meta, BoxConstraint()))  # fmt: skip
+                                    identity, meta["mean"], meta["std"])  # fmt: skip
+    rule = rule_of(meta, BoxConstraint())
+    source = constrained(OnlineAncillary(model), rule)
     errors, shifted, agree, ruled_out = [], [], [], []
     for i in range(len(store.image_ids)):
-        b = online_set[(i, 0)]
-        with torch.no_grad():
-            online = model(b["image"][None], b["boxes"][None]) + b["bias"][None]
+        batch = collate([online_set[(i, 0)]])
+        online = source(batch)
         q_online = soft_target(online)
         q_stored = soft_target(store.read_full(i)[None])
         errors.append((q_online - q_stored).abs().mean().item())
         moved = torch.roll(q_online, shifts=(2, 2), dims=(2, 3))
         shifted.append((q_online - moved).abs().mean().item())
         agree.append((q_online.argmax(1) == q_stored.argmax(1)).float().mean().item())
-        ruled_out.append((b["bias"] < 0).float().mean().item())
+        ruled_out.append((online < -1e3).float().mean().item())
     print(f"stored {np.mean(errors):.4f}, 2-pixel shift {np.mean(shifted):.4f}")
     assert np.mean(errors) < BOUND < np.mean(shifted), (errors, shifted)
     assert np.mean(agree) > 0.9, agree

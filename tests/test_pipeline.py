@@ -50,11 +50,11 @@ def test_store_matches_weak_set(pipeline):
 
 
 def test_gen_logits_stores_what_the_model_predicts(pipeline):
-    from boxseg.box_constraint import BoxConstraint, constraint_of, pool_bias
+    from boxseg.box_constraint import BoxConstraint, constrain_whole, rule_of
+    from boxseg.cells import pool_logits
     from boxseg.data.boxes import BoxSpec
     from boxseg.data.formats import load_weak
     from boxseg.inference import predict_logits
-    from boxseg.store import pool_logits
 
     model, meta = load_model(pipeline["anc"], kind="ancillary")
     ds = open_dataset(pipeline["data"])
@@ -62,10 +62,15 @@ def test_gen_logits_stores_what_the_model_predicts(pipeline):
     assert s.attrs["box_constraint"] == {"enabled": True, "prior": 0.0}
     w = load_weak(ds, "train", s.image_ids[3], BoxSpec.from_dict(meta["boxes"]))
     raw = predict_logits(model, meta, w.image, torch.device("cpu"), w.boxes, w.labels)
-    bias = constraint_of(meta, BoxConstraint())(w.boxes, w.labels, *w.image.shape[:2])
-    expected = pool_logits(raw, 4) + pool_bias(bias, 4)  # the constraint on the store's grid
-    torch.testing.assert_close(s.read(3), expected, atol=1e-2, rtol=1e-2)
-    assert (bias < 0).any()  # the constraint did rule something out here
+    # the cells hold what the net said; the boxes it saw are stored beside them
+    torch.testing.assert_close(s.read(3), pool_logits(raw, 4), atol=1e-2, rtol=1e-2)
+    boxes, labels = s.read_boxes(3)
+    assert np.array_equal(boxes, w.boxes) and np.array_equal(labels, w.labels)
+    rule = rule_of(meta, BoxConstraint())
+    assert s.rule == rule
+    ruled = constrain_whole(s.read_full(3, constrained=False), rule, w.boxes, w.labels)
+    torch.testing.assert_close(s.read_full(3), ruled)  # read_full applies it at pixel level
+    assert (ruled < -1e3).any()  # the constraint did rule something out here
 
 
 def test_gen_logits_resumes(pipeline, tmp_path, capsys):

@@ -2,15 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from boxseg.cells import INT8_RANGE, decode_int8, encode_int8, pool_logits, upsample_logits
 from boxseg.errors import BoxsegError
-from boxseg.store import (
-    INT8_RANGE,
-    LogitsStore,
-    decode_int8,
-    encode_int8,
-    pool_logits,
-    upsample_logits,
-)
+from boxseg.store import LogitsStore
 
 
 def _store(tmp_path, sizes=((13, 18), (16, 16)), stride=4):

@@ -1,39 +1,39 @@
-"""Sources of ancillary logits: conv's F inputs made like the store's W inputs."""
+"""W's target sources (weak_targets.py): conv's F inputs made like the store's W inputs."""
 
 import numpy as np
 import pytest
 import torch
 
-from boxseg.box_constraint import pool_bias
+from boxseg.box_constraint import ConstraintRule
+from boxseg.cells import as_stored
 from boxseg.checkpoint import load_model
-from boxseg.store import LogitsStore, as_stored, pool_logits
-from boxseg.targets import OnlineAncillary
-from boxseg.train_primary import f_anc_logits
+from boxseg.selfcorr import f_anc_logits
+from boxseg.store import LogitsStore
+from boxseg.weak_targets import Constrained, OnlineAncillary
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_as_stored_is_what_a_store_gives_back(tmp_path, dtype):
-    """Pooling, the bias pooled by its max, rounding and resampling: the same values a store
-    written the way gen-logits writes it returns from read_full."""
+    """Pooling, rounding and resampling: the same values a store written the way gen-logits
+    writes it returns from read_full before the constraint."""
     torch.manual_seed(0)
     h, w, stride = 22, 30, 4
     logits = torch.randn(3, h, w) * 3
-    bias = torch.zeros(3, h, w)
-    bias[1, :, :7] = -1e4  # class 1 ruled out on the left (a box edge mid-cell)
     store = LogitsStore.create(str(tmp_path / "s.zarr"), ["a"], np.array([[h, w]], np.int32),
                                ["x", "y", "z"], stride, {}, dtype)  # fmt: skip
-    store.write(0, pool_logits(logits, stride) + pool_bias(bias, stride))  # as gen-logits
-    restored = as_stored(logits, stride, dtype, bias)
+    store.write(0, logits)  # pooled by the store, as gen-logits writes
+    restored = as_stored(logits, stride, dtype)
     torch.testing.assert_close(restored, store.read_full(0), rtol=0, atol=0)
     assert restored.shape == (3, h, w)
-    assert not torch.allclose(restored, logits + bias.clamp_min(-16))  # not the raw input
+    assert not torch.allclose(restored, logits)  # not the raw input
 
 
 def test_conv_f_inputs_are_pooled_like_the_store(pipeline):
-    """In store mode, the merger's F inputs are the online logits made like the store's."""
+    """In store mode, the merger's F inputs are the online logits made like the store's, then
+    constrained at pixel level."""
     anc, meta = load_model(pipeline["anc"], kind="ancillary")
     store = LogitsStore.open(pipeline["store"])
-    source = f_anc_logits(anc, store)
+    source = f_anc_logits(anc, (store.stride, store.dtype), None)
     assert source.like_store == (store.stride, store.dtype)
     torch.manual_seed(0)
     batch = {"image": torch.randn(2, 3, 32, 32),
@@ -45,4 +45,6 @@ def test_conv_f_inputs_are_pooled_like_the_store(pipeline):
     torch.testing.assert_close(got, want)
     assert (got - raw).abs().max() > 1e-3  # pooling changed them
     assert OnlineAncillary(anc)(batch).equal(raw)  # online W targets stay at full resolution
-    assert f_anc_logits(None, store) is None
+    assert f_anc_logits(None, None, None) is None
+    rule = ConstraintRule.of(5, 0, None)
+    assert isinstance(f_anc_logits(anc, None, rule), Constrained)

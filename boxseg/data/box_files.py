@@ -63,7 +63,8 @@ def read_yolo(path: Path, num_classes: int, height: int, width: int):
 
 def _xml_objects(path: Path) -> list[dict]:
     """The `object` elements of a VOC XML file: name, bndbox corners and the line each starts
-    on (expat, so that errors can name lines)."""
+    on (expat, so that errors can name lines). `part` elements inside an object (VOC's person
+    layout: head, hand, foot) are not objects, and their boxes are not the object's."""
     objects: list[dict] = []
     stack: list[str] = []
     text: list[str] = []
@@ -83,7 +84,8 @@ def _xml_objects(path: Path) -> list[dict]:
             return
         if tag == "name" and stack[-1] == "object":
             objects[-1]["name"] = value
-        elif tag in ("xmin", "ymin", "xmax", "ymax") and stack[-1] == "bndbox":
+        elif tag in ("xmin", "ymin", "xmax", "ymax") and stack[-2:] == ["object", "bndbox"]:
+            # (the object's own box: a <part>'s bndbox (head, hand, foot) is not the object's)
             objects[-1]["box"][tag] = (value, parser.CurrentLineNumber)
 
     parser.StartElementHandler, parser.EndElementHandler = start, end

@@ -72,6 +72,24 @@ def boxes_from_mask(
     )
 
 
+EDGE_TOL = 1e-3  # box edges this close to a whole pixel count as on it (float noise, e.g. YOLO)
+
+
+def box_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nx4 xyxy boxes (floats, x2/y2 exclusive) -> Nx4 int64 pixel bounds [x1, x2) x [y1, y2),
+    clipped to the image: the one rule deciding which pixels a box covers, for every consumer
+    (the encoder's raster, the box constraint, box-fill, GrabCut, SAM, crops). A pixel is
+    covered if the box overlaps it at all (floor of the near edge, ceiling of the far one), so
+    a box thinner than a pixel still covers one; edges within `EDGE_TOL` of a whole pixel are
+    taken as on it. A box left with no pixel has x2 <= x1 or y2 <= y1."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    near = np.floor(b[:, :2] + EDGE_TOL)
+    far = np.maximum(np.ceil(b[:, 2:] - EDGE_TOL), near + (b[:, 2:] > b[:, :2]))
+    out = np.concatenate([near, far], 1)
+    out = np.clip(out, 0, [width, height, width, height]).astype(np.int64)
+    return out
+
+
 def box_channels(num_classes: int, background: int | None) -> int:
     """Channels of the box tensor: K, plus an 'outside all boxes' one if there is no background."""
     return num_classes if background is not None else num_classes + 1
@@ -88,14 +106,12 @@ def rasterize_boxes(
     """The box encoder's input (method.md): channel k is 1 inside every box of class k.
 
     The background channel (or, for datasets without a background class, an extra last
-    channel) is 1 outside all boxes. Overlapping boxes set several channels. Box edges are
-    rounded to whole pixels; x2 and y2 are exclusive. Returns CxHxW float32.
+    channel) is 1 outside all boxes. Overlapping boxes set several channels. A box covers the
+    pixels `box_pixels` says. Returns CxHxW float32.
     """
     out = np.zeros((box_channels(num_classes, background), height, width), dtype=np.float32)
     inside = np.zeros((height, width), dtype=bool)
-    for (x1, y1, x2, y2), k in zip(np.rint(boxes).astype(np.int64), labels, strict=True):
-        x1, x2 = max(int(x1), 0), min(int(x2), width)
-        y1, y2 = max(int(y1), 0), min(int(y2), height)
+    for (x1, y1, x2, y2), k in zip(box_pixels(boxes, height, width), labels, strict=True):
         if x2 <= x1 or y2 <= y1:
             continue
         out[int(k), y1:y2, x1:x2] = 1.0

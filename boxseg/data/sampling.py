@@ -15,9 +15,10 @@ from itertools import count
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from boxseg import distributed
+from boxseg.box_constraint import pad_boxes
 from boxseg.errors import BoxsegError
 
 
@@ -55,6 +56,19 @@ class ShardedBatches(Sampler):
             yield [(int(i), item_seed(self.seed, epoch, int(i))) for i in chunk]
 
 
+RAGGED = ("box_bounds", "box_labels")  # one row per box: padded to the batch's most boxes
+
+
+def collate(items: list[dict]) -> dict:
+    """torch's default collate, but the items' box lists (`RAGGED`) are padded (labels -1)."""
+    if not isinstance(items[0], dict) or not any(k in items[0] for k in RAGGED):
+        return default_collate(items)
+    ragged = {k: [it[k] for it in items] for k in RAGGED}
+    out = default_collate([{k: v for k, v in it.items() if k not in RAGGED} for it in items])
+    out["box_bounds"], out["box_labels"] = pad_boxes(ragged["box_bounds"], ragged["box_labels"])
+    return out
+
+
 class Batches:
     """`batches(step)` -> the collated batch for training step `step`.
 
@@ -87,6 +101,7 @@ class Batches:
                 num_workers=self.workers,
                 pin_memory=torch.cuda.is_available(),
                 generator=own_rng,
+                collate_fn=collate,
             )
             self._it = iter(loader)
             self._next = step

@@ -12,13 +12,15 @@ benchmarked against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boxseg.cells import Window, crop_coords, resample_cells, source_pixels
+from boxseg.data.boxes import box_pixels
 from boxseg.data.sample import VOID
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,90 +63,10 @@ def draw_params(
     return AugParams(scale, top, left, bool(hflip and rng.random() < 0.5))
 
 
-@dataclass(frozen=True)
-class Window:
-    """A crop in the original image's terms: the image (src_h x src_w) scaled to h x w, and the
-    crop's pixel (y, x) showing that scaled image's pixel (top + y, left + x); rows and columns
-    past the scaled image's edge are padding."""
-
-    src_h: int
-    src_w: int
-    h: int
-    w: int
-    top: int
-    left: int
-    crop: int
-    flip: bool
-
-    @property
-    def rows(self) -> int:
-        """Rows of the crop that show the image (the rest is padding)."""
-        return max(0, min(self.crop, self.h - self.top))
-
-    @property
-    def cols(self) -> int:
-        """Columns of the crop that show the image."""
-        return max(0, min(self.crop, self.w - self.left))
-
-
 def window(height: int, width: int, p: AugParams, crop: int) -> Window:
     """The crop window that augmentation `p` cuts from a height x width image."""
     h, w = max(1, round(height * p.scale)), max(1, round(width * p.scale))
     return Window(height, width, h, w, p.top, p.left, crop, p.flip)
-
-
-def cell_coords(start: int, n: int, scaled: int, src: int, stride: int = 1) -> np.ndarray:
-    """For crop pixels start..start+n-1 along an axis of `src` pixels scaled to `scaled`: the
-    (fractional) index of the cell, among values held at `stride`, that each pixel is read at
-    (cell c covers pixels c*s ... c*s + s - 1 and sits at their centre). Half-pixel centres
-    as `F.interpolate(..., align_corners=False)`; past the image's edge the edge repeats."""
-    y = np.arange(start, start + n, dtype=np.float64)
-    pix = np.clip((y + 0.5) * (src / scaled) - 0.5, 0, src - 1)
-    return np.clip((pix + 0.5) / stride - 0.5, 0, -(-src // stride) - 1)
-
-
-def crop_coords(win: Window, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, column) cell coordinates of every pixel of the crop window (columns reversed
-    when the window is flipped)."""
-    rows = cell_coords(win.top, win.crop, win.h, win.src_h, stride)
-    cols = cell_coords(win.left, win.crop, win.w, win.src_w, stride)
-    return rows, cols[::-1].copy() if win.flip else cols
-
-
-def cells_spanned(coords: np.ndarray) -> slice:
-    """The cells that bilinear reads at these fractional cell coordinates touch."""
-    return slice(int(coords.min()), int(np.ceil(coords.max())) + 1)
-
-
-def cells_needed(win: Window, stride: int) -> tuple[slice, slice]:
-    """The rows and columns of cells held at `stride` that the crop window reads."""
-    rows, cols = crop_coords(win, stride)
-    return cells_spanned(rows), cells_spanned(cols)
-
-
-def resample_cells(
-    cells: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, void: bool = True
-) -> torch.Tensor:
-    """Bilinear resampling of NxKxhxw cells at fractional cell coordinates (rows: NxH, cols:
-    NxW) -> NxKxHxW, one fused pass (`F.grid_sample`), on whatever device the cells are:
-    W targets are made this way on the training device from the few cells under each crop.
-    With `void`, void cells (NaN) are left out of the interpolation and a pixel is void
-    (NaN) where void cells outweigh the others, as in `store.upsample_logits`; without it the
-    caller knows there is none (no extra passes)."""
-    h, w = cells.shape[-2:]
-    gy = (2 * rows.float() + 1) / h - 1
-    gx = (2 * cols.float() + 1) / w - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)
-
-    def sample(x: torch.Tensor) -> torch.Tensor:
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    if not void:
-        return sample(cells)
-    missing = torch.isnan(cells[:, :1])
-    weight = sample((~missing).to(cells.dtype))
-    out = sample(cells.nan_to_num(0.0)) / weight.clamp_min(1e-6)
-    return torch.where(weight >= 0.5, out, torch.nan)
 
 
 def crop_logits(
@@ -172,25 +94,27 @@ def _warp_image(image: np.ndarray, win: Window) -> np.ndarray:
 
 
 def _nearest(plane: np.ndarray, win: Window, pad) -> np.ndarray:
-    """The crop of a label plane scaled by nearest pixel (cv2.resize's INTER_NEAREST lookup:
-    source index = floor(scaled index * src / scaled)), `pad` on padding."""
-    fy, fx = 1.0 / (win.h / win.src_h), 1.0 / (win.w / win.src_w)
-    rows = np.floor(np.arange(win.top, win.top + win.rows, dtype=np.float64) * fy)
-    cols = np.floor(np.arange(win.left, win.left + win.cols, dtype=np.float64) * fx)
-    rows = np.minimum(rows.astype(np.int64), win.src_h - 1)
-    cols = np.minimum(cols.astype(np.int64), win.src_w - 1)
+    """The crop of a label plane scaled by nearest pixel (`cells.source_pixels`, unflipped),
+    `pad` on padding."""
+    rows, cols = source_pixels(replace(win, flip=False))
     out = np.full((win.crop, win.crop), pad, dtype=plane.dtype)
-    out[: win.rows, : win.cols] = plane[np.ix_(rows, cols)]
+    out[: win.rows, : win.cols] = plane[np.ix_(rows[: win.rows], cols[: win.cols])]
     return out
 
 
 def _crop_boxes(boxes: np.ndarray, labels: np.ndarray | None, win: Window):
-    """Boxes scaled, shifted into the crop and clipped to it; boxes left empty are dropped."""
-    boxes = boxes * np.array([win.w / win.src_w, win.h / win.src_h] * 2, np.float32)
-    boxes = boxes - np.array([win.left, win.top, win.left, win.top], np.float32)
-    boxes = np.clip(boxes, 0, [win.crop] * 4).astype(np.float32)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes[keep], None if labels is None else labels[keep]
+    """Boxes in the crop (unflipped), in whole pixels: the crop pixels whose source pixel (the
+    nearest-pixel lookup masks are cropped by) lies in the box (`box_pixels`), so the box
+    raster, the mask and the box constraint agree on every pixel. Boxes that show no pixel of
+    the crop are dropped."""
+    rows, cols = source_pixels(replace(win, flip=False))
+    rows, cols = rows[: win.rows], cols[: win.cols]  # nondecreasing: a box is a run of them
+    b = box_pixels(boxes, win.src_h, win.src_w)
+    out = np.stack([np.searchsorted(cols, b[:, 0]), np.searchsorted(rows, b[:, 1]),
+                    np.searchsorted(cols, b[:, 2]), np.searchsorted(rows, b[:, 3])], 1)
+    out = out.astype(np.float32).reshape(-1, 4)
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out[keep], None if labels is None else labels[keep]
 
 
 def apply(x: Aligned, p: AugParams, crop: int) -> Aligned:
@@ -237,7 +161,13 @@ def resize_then_crop(x: Aligned, p: AugParams, crop: int) -> Aligned:
     logits = None
     if x.logits is not None:
         logits = F.interpolate(x.logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    boxes = None if x.boxes is None else x.boxes * np.array([w / width, h / height] * 2, np.float32)
+    planes = None
+    if x.boxes is not None:  # each box as a plane, resized like the mask (nearest)
+        planes = np.zeros((len(x.boxes), h, w), np.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(box_pixels(x.boxes, height, width)):
+            plane = np.zeros((height, width), np.uint8)
+            plane[y1:y2, x1:x2] = 1
+            planes[k] = cv2.resize(plane, (w, h), interpolation=cv2.INTER_NEAREST)
 
     ph, pw = max(crop - h, 0), max(crop - w, 0)
     if ph or pw:
@@ -253,10 +183,13 @@ def resize_then_crop(x: Aligned, p: AugParams, crop: int) -> Aligned:
     valid = valid[t : t + crop, l_ : l_ + crop]
     mask = None if mask is None else mask[t : t + crop, l_ : l_ + crop]
     logits = None if logits is None else logits[:, t : t + crop, l_ : l_ + crop]
-    labels = x.labels
-    if boxes is not None:
-        boxes = boxes - np.array([l_, t, l_, t], np.float32)
-        boxes = np.clip(boxes, 0, [crop, crop, crop, crop]).astype(np.float32)
+    labels, boxes = x.labels, None
+    if planes is not None:  # each box: the extent of its plane in the crop
+        boxes = np.zeros((len(planes), 4), np.float32)
+        for k, plane in enumerate(planes[:, t : t + crop, l_ : l_ + crop]):
+            ys, xs = np.nonzero(plane)
+            if len(ys):
+                boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, labels = boxes[keep], None if labels is None else labels[keep]
 

@@ -4,10 +4,10 @@ import torch
 from torch.utils.data import default_collate
 
 from boxseg.data.formats import open_dataset
-from boxseg.data.torchsets import AugmentSpec, WeakTrainSet
+from boxseg.data.torchsets import AugmentSpec
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Aligned, resize_then_crop
 from boxseg.store import LogitsStore
-from boxseg.targets import StoredLogits
+from boxseg.weak_targets import StoredLogits, WeakTrainSet
 
 
 @pytest.mark.parametrize("stride, tol", [(1, 0.6), (2, 25.0)])

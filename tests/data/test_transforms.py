@@ -2,18 +2,17 @@ import numpy as np
 import pytest
 import torch
 
+from boxseg.cells import cells_needed, pool_logits, upsample_logits
 from boxseg.data.boxes import boxes_from_mask
 from boxseg.data.transforms import (
     Aligned,
     AugParams,
     apply,
-    cells_needed,
     crop_logits,
     draw_params,
     resize_then_crop,
     window,
 )
-from boxseg.store import pool_logits, upsample_logits
 
 
 def _scene(h=40, w=50):
