@@ -398,3 +398,37 @@ def test_train_anc_with_the_constraint_in_its_loss(tiny_data, tmp_path, capsys):
         if x
     ]
     assert all(np.isfinite(losses)) and max(losses) < 100  # no -1e4 logit leaked into the loss
+
+
+@pytest.mark.parametrize("method", ["anc", "box"])
+def test_eval_logits_save_pred_writes_box_consistent_pseudo_labels(pipeline, tmp_path, capsys,
+                                                                    method):  # fmt: skip
+    """`eval --logits STORE --save-pred DIR`: one class-index PNG per store image, as the
+    primary's W targets see it; no pixel carries a class outside every box of that class."""
+    from boxseg.data.formats import open_dataset
+    from boxseg.io import read_label_png
+    from boxseg.store import LogitsStore
+    from tests.conftest import run_cli
+
+    store = pipeline["store"]
+    if method == "box":
+        store = tmp_path / "box.zarr"
+        code, _, err = run_cli(["gen-logits", pipeline["data"], "--method", "box", "--out", store,
+                                "--num-full", "4", "--quiet", "--stride", "8"], capsys)  # fmt: skip
+        assert code == 0, err
+    out = tmp_path / "pseudo"
+    code, _, err = run_cli(["eval", pipeline["data"], "--split", "train", "--logits", store,
+                            "--save-pred", out, "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    s = LogitsStore.open(store)
+    ds = open_dataset(pipeline["data"])
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(s.image_ids)
+    for i, image_id in enumerate(s.image_ids):
+        pred = read_label_png(out / f"{image_id}.png")
+        boxes, labels = s.read_boxes(i)
+        assert len(labels) > 0
+        for c in range(1, ds.num_classes):  # (class 0 is the background: free)
+            own = np.zeros(pred.shape, bool)
+            for b in boxes[labels == c]:
+                own |= _inside(b, *pred.shape)
+            assert not ((pred == c) & ~own).any(), (image_id, c)

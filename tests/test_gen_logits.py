@@ -76,7 +76,7 @@ def test_an_image_changed_since_the_store_was_made_is_a_clear_error(
     out = str(tmp_path / "w.zarr")
     real = LogitsStore.write_block
 
-    def stop(self, start, logits):
+    def stop(self, start, logits, boxes=None):
         raise RuntimeError("killed")
 
     monkeypatch.setattr(LogitsStore, "write_block", stop)

@@ -31,11 +31,11 @@ def test_crash_between_blocks_then_resume(pipeline, tmp_path, monkeypatch):
     real = LogitsStore.write_block
     calls = []
 
-    def crash_on_second(self, start, logits):
+    def crash_on_second(self, start, logits, boxes=None):
         calls.append(start)
         if len(calls) == 2:
             raise RuntimeError("killed")
-        real(self, start, logits)
+        real(self, start, logits, boxes)
 
     monkeypatch.setattr(gl, "WRITE_BLOCK", 3)
     monkeypatch.setattr(LogitsStore, "write_block", crash_on_second)

@@ -76,11 +76,11 @@ def test_sam_store_is_scored_trained_from_and_resumes(pipeline, tmp_path, monkey
     real = LogitsStore.write_block
     calls = []
 
-    def crash_on_second(self, start, logits):  # killed after the first block
+    def crash_on_second(self, start, logits, boxes=None):  # killed after the first block
         calls.append(start)
         if len(calls) == 2:
             raise RuntimeError("killed")
-        real(self, start, logits)
+        real(self, start, logits, boxes)
 
     monkeypatch.setattr(gl, "WRITE_BLOCK", 3)
     monkeypatch.setattr(gl, "WRITER_DEPTH", 0)
@@ -134,3 +134,19 @@ def test_missing_checkpoint_and_missing_package_are_one_line(pipeline, tmp_path,
 
         monkeypatch.undo()
         load_sam(tmp_path / "junk.pth", "vit_x", torch.device("cpu"))
+
+
+def test_sam_masks_are_clipped_to_their_box(monkeypatch):
+    """A mask SAM spills outside its box is cut at the box (as GrabCut's are): the class never
+    lands outside every box of it."""
+    import boxseg.sam_labels as sl
+
+    monkeypatch.setattr(sl, "sam_masks", lambda predictor, image, boxes: np.ones(
+        (len(boxes), *image.shape[:2]), bool))  # fmt: skip
+    image = np.zeros((20, 30, 3), np.uint8)
+    boxes = np.array([[2, 3, 10, 12], [20, 1, 22.5, 19]], np.float32)
+    out, empty = sl.sam_fill(None, image, boxes, np.array([1, 2]), 0)
+    want = np.zeros((20, 30), np.uint8)
+    want[3:12, 2:10] = 1
+    want[1:19, 20:23] = 2
+    assert empty == 0 and np.array_equal(out, want)
