@@ -1,3 +1,3 @@
 """boxseg: semantic segmentation from a few masks and many bounding boxes."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

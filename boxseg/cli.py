@@ -453,7 +453,9 @@ def eval_cmd(
         str, typer.Option(help="Test-time augmentation: image scales, e.g. 0.75,1.0,1.25.")
     ] = "1.0",
     save_pred: Annotated[
-        Path | None, typer.Option(help="Also write <id>.png class-index predictions here.")
+        Path | None,
+        typer.Option(help="Also write <id>.png class-index predictions here (with --logits: "
+                     "every store image's pseudo-label, box-consistent, 255 void)."),
     ] = None,
     window: Annotated[
         int, typer.Option(help="Run images larger than this in overlapping tiles (0: whole).")

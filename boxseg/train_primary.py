@@ -174,14 +174,20 @@ def train_primary(
                  f"train-primary {mode}", quiet)  # fmt: skip
     if not distributed.is_main():
         return {}
-    meta = model_meta("primary", spec, ds, BoxSpec(), None, IMAGENET_MEAN, IMAGENET_STD)
-    meta["self_corr"] = mode
-    if correction.merger is not None:
-        meta["merger"] = {"hidden": conv_hidden}
-        meta["merger_state_dict"] = {k: v.detach().cpu()
-                                     for k, v in correction.merger.state_dict().items()}
+    meta = primary_meta(spec, ds, mode, correction.merger, conv_hidden)
     return finish_run(out, model, meta, ds, val_split, device, timing, iters,
                       f"train-primary ({mode})", quiet)  # fmt: skip
+
+
+def primary_meta(spec: ModelSpec, ds: SegDataset, mode: str, merger: nn.Module | None,
+                 hidden: int) -> dict:  # fmt: skip
+    """What model.pt records of a primary net (and conv's merger g beside it)."""
+    meta = model_meta("primary", spec, ds, BoxSpec(), None, IMAGENET_MEAN, IMAGENET_STD)
+    meta["self_corr"] = mode
+    if merger is not None:
+        meta["merger"] = {"hidden": hidden}
+        meta["merger_state_dict"] = {k: v.detach().cpu() for k, v in merger.state_dict().items()}
+    return meta
 
 
 def check_options(cfg: TrainConfig, box_constraint: BoxConstraint, self_corr: str,

@@ -131,3 +131,31 @@ def test_void_pixels_neither_spread_nor_leak_into_pooled_logits():
     void = torch.isnan(back).any(0)
     assert void[:, :4].all() and not void[:, 6:].any()  # within a block of the true border
     assert not torch.isnan(back[:, :, 6:]).any() and (back[1, :, 6:] == 3.0).all()
+
+
+def test_a_store_from_before_the_pixel_level_constraint_is_refused_in_one_line(tmp_path, capsys,
+                                                                               tiny_data):  # fmt: skip
+    """boxseg-logits-v1 stores hold the constraint baked into pooled cells (box edges bent):
+    reading one is refused with a line saying how to rewrite it."""
+    from tests.conftest import run_cli
+
+    loc = tmp_path / "old.zarr"
+    LogitsStore.create(str(loc), ["a"], np.array([[8, 8]], np.int32), ["x", "y"], 4, {})
+    group = LogitsStore.open(loc, mode="r+").group
+    group.attrs["format"] = "boxseg-logits-v1"
+    with pytest.raises(BoxsegError, match="--overwrite"):
+        LogitsStore.open(loc)
+    code, _, err = run_cli(["eval", tiny_data, "--logits", loc], capsys)
+    assert code == 2 and "rewrite it" in err and len(err.strip().splitlines()) == 1
+
+
+def test_boxes_are_stored_beside_the_logits(tmp_path):
+    s = LogitsStore.create(str(tmp_path / "b.zarr"), ["a", "b"], np.array([[8, 8], [8, 8]]),
+                           ["x", "y"], 4, {})  # fmt: skip
+    boxes = np.array([[0.5, 1, 3, 4.25], [2, 2, 8, 8]], np.float32)
+    s.write_block(0, [torch.zeros(2, 8, 8), torch.zeros(2, 8, 8)],
+                  [(boxes, np.array([1, 0])), None])  # fmt: skip
+    s = LogitsStore.open(s.location)
+    got, labels = s.read_boxes(0)
+    assert np.array_equal(got, boxes) and labels.tolist() == [1, 0]
+    assert s.read_boxes(1)[0].shape == (0, 4) and s.rule is None
