@@ -18,17 +18,15 @@ ablation's OUT can be reused), rows in OUT/evidence/*.json.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camvid_table import resized_copy  # noqa: E402
+from camvid_table import cached_row, resized_copy  # noqa: E402
 
 from boxseg import __version__  # noqa: E402
 from boxseg.checkpoint import load_model  # noqa: E402
@@ -76,16 +74,10 @@ def main() -> None:
     dev = torch.device(args.device)
 
     def cached(name: str, fn) -> dict:
-        path = out / "evidence" / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        t = time.perf_counter()
-        r = fn() | {"seconds": time.perf_counter() - t, "commit": code_version(),
-                    "torch": torch.__version__}  # fmt: skip
-        write_json(path, r)
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()
-                                      if k.endswith("miou")), flush=True)  # fmt: skip
-        return r
+        def run() -> dict:
+            return fn() | {"commit": code_version(), "torch": torch.__version__}
+
+        return cached_row(out / "evidence", name, run, lambda r: f"W mIoU {r['w']['miou']:.2f}")
 
     def scored(r: dict) -> dict:
         return {"miou": r["miou"], "per_class_iou": r["per_class_iou"]}
@@ -145,7 +137,7 @@ def main() -> None:
 
     for method, stride in BOX_ROWS:
         line(f"{method} stride {stride}", [f"{method}_stride{stride}"])
-    for what in ("pixel", "stride1", "stride4"):
+    for what in ("pixel", "stride1", "stride4") if nets else ():
         line(f"anc {what}", [f"{n}_{what}" for n in nets])
     if args.json:
         write_json(args.json, {"commit": code_version(), "torch": torch.__version__,

@@ -166,8 +166,8 @@ class LinearCorrection(NoCorrection):
 
 class ConvCorrection(NoCorrection):
     """q = softmax(g(l, l_anc)); g (`merger`) learns on F, CE(y, g(l, l_anc)), from the F
-    batch's ancillary logits (`f_anc_logits`: made like W's, targets.py); the primary's logits
-    enter g detached unless `grad_to_primary`."""
+    batch's ancillary logits (`f_anc_logits`: made like W's, weak_targets.py); the primary's
+    logits enter g detached unless `grad_to_primary`."""
 
     def __init__(
         self,

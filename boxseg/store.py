@@ -228,7 +228,7 @@ class LogitsStore:
 
     def read(self, i: int, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
         """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32),
-        or just the given rows and columns of its cells (`transforms.cells_needed`)."""
+        or just the given rows and columns of its cells (`cells.cells_needed`)."""
         if not (self._known_done[i] or bool(self.done[i])):
             raise BoxsegError(
                 f"{self.location}: image {self.image_ids[i]} has no logits yet "
