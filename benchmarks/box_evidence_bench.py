@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ancillary_ablation import NETS  # noqa: E402
 from camvid_table import cached_row, resized_copy  # noqa: E402
 
 from boxseg import __version__  # noqa: E402
@@ -37,10 +38,10 @@ from boxseg.engine import TrainConfig  # noqa: E402
 from boxseg.evaluate import evaluate_model, evaluate_store  # noqa: E402
 from boxseg.gen_logits import BoxMethod, gen_logits  # noqa: E402
 from boxseg.io import write_json  # noqa: E402
-from boxseg.models import BoxPathSpec, ModelSpec  # noqa: E402
+from boxseg.models import ModelSpec  # noqa: E402
 from boxseg.train_anc import train_anc  # noqa: E402
 
-SEEDS = {"long1200": 0, "long1200_s1": 1, "long1200_s2": 2}  # the ablation's net names
+SEEDS = ("long1200", "long1200_s1", "long1200_s2")  # the ablation's nets, seeds 0 / 1 / 2
 THIN = ("pole", "sign_symbol", "pedestrian")
 BOX_ROWS = (("box", 1), ("box", 4), ("grabcut", 1))  # (GrabCut: 5-8 min a store on 2 cores)
 
@@ -84,12 +85,13 @@ def main() -> None:
 
     def net(name: str) -> Path:
         run = out / "nets" / name
-        if not (run / "model.pt").is_file():
-            cfg = TrainConfig(iters=1200, batch_size=4, crop=160, scale_min=0.75, scale_max=1.25,
-                              lr=1e-3, optimizer="adamw", seed=SEEDS[name], device=args.device,
-                              checkpoint_every=100, resume=True)  # fmt: skip
+        if not (run / "model.pt").is_file():  # trained exactly as the ablation trains it
+            n = NETS[name]
+            cfg = TrainConfig(iters=n.iters, batch_size=4, crop=n.crop, scale_min=0.75,
+                              scale_max=1.25, lr=n.lr, optimizer="adamw", seed=n.seed,
+                              device=args.device, checkpoint_every=100, resume=True)  # fmt: skip
             train_anc(data, run, split, box_spec, spec, cfg, val_split=None, quiet=True,
-                      class_weights="median-freq", box_path=BoxPathSpec("max", True))  # fmt: skip
+                      class_weights=n.class_weights, box_path=n.box_path)  # fmt: skip
         return run / "model.pt"
 
     def store_row(name: str, stride: int, model: Path | None, method: str | None) -> dict:
