@@ -64,7 +64,7 @@ def main() -> None:
         n_weak = args.images - args.images // 4
         cfg = TrainConfig(iters=args.steps, batch_size=args.batch_size, crop=args.size,
                           scale_min=1.0, scale_max=1.0, device=args.device, amp=args.amp,
-                          workers=args.workers, checkpoint_every=0)  # fmt: skip
+                          workers=args.workers, checkpoint_every=0, overwrite=True)  # fmt: skip
         for backbone in args.backbones.split(","):
             spec, out = ModelSpec(backbone, 16), work / backbone
             store = str(out / "w.zarr")

@@ -76,7 +76,7 @@ def main() -> None:
         split = SplitSpec("train", args.num_full, 0)
         cfg = TrainConfig(iters=args.iters, batch_size=args.batch_size, crop=args.crop,
                           scale_min=args.scale_min, scale_max=args.scale_max, lr=args.lr,
-                          optimizer="adamw", device="cpu")  # fmt: skip
+                          optimizer="adamw", device="cpu", overwrite=True)  # fmt: skip
         anc = train_anc(data, work / "anc", split, BoxSpec(min_area=4), spec, cfg,
                         val_split=args.val_split, quiet=True)  # fmt: skip
         model = work / "anc" / "model.pt"

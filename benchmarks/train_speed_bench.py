@@ -110,7 +110,7 @@ def main() -> None:
         )
         cfg = TrainConfig(iters=args.steps, batch_size=args.batch_size, crop=args.crop,
                           device="cpu", workers=args.workers, checkpoint_every=0,
-                          log_every=1)  # fmt: skip
+                          log_every=1, overwrite=True)  # fmt: skip
         sources = {"store (float16, stride 4)": {"logits": str(store)},
                    "online ancillary": {"anc_model": model},
                    "in RAM (float32 full-res)": {"logits": in_ram}}  # fmt: skip

@@ -128,6 +128,24 @@ def _model_spec(backbone: str, output_stride: int, aspp_channels: int, decoder_c
     return ModelSpec(backbone, output_stride, aspp_channels, decoder_channels)
 
 
+def _refuse_unused(uses: dict[str, bool], mode: str) -> None:
+    """One line for an option given on the command line that the chosen mode would ignore
+    (`uses`: option name -> whether this mode uses it)."""
+    click = _click()
+    ctx = click.globals.get_current_context()
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    for name, used in uses.items():
+        if not used and ctx.get_parameter_source(name) in given:
+            raise BoxsegError(f"--{name.replace('_', '-')}: not used {mode}")
+
+
+Overwrite = Annotated[
+    bool,
+    typer.Option(help="Start over in a run directory that holds a run (removes only the files "
+                 "a run writes)."),
+]
+
+
 @app.command("train-anc")
 def train_anc_cmd(
     data: Data,
@@ -167,6 +185,7 @@ def train_anc_cmd(
     compile: Compile = False,
     checkpoint_every: CheckpointEvery = 200,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     val_split: ValSplit = "val",
     full_fraction: Annotated[
         float,
@@ -272,8 +291,12 @@ def gen_logits_cmd(
         int, typer.Option(help="anc: images per forward pass (lower it if memory is short).")
     ] = 8,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing store that does not match.")
+        bool, typer.Option(help="Replace an existing boxseg store that does not match.")
     ] = False,
+    redo: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated image ids to compute again (a damaged chunk)."),
+    ] = None,
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
     device: Device = "auto",
@@ -289,6 +312,13 @@ def gen_logits_cmd(
 
     if method not in METHODS:
         raise BoxsegError(f"--method {method}: choose from {', '.join(METHODS)}")
+    painted = method in ("box", "grabcut")
+    _refuse_unused({"model": method == "anc", "batch_size": method == "anc",
+                    "box_constraint": method == "anc", "box_prior": method == "anc",
+                    "confidence": painted, "box_min_area": painted,
+                    "grabcut_iters": method == "grabcut", "grabcut_margin": method == "grabcut",
+                    "sam_checkpoint": method == "sam", "sam_model": method == "sam"},
+                   f"with --method {method}")  # fmt: skip
     box_method = None
     if method != "anc":
         box_method = BoxMethod(method, confidence, grabcut_iters, grabcut_margin, box_min_area,
@@ -308,6 +338,7 @@ def gen_logits_cmd(
         skip_bad,
         batch_size,
         BoxConstraint(box_constraint, box_prior),
+        redo=tuple(i.strip() for i in (redo or "").split(",") if i.strip()),
     )
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")
@@ -395,6 +426,7 @@ def train_primary_cmd(
     compile: Compile = False,
     checkpoint_every: CheckpointEvery = 200,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     val_split: ValSplit = "val",
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
@@ -404,6 +436,14 @@ def train_primary_cmd(
     from boxseg.box_constraint import BoxConstraint
     from boxseg.train_primary import train_primary
 
+    weak = logits is not None or anc_model is not None
+    _refuse_unused({**dict.fromkeys(("alpha_start", "alpha_end", "alpha_decay_fraction"),
+                                    self_corr == "linear"),
+                    **dict.fromkeys(("conv_hidden", "conv_warmup", "conv_grad_to_primary",
+                                     "allow_full_anc"), self_corr == "conv"),
+                    "weak_weight": weak, "weak_batch_size": weak},
+                   f"with --self-corr {self_corr}" + ("" if weak else " and no W (--logits or "
+                                                           "--anc-model)"))  # fmt: skip
     train_primary(
         data,
         out,
@@ -462,12 +502,28 @@ def eval_cmd(
     ] = 0,
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
+    num_full: Annotated[
+        int | None,
+        typer.Option(help="With the other stages' split options: score only W's images."),
+    ] = None,
+    seed_split: SplitSeed = 0,
+    full_list: FullList = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Score a model, a folder of predictions, or a store's pseudo-labels: mIoU, per-class IoU,
     pixel accuracy."""
     from boxseg.evaluate import run_eval
+
+    on_model = model is not None
+    _refuse_unused({"flip": on_model, "scales": on_model, "window": on_model,
+                    "box_constraint": on_model, "box_prior": on_model, "device": on_model,
+                    "save_pred": pred_dir is None, "num_full": pred_dir is None,
+                    "full_list": pred_dir is None, "seed_split": pred_dir is None},
+                   "with --pred-dir" if pred_dir is not None else "with --logits")  # fmt: skip
+    weak_of = None
+    if num_full is not None or full_list is not None:
+        weak_of = _split(split, num_full, seed_split, full_list)
 
     try:
         scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
@@ -480,7 +536,7 @@ def eval_cmd(
     from boxseg.box_constraint import BoxConstraint
 
     run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
-             save_pred, window, BoxConstraint(box_constraint, box_prior))  # fmt: skip
+             save_pred, window, BoxConstraint(box_constraint, box_prior), weak_of)  # fmt: skip
 
 
 @app.command("predict")
@@ -491,7 +547,8 @@ def predict_cmd(
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Predict class-index PNGs and colour overlays for images."""
+    """Predict class-index PNGs and colour overlays for images (into a new directory, or one
+    predict made: never beside the inputs)."""
     from boxseg.predict import run_predict
 
     written = run_predict(model, images, out, device, quiet)
@@ -534,6 +591,8 @@ def viz_cmd(
     """Pictures of weak images: boxes, pseudo-label, confidence, q, ground truth."""
     from boxseg.viz import run_viz
 
+    _refuse_unused({"alpha": model is not None}, "without --model")
+    _refuse_unused({"num": ids is None}, "with --ids")
     chosen = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
     written = run_viz(data, logits, out, split, chosen, num, model, alpha, device)
     print(f"viz: {len(written)} pictures in {out}")
@@ -550,6 +609,9 @@ def export_cmd(
     size: Annotated[
         str, typer.Option(help="Ancillary models: the fixed input size, HEIGHTxWIDTH.")
     ] = "512x512",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing file boxseg did not export.")
+    ] = False,
 ) -> None:
     """Export a trained model to ONNX (dynamic batch; a primary model any image size)."""
     from boxseg.export import TOLERANCE, export_onnx
@@ -560,7 +622,7 @@ def export_cmd(
         hw = ()
     if len(hw) != 2:
         raise BoxsegError(f"--size {size}: give HEIGHTxWIDTH, e.g. 512x512")
-    r = export_onnx(model, out, opset, check, hw)
+    r = export_onnx(model, out, opset, check, hw, overwrite)
     diff = r.get("max_abs_diff")
     checked = (f"; onnxruntime matches PyTorch to {diff:.1e} (tolerance {TOLERANCE:g})"
                if diff is not None else "")  # fmt: skip
@@ -582,10 +644,11 @@ def plot_cmd(
     smooth: Annotated[int, typer.Option(help="Moving average of the loss over N logs.")] = 1,
 ) -> None:
     """Training curves (loss, learning rate, val mIoU) of runs, or a confusion matrix."""
-    from boxseg.plot import plot_confusion, plot_runs
+    from boxseg.plot import check_plot_out, plot_confusion, plot_runs
 
     if (confusion is None) == (not runs):
         raise BoxsegError("give run directories, or --confusion EVAL.json (not both)")
+    check_plot_out(out)
     if confusion is not None:
         plot_confusion(confusion, out)
     else:
@@ -610,12 +673,38 @@ def demo_cmd(
     run_demo(out, data_only, iters, device, quiet, data_seed)
 
 
+def _click():
+    """The click that typer runs on: its own copy (typer 0.2x vendors it as typer._click), or
+    the click package (older typer)."""
+    try:
+        from typer import _click as click  # noqa: PLC0415
+    except ImportError:
+        import click
+    return click
+
+
 def main() -> None:
-    """Entry point: user mistakes print one line and exit 2; --debug shows the traceback."""
+    """Entry point: user mistakes (ours, and the parser's: unknown option, a value of the wrong
+    type) print one line and exit 2; --debug shows the traceback."""
     from boxseg import distributed
 
+    click = _click()
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(2)
+    except click.exceptions.UsageError as e:
+        if _debug["on"]:
+            raise
+        command = f"{e.ctx.info_name}: " if e.ctx and e.ctx.parent else ""
+        print(f"boxseg: error: {command}{one_line_text(e.format_message())}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        print("boxseg: interrupted", file=sys.stderr)
+        sys.exit(130)
     except BoxsegError as e:
         if _debug["on"]:
             raise
@@ -623,6 +712,10 @@ def main() -> None:
         sys.exit(2)
     finally:
         distributed.cleanup()
+
+
+def one_line_text(text: str) -> str:
+    return " ".join(text.split())
 
 
 def one_line(error: BoxsegError) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from boxseg.errors import BoxsegError
+from boxseg.io import read_text
 
 
 def read_config(path: Path) -> dict:
@@ -18,7 +19,7 @@ def read_config(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise BoxsegError(f"{path}: config file not found")
-    text = path.read_text()
+    text = read_text(path)
     try:
         if path.suffix in (".yaml", ".yml"):
             try:

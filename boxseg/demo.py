@@ -22,6 +22,7 @@ from boxseg.engine import TrainConfig
 from boxseg.gen_logits import gen_logits
 from boxseg.io import write_json
 from boxseg.models import ModelSpec
+from boxseg.outputs import output_dir
 from boxseg.train_anc import train_anc
 from boxseg.train_primary import train_primary
 
@@ -40,7 +41,7 @@ def run_demo(
 ) -> dict:
     """Generate data under OUT/data (objects wear their class's texture family on plain
     backgrounds), run every stage, write OUT/results.json; return it."""
-    out = Path(out)
+    out = output_dir(out, "demo")  # (a rerun replaces the demo's own runs and data)
     data = write_synthetic(out / "data", NUM_TRAIN, NUM_VAL, size=64, seed=data_seed,
                            class_texture=True, clutter=False)  # fmt: skip
     if not quiet:
@@ -60,6 +61,7 @@ def run_demo(
         lr=0.003,
         optimizer="adamw",
         device=device,
+        overwrite=True,
     )
     results = {}
     results["ancillary"] = train_anc(

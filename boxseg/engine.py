@@ -42,6 +42,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200  # steps between RUN/last.pt saves (0: only at the end)
     resume: bool = False  # continue from RUN/last.pt if it exists
+    overwrite: bool = False  # start over in a run directory that holds a run already
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,8 +50,9 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.lr > 0:  # also refuses NaN
             raise BoxsegError(f"--lr {self.lr}: must be positive")
-        if self.batch_size < 1:
-            raise BoxsegError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.batch_size < 2:
+            raise BoxsegError(f"--batch-size {self.batch_size}: must be at least 2 (batch norm "
+                              "layers need two images a batch in training)")  # fmt: skip
         if self.crop < 16:
             raise BoxsegError(f"--crop {self.crop}: must be at least 16 pixels")
         if not 0 < self.scale_min <= self.scale_max:
@@ -65,6 +67,14 @@ class TrainConfig:
             raise BoxsegError(f"--checkpoint-every {self.checkpoint_every}: must be >= 0")
         if self.amp not in ("off", "bf16", "fp16"):
             raise BoxsegError(f"--amp {self.amp}: choose off, bf16 or fp16")
+        if self.workers < 0:
+            raise BoxsegError(f"--workers {self.workers}: must be 0 (read in the main process) "
+                              "or more")
+        if self.resume and self.overwrite:
+            raise BoxsegError("--resume and --overwrite: give one (continue the run, or start "
+                              "it over)")
+        if self.epochs is not None and self.epochs < 1:
+            raise BoxsegError(f"--epochs {self.epochs}: must be at least 1")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -15,11 +15,13 @@ from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_full, open_dataset
 from boxseg.data.sample import VOID
+from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
 from boxseg.io import read_label_png, write_json, write_label_png
 from boxseg.metrics import confusion_matrix, scores
+from boxseg.outputs import is_boxseg_json, output_dir, output_file
 from boxseg.store import LogitsStore
 
 
@@ -97,16 +99,20 @@ def pseudo_labels(store: LogitsStore, i: int) -> np.ndarray:
 
 
 def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = False,
-                   save_pred: Path | None = None) -> dict:  # fmt: skip
+                   save_pred: Path | None = None,
+                   weak_ids: list[str] | None = None) -> dict:  # fmt: skip
     """Scores of a logits store's pseudo-labels (`pseudo_labels`: what W gets) against the
     masks of its images in `split`: of those that have one (a user checking pseudo-labels
     masks a few W images; `images_without_mask` counts the rest). Void pseudo-label pixels
     count as misses; `coverage` is the share of labelled ground-truth pixels that got a
     pseudo-label. `save_pred`: also write every store image's pseudo-label as
-    <id>.png (class indices, 255 void), masked or not."""
+    <id>.png (class indices, 255 void), masked or not. `weak_ids`: the W of the split options
+    given, which the store must hold exactly."""
     store = LogitsStore.open(location)
     if list(store.class_names) != list(ds.class_names):
         raise BoxsegError(f"{location}: the store's classes differ from the dataset's")
+    if weak_ids is not None:
+        store.check_matches(list(ds.class_names), weak_ids)
     missing = [i for i in store.image_ids if not ds.image_path(split, i).is_file()]
     if missing:
         raise BoxsegError(
@@ -171,14 +177,21 @@ def run_eval(
     save_pred: Path | None = None,
     window: int = 0,
     constraint: BoxConstraint | None = None,
+    weak_of: SplitSpec | None = None,
 ) -> dict:
     """The CLI stage: score a model, a prediction folder or a logits store; print a table,
-    write JSON."""
+    write JSON. `weak_of`: score only the W images of that F/W split (the split options the
+    other stages were given)."""
     ds = open_dataset(data)
     if sum(x is not None for x in (model_path, pred_dir, logits)) != 1:
         raise BoxsegError("give exactly one of --model, --pred-dir or --logits")
+    if save_pred is not None:
+        output_dir(save_pred, "eval --save-pred", [Path(data), pred_dir], option="--save-pred")
+    if json_out is not None:
+        output_file(json_out, "--json", is_boxseg_json("miou"), [Path(data)])
+    weak_ids = None if weak_of is None else split_dataset(ds, weak_of)[1]
     if logits is not None:
-        result = evaluate_store(ds, split, logits, quiet, save_pred)
+        result = evaluate_store(ds, split, logits, quiet, save_pred, weak_ids)
         if "miou" not in result:  # nothing to score: the pseudo-labels were the point
             if not quiet:
                 print(f"eval: wrote {result['saved']} pseudo-labels to {save_pred}; none of "
@@ -193,8 +206,12 @@ def run_eval(
         model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
         result = evaluate_model(model, meta, ds, split, dev, quiet, scales, flip, save_pred,
-                                window, constraint)  # fmt: skip
+                                window, constraint, weak_ids)  # fmt: skip
         title = f"{meta['kind']} model {model_path} on {split}"
+    if weak_ids is not None:
+        title += f" (its {len(weak_ids)} W images)"
+    result["model"] = str(model_path or pred_dir or logits)
+    result["split"] = split + (" (W)" if weak_ids is not None else "")
     if not quiet:
         print_scores(result, title)
     if json_out is not None:

@@ -24,6 +24,7 @@ import torch
 from boxseg import __version__
 from boxseg.checkpoint import load_model
 from boxseg.errors import BoxsegError
+from boxseg.outputs import output_file
 
 OPSET = 18
 TOLERANCE = 1e-3  # max |onnxruntime - PyTorch| on the logits of a random input
@@ -49,12 +50,14 @@ def _example(meta: dict, height: int = 64, width: int = 96, batch: int = 1, seed
 
 
 def export_onnx(model_path: Path, out: Path, opset: int = OPSET, check: bool = True,
-                size: tuple[int, int] = (512, 512)) -> dict:  # fmt: skip
+                size: tuple[int, int] = (512, 512), overwrite: bool = False) -> dict:  # fmt: skip
     """Write MODEL as ONNX at `out` (atomically); returns what was written and, when
     onnxruntime is installed and `check`, the largest difference from PyTorch. A primary
     model takes any image size; an ancillary one a fixed `size` (height, width): its box
     encoder max-pools the box raster to sizes that follow the input's (adaptive pooling),
-    which ONNX cannot express for a dynamic size. The batch is dynamic for both."""
+    which ONNX cannot express for a dynamic size. The batch is dynamic for both. An existing
+    file at `out` is replaced only if boxseg exported it (or with `overwrite`)."""
+    out = output_file(Path(out), "--out", is_boxseg_onnx, overwrite=overwrite)
     onnx = _modules()
     model, meta = load_model(model_path, device="cpu")
     ancillary = meta["kind"] == "ancillary"
@@ -74,9 +77,11 @@ def export_onnx(model_path: Path, out: Path, opset: int = OPSET, check: bool = T
     except Exception as e:  # noqa: BLE001 - the exporter's failures are not the user's input
         raise BoxsegError(f"{model_path}: ONNX export failed ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from e  # fmt: skip
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as e:
+        raise BoxsegError(f"--out {out}: cannot write there ({e.strerror or e})") from e
     os.close(fd)
     try:
         program.save(tmp)
@@ -97,6 +102,17 @@ def export_onnx(model_path: Path, out: Path, opset: int = OPSET, check: bool = T
     if check:
         result["max_abs_diff"] = check_onnx(model, meta, out, size if ancillary else (80, 72))
     return result
+
+
+def is_boxseg_onnx(path: Path) -> bool:
+    """True for an ONNX file boxseg exported (its `boxseg` metadata property)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX at all, or no onnx package: not ours
+        return False
+    return any(p.key == "boxseg" for p in proto.metadata_props)
 
 
 def check_onnx(model: torch.nn.Module, meta: dict, path: Path,

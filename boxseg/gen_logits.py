@@ -108,12 +108,14 @@ def gen_logits(
     batch_size: int = 8,
     constraint: BoxConstraint | None = None,
     sam_predictor=None,
+    redo: tuple[str, ...] = (),
 ) -> LogitsStore:
     """Write (or finish) the store at `out` for every W image of the split: from the ancillary
     model at `model_path` (`batch_size` images per forward pass; box-consistent unless
     `constraint` is disabled: box_constraint.py), or (with `box_method`) from the boxes alone
     (box-fill, GrabCut, or SAM prompted with them: `sam_predictor`, or one loaded from
-    `box_method.sam_checkpoint`)."""
+    `box_method.sam_checkpoint`). `redo`: image ids computed again although done (a damaged
+    chunk)."""
     constraint = BoxConstraint() if constraint is None else constraint
     constraint.validate()
     if stride < 1:
@@ -144,7 +146,7 @@ def gen_logits(
     uses_boxes = meta is None or meta["kind"] == "ancillary"
     all_weak = weak_ids
     weak_ids = usable_ids(ds, split.split, weak_ids, ds.boxes_from_masks and uses_boxes,
-                          skip_bad, None, "W")  # fmt: skip
+                          skip_bad, None, "W", quiet or not distributed.is_main())  # fmt: skip
     if meta is not None and meta["kind"] == "ancillary":
         box_spec = BoxSpec.from_dict(meta["boxes"])
         provenance = {"method": "anc", "checkpoint_sha256": file_sha256(model_path),
@@ -160,14 +162,14 @@ def gen_logits(
         rule = ConstraintRule.of(ds.num_classes, ds.background, None)  # painted inside boxes
     provenance["skipped_ids"] = sorted(set(all_weak) - set(weak_ids))
     if distributed.is_main():  # one rank creates (or checks) the store, then all open it
-        attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()}}
-
-        def sizes() -> np.ndarray:
-            return np.array([check_image_file(ds.image_path(split.split, i)) for i in weak_ids],
-                            np.int32)  # fmt: skip
-
+        paths = [ds.image_path(split.split, i) for i in weak_ids]
+        sizes = np.array([check_image_file(p) for p in paths], np.int32).reshape(-1, 2)
+        attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()},
+                              "image_file_sizes": [p.stat().st_size for p in paths]}  # fmt: skip
         store = open_or_create(out, weak_ids, list(ds.class_names), stride, dtype, attrs, rule,
-                               sizes, overwrite)  # fmt: skip
+                               sizes, overwrite, (Path(data),))  # fmt: skip
+        if redo:
+            store.redo(list(redo))
     distributed.barrier()
     if not distributed.is_main():
         store = LogitsStore.open(out, mode="r+")

@@ -76,6 +76,22 @@ def load_torch(path: Path, what: str) -> Any:
         ) from e
 
 
+def read_text(path: Path) -> str:
+    """A text file read the one way boxseg reads them all: UTF-8, with or without a byte-order
+    mark, any line ends; a clear error for a missing file or another encoding."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise BoxsegError(f"{path}: file not found") from e
+    except OSError as e:
+        raise BoxsegError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BoxsegError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                          f"{e.start}); save it as UTF-8") from e  # fmt: skip
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an RGB image as HxWx3 uint8; a clear error for a missing or unreadable file."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -91,6 +107,11 @@ def read_label_png(path: Path) -> np.ndarray:
         raise BoxsegError(f"{path}: missing or not a readable mask image")
     if mask.ndim != 2:
         raise BoxsegError(f"{path}: a mask must be a single-channel class-index image")
+    if mask.dtype != np.uint8:  # 16-bit PNGs: range-checked before the cast, never wrapped
+        top = int(mask.max()) if mask.size else 0
+        if top > 255 or not np.issubdtype(mask.dtype, np.integer):
+            raise BoxsegError(f"{path}: a {mask.dtype} mask with value {top}; class ids are "
+                              "0..254 and void 255 (8-bit class-index PNG)")  # fmt: skip
     return mask.astype(np.uint8)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from boxseg.errors import BoxsegError
-from boxseg.io import atomic_write_bytes
+from boxseg.io import atomic_write_bytes, read_text
+from boxseg.outputs import is_png_with, output_file
 
 
 def _pyplot():
@@ -32,7 +33,7 @@ def read_metrics(run: Path) -> list[dict]:
     if not path.is_file():
         raise BoxsegError(f"{path}: no metrics (is {run} a boxseg run directory?)")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -42,9 +43,19 @@ def read_metrics(run: Path) -> list[dict]:
     return records
 
 
+SOFTWARE = "boxseg plot"  # in every PNG written here: what `plot` may replace at its --out
+
+
+def check_plot_out(out: Path) -> None:
+    """The --out PNG: a new file, or one `boxseg plot` wrote (a run directory is a fine place:
+    what is there is never replaced)."""
+    output_file(out, "--out", is_png_with(SOFTWARE))
+
+
 def _save(fig, out: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight",
+                metadata={"Software": SOFTWARE})  # fmt: skip
     atomic_write_bytes(Path(out), buf.getvalue())
 
 
@@ -64,15 +75,16 @@ def plot_runs(runs: list[Path], out: Path, smooth: int = 1) -> int:
         colour = f"C{k % 10}"
         steps = [r for r in records if "loss" in r]
         x = np.array([r["step"] for r in steps])
+        dot = "o" if len(steps) < 3 else None  # a run of a step or two: points, not lines
         for key, width in (("loss", 1.6), ("loss_f", 0.7), ("loss_w", 0.7)):
             y, xs = np.array([r.get(key, np.nan) for r in steps], float), x
             if len(y) and not np.isnan(y).all():
                 if smooth > 1 and len(y) >= smooth:  # a trailing mean: no edge effects
                     y, xs = np.convolve(y, np.ones(smooth) / smooth, mode="valid"), x[smooth - 1 :]
                 style = "-" if key == "loss" else (":" if key == "loss_f" else "--")
-                axes[0].plot(xs, y, style, color=colour, lw=width,
+                axes[0].plot(xs, y, style, color=colour, lw=width, marker=dot,
                              label=labels[name] if key == "loss" else None)  # fmt: skip
-        axes[1].plot(x, [r.get("lr", np.nan) for r in steps], color=colour)
+        axes[1].plot(x, [r.get("lr", np.nan) for r in steps], color=colour, marker=dot)
         if has_val:
             val = [r for r in records if "val_miou" in r]
             axes[2].plot([r["step"] for r in val], [r["val_miou"] for r in val], "o-",
@@ -94,7 +106,7 @@ def plot_confusion(eval_json: Path, out: Path) -> None:
     sum 1, with the class names and the per-class IoU."""
     plt = _pyplot()
     try:
-        report = json.loads(Path(eval_json).read_text())
+        report = json.loads(read_text(eval_json))
         conf = np.asarray(report["confusion"], float)
         names = list(report["per_class_iou"])
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -109,8 +121,15 @@ def plot_confusion(eval_json: Path, out: Path) -> None:
     labels = [f"{n} ({iou[n]:.0f})" if iou[n] is not None else n for n in names]
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), labels, fontsize=7)
+    if len(names) <= 30:  # the share of each true class, in its cell
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if conf[i].sum():
+                    ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center",
+                            fontsize=6, color="white" if rows[i, j] > 0.5 else "black")
+    what = " ".join(str(report[k]) for k in ("model", "split") if report.get(k))
     ax.set(xlabel="predicted", ylabel="true (IoU %)",
-           title=f"mIoU {report.get('miou', float('nan')):.2f}")  # fmt: skip
+           title=f"{what}\nmIoU {report.get('miou', float('nan')):.2f} (cells: % of the row)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     _save(fig, out)
     plt.close(fig)

@@ -13,6 +13,7 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
 from boxseg.io import read_image, write_image, write_label_png
+from boxseg.outputs import output_dir
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -40,7 +41,8 @@ def list_images(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     if source.is_dir():
-        found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in source.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # fmt: skip
         if found:
             return found
         raise BoxsegError(f"{source}: no .png or .jpg images in this directory")
@@ -50,6 +52,9 @@ def list_images(source: Path) -> list[Path]:
 def run_predict(model_path: Path, source: Path, out: Path, device: str = "auto",
                 quiet: bool = False) -> list[Path]:  # fmt: skip
     """Write OUT/<stem>.png (class indices) and OUT/<stem>_overlay.png for each image."""
+    source = Path(source)
+    images = list_images(source)
+    output_dir(out, "predict", [source if source.is_dir() else source.parent])
     dev = resolve_device(device)
     model, meta = load_model(model_path, device=dev)
     if meta["kind"] != "primary":
@@ -57,7 +62,7 @@ def run_predict(model_path: Path, source: Path, out: Path, device: str = "auto",
                           "primary model (score an ancillary one with eval)")  # fmt: skip
     colours = palette(len(meta["class_names"]))
     written = []
-    for path in track(list_images(Path(source)), description="predict", disable=quiet):
+    for path in track(images, description="predict", disable=quiet):
         image = read_image(path)
         pred = predict_logits(model, meta, image, dev).argmax(0).numpy().astype(np.uint8)
         write_label_png(Path(out) / f"{path.stem}.png", pred)

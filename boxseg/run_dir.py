@@ -11,16 +11,22 @@ import torch
 from boxseg import __version__, distributed
 from boxseg.errors import BoxsegError
 from boxseg.io import write_json
+from boxseg.outputs import output_dir
 
 
-def prepare_run_dir(out: Path) -> Path:
-    """Create the run directory (a clear error if it cannot be written)."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BoxsegError(f"{out}: cannot create the run directory ({e.strerror})") from e
-    return out
+def prepare_run_dir(out: Path, command: str, data: Path, resume: bool, overwrite: bool) -> Path:
+    """Create (or reuse) the run directory: a run already there needs `resume` or `overwrite`,
+    a directory boxseg did not make or one inside the dataset is refused (outputs.py)."""
+    return output_dir(out, command, [data], overwrite=overwrite, resume=resume)
+
+
+def check_val_split(ds, val_split: str | None) -> None:
+    """A --val-split the dataset does not have is a typo, not a request to skip validation."""
+    if val_split and not ds.has_split(val_split):
+        try:
+            ds.ids(val_split)  # the layout's own message, naming the splits it has
+        except BoxsegError as e:
+            raise BoxsegError(f"--val-split {val_split}: {e} ('' skips validation)") from e
 
 
 def environment(device: torch.device) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 from boxseg.data.formats import open_dataset
 from boxseg.data.split import SplitSpec, fraction_of, split_dataset
 from boxseg.io import atomic_write_bytes, write_json
+from boxseg.outputs import output_dir
 
 
 def write_split(data: Path, spec: SplitSpec, out: Path) -> dict:
@@ -15,7 +16,7 @@ def write_split(data: Path, spec: SplitSpec, out: Path) -> dict:
     ds = open_dataset(data)
     full, weak = split_dataset(ds, spec)
     half = fraction_of(full, 0.5, spec.seed)
-    out = Path(out)
+    out = output_dir(out, "split", [Path(data)])
     for name, ids in (("full", full), ("weak", weak), ("full_half", half)):
         atomic_write_bytes(out / f"{name}.txt", "".join(f"{i}\n" for i in ids).encode())
     info = {"dataset": ds.describe(), "split": spec.to_dict(), "num_full": len(full),

@@ -11,9 +11,13 @@ Layout (a zarr v3 group at any local path or zarr store URL):
   unused rows), the ones gen-logits saw: every reader applies the constraint with them at
   pixel resolution after decoding (`read_full`, and W's training crops).
 - `sizes`:  int32 (N, 2): each image's true (height, width) in pixels.
+- `check`:  uint32 (N, 2): CRC-32 of image i's logits chunk and of its box rows, written with
+  them: every read verifies them, so a chunk that is missing, cut short or overwritten is one
+  clear error naming the image (`gen-logits --redo ID` rewrites it), never zeros trained on.
 - `done`:   bool (N,): set only after image i's chunks are written, so a killed run resumes.
 - attributes: format, class_names, image_ids, stride, dtype, constraint (the rule, or None),
-  checkpoint_sha256, dataset, boxseg_version.
+  checkpoint_sha256, dataset, image_file_sizes (bytes of each image file: with `sizes`, the
+  fingerprint a resume must match), boxseg_version.
 
 `location` is a local path, a `file://` URL, or any URL zarr opens through fsspec (`memory://`,
 `s3://` with s3fs installed, ...).
@@ -26,8 +30,8 @@ back at the centre of its block.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,12 +44,14 @@ from boxseg import __version__
 from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.cells import decode_int8, encode_int8, pool_logits, upsample_logits
 from boxseg.errors import BoxsegError
+from boxseg.outputs import refuse_inside_inputs
 
 FORMAT = "boxseg-logits-v2"
 OLD_FORMATS = ("boxseg-logits-v1",)  # the constraint baked into pooled cells: refused
 DTYPES = ("float16", "int8")
 MAX_BOXES = 4096  # boxes per image a store holds (unused rows compress to nothing)
 NET_METHODS = ("anc", "primary")  # stores written by a net: no void cells (the others paint)
+ARRAYS = ("logits", "boxes", "sizes", "check", "done")
 
 
 def local_path(location: str | Path) -> Path | None:
@@ -78,20 +84,44 @@ class LogitsStore:
                               "with the same gen-logits command and --overwrite")  # fmt: skip
         if attrs.get("format") != FORMAT:
             raise BoxsegError(f"{location}: not a boxseg logits store")
-        self.class_names: list[str] = list(attrs["class_names"])
-        self.image_ids: list[str] = list(attrs["image_ids"])
-        self.stride: int = int(attrs["stride"])
+        try:
+            self.class_names: list[str] = [str(c) for c in attrs["class_names"]]
+            self.image_ids: list[str] = [str(i) for i in attrs["image_ids"]]
+            self.stride: int = int(attrs["stride"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BoxsegError(f"{location}: damaged store attributes ({type(e).__name__}: {e}); "
+                              "rewrite it with the same gen-logits command and --overwrite") from e
         self.dtype: str = attrs.get("dtype", "float16")
+        if self.dtype not in DTYPES or self.stride < 1:
+            raise BoxsegError(f"{location}: damaged store attributes (dtype {self.dtype!r}, "
+                              f"stride {self.stride})")  # fmt: skip
         self.attrs = attrs
         # box-fill, GrabCut and SAM stores mark unlabelled pixels void (NaN); a net's never do
         self.may_hold_void = attrs.get("method", "anc") not in NET_METHODS
+        try:
+            self._open_arrays(group, attrs)
+        except BoxsegError:
+            raise
+        except Exception as e:  # noqa: BLE001 - damaged metadata or chunks, whatever the codec says
+            why = (str(e).splitlines() or [type(e).__name__])[0][:100]
+            raise BoxsegError(f"{location}: damaged store ({why}); rewrite it with the same "
+                              "gen-logits command and --overwrite") from e  # fmt: skip
+
+    def _open_arrays(self, group: zarr.Group, attrs: dict) -> None:
         rule = attrs.get("constraint")
         self.rule = None if rule is None else ConstraintRule.from_dict(rule)
         self._index = {k: i for i, k in enumerate(self.image_ids)}
         self.logits = group["logits"]
         self.boxes = group["boxes"]
-        self.sizes = np.asarray(group["sizes"][:])  # small: kept in memory
+        self.sizes = np.asarray(group["sizes"][:], dtype=np.int64).reshape(-1, 2)  # in memory
         self.done = group["done"]
+        self.check = group["check"] if "check" in group else None  # (stores of 0.2.0: none)
+        n = len(self.image_ids)
+        if not (self.logits.shape[0] == self.boxes.shape[0] == len(self.sizes) ==
+                self.done.shape[0] == n) or self.logits.shape[1] != len(self.class_names):
+            raise BoxsegError(f"{self.location}: damaged store (array shapes do not match its "
+                              f"{n} images and {len(self.class_names)} classes); rewrite it with "
+                              "the same gen-logits command and --overwrite")  # fmt: skip
         self._known_done = self.done_mask()  # saves a read per image on the training hot path
 
     @staticmethod
@@ -142,6 +172,8 @@ class LogitsStore:
                            dtype="float32", compressors=ZstdCodec(level=3), fill_value=-1,
                            chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
         group.create_array("sizes", data=np.asarray(sizes, dtype=np.int32))
+        group.create_array("check", shape=(n, 2), chunks=(1, 2), dtype="uint32", fill_value=0,
+                           chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
         group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False,
                            chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
         group.attrs.update(attrs)
@@ -149,15 +181,27 @@ class LogitsStore:
 
     @staticmethod
     def state(location: str | Path) -> str:
-        """'complete' (created, maybe not yet filled), 'unfinished' (killed while being
-        created: safe to create anew) or 'foreign' (some other zarr data: never overwritten)."""
+        """'absent' (nothing there, or an empty directory), 'complete' (created, maybe not yet
+        filled), 'unfinished' (killed while being created: safe to create anew), 'old' (an
+        older boxseg's store) or 'foreign' (anything else: never overwritten). Local paths and
+        URLs alike."""
+        path = local_path(location)
+        if path is not None:
+            if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+                return "absent"
+            if not (path / "zarr.json").is_file():
+                return "foreign"  # a file, or a directory of other things
         try:
             group = zarr.open_group(zarr_location(location), mode="r")
+        except zarr.errors.GroupNotFoundError:
+            return "absent" if path is None else "foreign"
         except (FileNotFoundError, ValueError, KeyError, OSError):
             return "foreign"
         if group.attrs.get("format") == FORMAT:
             return "complete"
-        ours = not dict(group.attrs) and set(group.keys()) <= {"logits", "boxes", "sizes", "done"}
+        if group.attrs.get("format") in OLD_FORMATS:
+            return "old"
+        ours = not dict(group.attrs) and set(group.keys()) <= set(ARRAYS)
         return "unfinished" if ours else "foreign"
 
     @staticmethod
@@ -169,8 +213,18 @@ class LogitsStore:
             raise BoxsegError(f"{location}: no logits store here")
         try:
             group = zarr.open_group(zarr_location(location), mode=mode)
-        except (FileNotFoundError, ValueError, KeyError) as e:
+        except zarr.errors.GroupNotFoundError as e:
+            raise BoxsegError(f"{location}: no logits store here") from e
+        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
             raise BoxsegError(f"{location}: cannot open the logits store ({e})") from e
+        try:
+            names = set(group.keys())
+        except Exception as e:  # noqa: BLE001 - an array's metadata damaged, whatever the error
+            why = (str(e).splitlines() or [type(e).__name__])[0][:100]
+            raise BoxsegError(f"{location}: damaged store ({why}); rewrite it with the same "
+                              "gen-logits command and --overwrite") from e  # fmt: skip
+        if not {"logits", "boxes", "sizes", "done"} <= names:
+            raise BoxsegError(f"{location}: not a boxseg logits store (arrays missing)")
         return LogitsStore(group, location)
 
     def __len__(self) -> int:
@@ -180,7 +234,12 @@ class LogitsStore:
         return self._index[image_id]
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.done[:], dtype=bool)
+        try:
+            return np.asarray(self.done[:], dtype=bool)
+        except Exception as e:  # noqa: BLE001 - a damaged flag chunk, whatever the codec says
+            why = (str(e).splitlines() or [type(e).__name__])[0][:80]
+            raise BoxsegError(f"{self.location}: the done flags are damaged ({why}); rewrite "
+                              "the store with the same gen-logits command and --overwrite") from e
 
     def write(self, i: int, logits: torch.Tensor, boxes: Boxes | None = None) -> None:
         """Store image i's logits (KxHxW at pixel resolution, or already pooled to the stride)
@@ -216,9 +275,13 @@ class LogitsStore:
             else:
                 canvas[k, :, :hs, :ws] = x.numpy().astype(np.float16)
         end = start + len(logits)
+        sums = np.array([[_crc(canvas[k]), _crc(box_rows[k])] for k in range(len(logits))],
+                        np.uint32)  # fmt: skip
         try:
             self.logits[start:end] = canvas
             self.boxes[start:end] = box_rows
+            if self.check is not None:
+                self.check[start:end] = sums
             self.done[start:end] = True  # only after the chunks are written
         except OSError as e:  # disk full and the like: done flags stay unset, so a rerun resumes
             first, why = self.image_ids[start], e.strerror or e
@@ -237,16 +300,42 @@ class LogitsStore:
         h, w = (int(v) for v in self.sizes[i])
         hs, ws = math.ceil(h / self.stride), math.ceil(w / self.stride)
         rows, cols = rows or slice(0, hs), cols or slice(0, ws)
-        chunk = self.logits[i, :, rows.start : min(rows.stop, hs), cols.start : min(cols.stop, ws)]
+        canvas = self._verified(self.logits, i, 0, "logits")  # (zarr decodes whole chunks)
+        chunk = canvas[:, rows.start : min(rows.stop, hs), cols.start : min(cols.stop, ws)]
         if self.dtype == "int8":
             return decode_int8(chunk)
         return torch.from_numpy(chunk.astype(np.float32))
 
     def read_boxes(self, i: int) -> Boxes:
         """Image i's boxes as gen-logits saw them: (Nx4 float32 xyxy, N int64 labels)."""
-        rows = np.asarray(self.boxes[i])
+        rows = self._verified(self.boxes, i, 1, "boxes")
         rows = rows[rows[:, 4] >= 0]
         return rows[:, :4].copy(), rows[:, 4].astype(np.int64)
+
+    def _verified(self, array: zarr.Array, i: int, which: int, what: str) -> np.ndarray:
+        """Image i's whole chunk of `array`, checked against the CRC written with it."""
+        redo = (f"rewrite it with gen-logits and --redo {self.image_ids[i]} (same options), or "
+                "--overwrite")  # fmt: skip
+        try:
+            chunk = np.asarray(array[i])
+            want = None if self.check is None else int(self.check[i, which])
+        except Exception as e:  # noqa: BLE001 - a torn chunk fails in the codec, whatever it is
+            why = (str(e).splitlines() or [type(e).__name__])[0][:80]
+            raise BoxsegError(f"{self.location}: the {what} of image {self.image_ids[i]} are "
+                              f"unreadable (chunk damaged: {why}); {redo}") from e  # fmt: skip
+        if want is not None and _crc(chunk) != want:
+            raise BoxsegError(f"{self.location}: the {what} of image {self.image_ids[i]} are "
+                              f"missing or damaged (checksum mismatch); {redo}")  # fmt: skip
+        return chunk
+
+    def redo(self, ids: list[str]) -> None:
+        """Clear the done flags of `ids`, so gen-logits computes them again."""
+        unknown = [i for i in ids if i not in self._index]
+        if unknown:
+            raise BoxsegError(f"--redo {unknown[0]}: not an image of the store {self.location}")
+        for image_id in ids:
+            self.done[self._index[image_id]] = False
+            self._known_done[self._index[image_id]] = False
 
     def read_full(self, i: int, constrained: bool = True) -> torch.Tensor:
         """Image i's logits decoded to pixel resolution (KxHxW float32), made box-consistent
@@ -285,6 +374,10 @@ class LogitsStore:
                 f"{self.location}: {len(not_done)} weak images have no logits yet (first: "
                 f"{not_done[0]}); the gen-logits run was interrupted: run it again to finish"
             )
+
+
+def _crc(array: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(array).tobytes()) & 0xFFFFFFFF
 
 
 class InMemoryLogits:
@@ -364,34 +457,59 @@ class BlockWriter:
 
 def open_or_create(
     out: str, image_ids: list[str], class_names: list[str], stride: int, dtype: str,
-    attrs: dict, rule: ConstraintRule | None, sizes: Callable[[], np.ndarray], overwrite: bool,
+    attrs: dict, rule: ConstraintRule | None, sizes: np.ndarray, overwrite: bool,
+    inputs: tuple[Path, ...] = (),
 ) -> LogitsStore:  # fmt: skip
-    """Resume a store made the same way (ids, classes, stride, dtype, rule and the provenance
-    in `attrs`: method, options, checkpoint, box constraint), refuse a mismatched one, or
-    create a new one (`sizes()`: the images' (height, width), read only then)."""
+    """Resume a store made the same way (ids, classes, stride, dtype, rule, the provenance in
+    `attrs`: method, options, checkpoint, box constraint; and the same images: `sizes`, and
+    `attrs["image_file_sizes"]`), refuse a mismatched one (`overwrite`: replace it), or create
+    a new one. Never replaces what is not a boxseg store, nor writes inside `inputs`; local
+    paths and URLs alike."""
     path = local_path(out)
-    exists = path is not None and (path / "zarr.json").is_file()
-    state = LogitsStore.state(out) if exists and not overwrite else None
+    if path is not None:
+        refuse_inside_inputs(path, inputs)
+    state = LogitsStore.state(out)
     if state == "foreign":
-        raise BoxsegError(f"{out}: exists and is not a boxseg logits store; "
-                          "choose another --out, or pass --overwrite to replace it")  # fmt: skip
+        kind = "a file" if path is not None and path.is_file() else "not a boxseg logits store"
+        raise BoxsegError(f"{out}: exists and is {kind}; boxseg replaces only its own stores: "
+                          "choose another --out")  # fmt: skip
+    if state == "old" and not overwrite:
+        LogitsStore.open(out)  # (its own message: rewrite with --overwrite)
     if state == "complete":
         store = LogitsStore.open(out, mode="r+")
-        for what, have, want in (
-            ("image ids", store.image_ids, image_ids),
-            ("classes", store.class_names, class_names),
-            ("stride", store.stride, stride),
-            ("dtype", store.dtype, dtype),
-            ("box constraint rule", store.rule, rule),
-            ("method", store.attrs.get("method", "anc"), attrs["method"]),
-            ("method options", store.attrs.get("method_options"), attrs.get("method_options")),
-            ("checkpoint", store.attrs.get("checkpoint_sha256"), attrs["checkpoint_sha256"]),
-            ("box constraint", store.attrs.get("box_constraint"), attrs.get("box_constraint")),
-        ):
-            if have != want:
-                raise BoxsegError(
-                    f"{out}: an existing store with other {what}; "
-                    "pass --overwrite to replace it, or another --out"
-                )
-        return store
-    return LogitsStore.create(out, image_ids, sizes(), class_names, stride, attrs, dtype, rule)
+        mismatch = _mismatch(store, image_ids, class_names, stride, dtype, rule, attrs, sizes)
+        if mismatch is None:
+            return store
+        if not overwrite:
+            raise BoxsegError(f"{out}: an existing store {mismatch}; pass --overwrite to "
+                              "replace it, or another --out")  # fmt: skip
+    return LogitsStore.create(out, image_ids, sizes, class_names, stride, attrs, dtype, rule)
+
+
+def _mismatch(store: LogitsStore, image_ids, class_names, stride, dtype, rule, attrs: dict,
+              sizes: np.ndarray) -> str | None:  # fmt: skip
+    """How an existing store differs from the one asked for (None: it is the same)."""
+    for what, have, want in (
+        ("image ids", store.image_ids, image_ids),
+        ("classes", store.class_names, class_names),
+        ("stride", store.stride, stride),
+        ("dtype", store.dtype, dtype),
+        ("box constraint rule", store.rule, rule),
+        ("method", store.attrs.get("method", "anc"), attrs["method"]),
+        ("method options", store.attrs.get("method_options"), attrs.get("method_options")),
+        ("checkpoint", store.attrs.get("checkpoint_sha256"), attrs["checkpoint_sha256"]),
+        ("box constraint", store.attrs.get("box_constraint"), attrs.get("box_constraint")),
+    ):
+        if have != want:
+            return f"with other {what}"
+    differ = np.flatnonzero((store.sizes != np.asarray(sizes)).any(1))
+    if len(differ):
+        (h, w), (sh, sw) = sizes[differ[0]], store.sizes[differ[0]]
+        return (f"made from other images: {image_ids[differ[0]]} is {w}x{h} here, {sw}x{sh} in "
+                "the store")
+    have = store.attrs.get("image_file_sizes")
+    want = attrs.get("image_file_sizes")
+    if have is not None and want is not None and have != want:
+        first = next(k for k, (a, b) in enumerate(zip(have, want, strict=True)) if a != b)
+        return f"made from other image files (first: {image_ids[first]})"
+    return None

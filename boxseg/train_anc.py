@@ -20,7 +20,7 @@ from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.data.validate import usable_ids
 from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
 from boxseg.models import BoxPathSpec, ModelSpec, build_model, say_pretrained
-from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
+from boxseg.run_dir import check_val_split, finish_run, model_meta, prepare_run_dir, write_config
 from boxseg.selfcorr import hard_cross_entropy
 
 
@@ -51,11 +51,15 @@ def train_anc(
     cfg.validate()
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
+    check_val_split(ds, val_split)
     full_ids, weak_ids = split_dataset(ds, split)
     num_full = len(full_ids)
     full_ids = fraction_of(full_ids, full_fraction, split.seed) if full_fraction < 1 else full_ids
-    out = prepare_run_dir(out) if distributed.is_main() else Path(out)
-    full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad, out / "skipped_full.json", "F")
+    if distributed.is_main():
+        out = prepare_run_dir(out, "train-anc", data, cfg.resume, cfg.overwrite)
+    out = Path(out)
+    full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad, out / "skipped_full.json", "F",
+                          quiet or not distributed.is_main())  # fmt: skip
     weights = resolve_class_weights(class_weights, ds, split.split, full_ids)
     box_path = box_path or BoxPathSpec()
     torch.manual_seed(cfg.seed)

@@ -32,7 +32,7 @@ from boxseg.engine import TrainConfig, fit, resolve_device, total_iters
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
 from boxseg.models import ModelSpec, build_model, say_pretrained
-from boxseg.run_dir import finish_run, model_meta, prepare_run_dir, write_config
+from boxseg.run_dir import check_val_split, finish_run, model_meta, prepare_run_dir, write_config
 from boxseg.selfcorr import (
     SELF_CORR_MODES,
     Objective,
@@ -125,14 +125,18 @@ def train_primary(
                   weak_weight, weak_batch_size, logits, anc_model)  # fmt: skip
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
+    check_val_split(ds, val_split)
     full_ids, weak_ids = split_dataset(ds, split)
+    if distributed.is_main():
+        out = prepare_run_dir(out, "train-primary", data, cfg.resume, cfg.overwrite)
+    out = Path(out)
     anc = load_ancillary(anc_model, ds, device, self_corr, allow_full_anc, box_constraint)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     weak = weak_source(ds, split.split, weak_ids, logits, anc, box_constraint, skip_bad,
-                       Path(out), aug)  # fmt: skip
+                       Path(out), aug, quiet or not distributed.is_main())  # fmt: skip
     full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad,
-                          Path(out) / "skipped_full.json", "F")  # fmt: skip
-    out = prepare_run_dir(out) if distributed.is_main() else Path(out)
+                          Path(out) / "skipped_full.json", "F",
+                          quiet or not distributed.is_main())  # fmt: skip
     weights = resolve_class_weights(class_weights, ds, split.split, full_ids)
     torch.manual_seed(cfg.seed)
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
@@ -226,7 +230,7 @@ def load_ancillary(anc_model: Path | None, ds: SegDataset, device: torch.device,
 def weak_source(ds: SegDataset, split: str, weak_ids: list[str],
                 logits: str | InMemoryLogits | None, anc: Ancillary | None,
                 box_constraint: BoxConstraint, skip_bad: bool, out: Path,
-                aug: AugmentSpec) -> WeakSource | None:  # fmt: skip
+                aug: AugmentSpec, quiet: bool = True) -> WeakSource | None:  # fmt: skip
     """W's target source: the store at `logits` (checked against the data, the ancillary net
     and the constraint), else the ancillary net online, else None (F only)."""
     if logits is None and anc is None:
@@ -236,7 +240,7 @@ def weak_source(ds: SegDataset, split: str, weak_ids: list[str],
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if logits is None:  # online: W's boxes (derived from masks on segnet data)
         ids = usable_ids(ds, split, weak_ids, ds.boxes_from_masks, skip_bad,
-                         out / "skipped_weak.json", "W")  # fmt: skip
+                         out / "skipped_weak.json", "W", quiet)  # fmt: skip
         w_set = OnlineWeakTrainSet(ds, split, ids, BoxSpec.from_dict(anc.meta["boxes"]), aug,
                                    mean, std)  # fmt: skip
         return WeakSource("online", ids, w_set, constrained(OnlineAncillary(anc.net), anc.rule))
@@ -246,7 +250,7 @@ def weak_source(ds: SegDataset, split: str, weak_ids: list[str],
         raise BoxsegError(f"{logits}: gen-logits left out {len(left_out)} bad images "
                           "(--skip-bad); pass --skip-bad here too")  # fmt: skip
     ids = [i for i in weak_ids if i not in left_out]  # W's masks are never opened: images only
-    ids = usable_ids(ds, split, ids, False, skip_bad, out / "skipped_weak.json", "W")
+    ids = usable_ids(ds, split, ids, False, skip_bad, out / "skipped_weak.json", "W", quiet)
     store.check_matches(list(ds.class_names), ids)
     check_sizes(ds, split, store, ids, str(logits))
     if anc is not None and isinstance(store, LogitsStore):  # conv: F's inputs must match W's

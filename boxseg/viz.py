@@ -23,6 +23,7 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
 from boxseg.io import write_image
+from boxseg.outputs import output_dir
 from boxseg.predict import palette
 from boxseg.selfcorr import ConvMerger, linear_combine
 from boxseg.store import LogitsStore
@@ -97,6 +98,9 @@ def run_viz(data: Path, store_location: str, out: Path, split: str = "train",
     missing = [i for i in chosen if i not in store.image_ids]
     if missing:
         raise BoxsegError(f"{store_location}: no logits for '{missing[0]}' (not a weak image)")
+    if num < 1 and not ids:
+        raise BoxsegError(f"--num {num}: must be at least 1")
+    output_dir(out, "viz", [Path(data)])
     dev = resolve_device(device)
     primary = None
     if model_path is not None:

@@ -9,7 +9,7 @@ ROOT = Path(boxseg.__file__).parent
 
 # ground floor first: a module may import only modules of its own or a lower layer
 LAYERS = [
-    ["errors", "io", "cells", "data.sample", "data.boxes"],
+    ["errors", "io", "outputs", "cells", "data.sample", "data.boxes"],
     ["box_constraint"],
     ["data.transforms", "data.formats", "data.sampling", "data.torchsets"],
     ["store"],

@@ -149,7 +149,7 @@ def test_train_primary_modes_and_eval(pipeline, tmp_path, capsys):
     )
     assert code == 0, err
     r = json.loads(report.read_text())
-    assert set(r) == {"miou", "per_class_iou", "pixel_acc", "confusion"}
+    assert set(r) == {"miou", "per_class_iou", "pixel_acc", "confusion", "model", "split"}
     assert len(r["confusion"]) == 5 and "mIoU" in out
     conf = np.array(r["confusion"], dtype=float)  # rows: truth, columns: prediction
     present = conf.sum(1) > 0

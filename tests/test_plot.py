@@ -59,3 +59,15 @@ def test_confusion_matrix_png_and_bad_inputs(tmp_path, capsys):
     assert code == 2 and "metrics.jsonl: no metrics" in err
     code, _, err = run_cli(["plot"], capsys)
     assert code == 2 and "give run directories" in err
+
+
+def test_a_one_step_run_still_draws(tmp_path, capsys):
+    """A run that logged one step: its loss and learning rate show as points, not nothing."""
+    run = tmp_path / "one"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0, "lr": 0.01}) + "\n")
+    code, _, err = run_cli(["plot", run, "--out", tmp_path / "c.png"], capsys)
+    assert code == 0, err
+    image = cv2.imread(str(tmp_path / "c.png"))  # BGR; matplotlib's C0 is RGB (31, 119, 180)
+    blue = (np.abs(image.astype(int) - [180, 119, 31]).sum(-1) < 40).sum()
+    assert blue > 20  # the markers (a lone point drawn as a line would be invisible)

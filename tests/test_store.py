@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -133,8 +135,9 @@ def test_void_pixels_neither_spread_nor_leak_into_pooled_logits():
     assert not torch.isnan(back[:, :, 6:]).any() and (back[1, :, 6:] == 3.0).all()
 
 
-def test_a_store_from_before_the_pixel_level_constraint_is_refused_in_one_line(tmp_path, capsys,
-                                                                               tiny_data):  # fmt: skip
+def test_a_store_from_before_the_pixel_level_constraint_is_refused_in_one_line(
+    tmp_path, capsys, tiny_data
+):
     """boxseg-logits-v1 stores hold the constraint baked into pooled cells (box edges bent):
     reading one is refused with a line saying how to rewrite it."""
     from tests.conftest import run_cli
@@ -159,3 +162,83 @@ def test_boxes_are_stored_beside_the_logits(tmp_path):
     got, labels = s.read_boxes(0)
     assert np.array_equal(got, boxes) and labels.tolist() == [1, 0]
     assert s.read_boxes(1)[0].shape == (0, 4) and s.rule is None
+
+
+# --- integrity: a done flag means the chunk is there and decodes -----------------------------
+
+
+def _damage(store_dir: Path, index: int, how: str) -> None:
+    chunk = store_dir / "logits" / f"c.{index}.0.0.0"
+    data = chunk.read_bytes()
+    if how == "truncated":
+        chunk.write_bytes(data[: len(data) // 2])
+    elif how == "random bytes":
+        chunk.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    else:
+        chunk.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "random bytes", "deleted"])
+def test_damaged_chunk_is_one_line_naming_the_image(how, pipeline, tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+
+    store_dir = tmp_path / "w.zarr"
+    shutil.copytree(pipeline["store"], store_dir)
+    victim = LogitsStore.open(store_dir).image_ids[2]
+    _damage(store_dir, 2, how)
+    for argv in (["eval", pipeline["data"], "--split", "train", "--logits", store_dir],
+                 ["train-primary", pipeline["data"], "--out", tmp_path / "p", "--num-full", "4",
+                  "--logits", store_dir, "--iters", "40", *TINY_MODEL, *TINY_TRAIN[2:]]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("boxseg: error: "), err
+        assert victim in lines[0] and f"--redo {victim}" in lines[0], lines[0]
+
+
+def test_redo_rewrites_a_damaged_chunk(pipeline, tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import run_cli
+
+    store_dir = tmp_path / "w.zarr"
+    shutil.copytree(pipeline["store"], store_dir)
+    want = LogitsStore.open(store_dir).read(1).clone()
+    victim = LogitsStore.open(store_dir).image_ids[1]
+    _damage(store_dir, 1, "deleted")
+    code, _, err = run_cli(["gen-logits", pipeline["data"], "--model", pipeline["anc"], "--out",
+                            store_dir, "--num-full", "4", "--device", "cpu", "--quiet",
+                            "--redo", victim], capsys)  # fmt: skip
+    assert code == 0, err
+    assert torch.equal(LogitsStore.open(store_dir).read(1), want)
+
+
+def test_resume_into_a_store_of_another_dataset_is_refused(pipeline, tmp_path, capsys):
+    import shutil
+
+    from boxseg.io import read_image, read_label_png, write_image, write_label_png
+    from tests.conftest import run_cli
+
+    store_dir = tmp_path / "w.zarr"
+    shutil.copytree(pipeline["store"], store_dir)
+    before = {p.name: p.read_bytes() for p in (store_dir / "logits").iterdir()}
+    wid = LogitsStore.open(store_dir).image_ids[0]
+    argv = ["gen-logits", tmp_path / "d", "--model", pipeline["anc"], "--out", store_dir,
+            "--num-full", "4", "--device", "cpu", "--quiet"]  # fmt: skip
+    for change in ("size", "content"):
+        shutil.rmtree(tmp_path / "d", ignore_errors=True)
+        shutil.copytree(pipeline["data"], tmp_path / "d")
+        path = tmp_path / "d" / "train" / f"{wid}.png"
+        img = read_image(path)
+        if change == "size":  # another copy of the dataset, resized
+            img = np.pad(img, ((0, 8), (0, 8), (0, 0)))
+            mask_path = tmp_path / "d" / "trainannot" / f"{wid}.png"
+            write_label_png(mask_path, np.pad(read_label_png(mask_path), ((0, 8), (0, 8))))
+        else:  # same size, other pixels (another dataset under the same names)
+            img = np.random.default_rng(1).integers(0, 255, img.shape, dtype=np.uint8)
+        write_image(path, img)
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and "other image" in err and wid in err, err
+    assert {p.name: p.read_bytes() for p in (store_dir / "logits").iterdir()} == before

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from boxseg.errors import BoxsegError
+from boxseg.io import read_text
 
 TOLERANCE = 1e-3  # normalised YOLO coordinates may overshoot [0, 1] by rounding
 
@@ -32,7 +33,7 @@ def read_yolo(path: Path, num_classes: int, height: int, width: int):
     if not path.is_file():
         return _boxes([], [])
     boxes, labels = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         fields = line.split()
         if not fields or line.lstrip().startswith("#"):
             continue
@@ -94,6 +95,8 @@ def _xml_objects(path: Path) -> list[dict]:
         parser.Parse(path.read_bytes(), True)
     except FileNotFoundError as e:
         raise BoxsegError(f"{path}: box annotation not found") from e
+    except OSError as e:
+        raise BoxsegError(f"{path}: cannot read ({e.strerror or e})") from e
     except xml.parsers.expat.ExpatError as e:
         raise BoxsegError(f"{path}: line {e.lineno}: not valid XML "
                           f"({xml.parsers.expat.ErrorString(e.code)})") from e  # fmt: skip
@@ -134,14 +137,20 @@ def read_yaml_names(path: Path) -> list[str]:
         raise BoxsegError(f"{path}: reading it needs PyYAML (pip install pyyaml); or list the "
                           "class names in classes.txt, one a line") from e  # fmt: skip
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+        doc = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as e:
         raise BoxsegError(f"{path}: not readable YAML ({str(e).splitlines()[0]})") from e
     names = doc.get("names") if isinstance(doc, dict) else None
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise BoxsegError(f"{path}: names must have ids 0..{len(names) - 1}")
+        keys = list(names)
+        if not all(type(k) is int for k in keys) or sorted(keys) != list(range(len(keys))):
+            raise BoxsegError(f"{path}: names must map the integer ids 0..{len(keys) - 1} to "
+                              f"names (found keys {', '.join(map(repr, keys[:5]))})")  # fmt: skip
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise BoxsegError(f"{path}: no class names (a 'names' list or id: name mapping)")
+    names = [n.strip() for n in names]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise BoxsegError(f"{path}: duplicate class name '{dup[0]}'")
     return names

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from boxseg.data.sample import VOID
+from boxseg.errors import BoxsegError
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,23 @@ def box_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.concatenate([near, far], 1)
     out = np.clip(out, 0, [width, height, width, height]).astype(np.int64)
     return out
+
+
+BOX_SLACK = 1.0  # pixels a box file's corner may lie outside its image (rounding, 1-based files)
+
+
+def fit_boxes(boxes: np.ndarray, height: int, width: int, source) -> np.ndarray:
+    """Boxes (Nx4 xyxy pixels) checked against their image's real size: a corner more than
+    `BOX_SLACK` outside it is an error naming `source` (the box file) and the box; boxes within
+    the slack are clipped to the image."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    out = (b[:, 0] < -BOX_SLACK) | (b[:, 1] < -BOX_SLACK) | (b[:, 2] > width + BOX_SLACK) | (
+        b[:, 3] > height + BOX_SLACK)  # fmt: skip
+    if out.any():
+        x1, y1, x2, y2 = (float(v) for v in b[int(np.argmax(out))])
+        raise BoxsegError(f"{source}: box {int(np.argmax(out))} (x1 {x1:g}, y1 {y1:g}, x2 {x2:g}, "
+                          f"y2 {y2:g} in pixels) lies outside the {width}x{height} image")
+    return np.clip(b, 0, [width, height, width, height]).astype(np.float32)
 
 
 def box_channels(num_classes: int, background: int | None) -> int:

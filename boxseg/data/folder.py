@@ -28,12 +28,12 @@ import cv2
 import numpy as np
 
 from boxseg.data.box_files import read_voc_xml, read_yaml_names, read_yolo
-from boxseg.data.boxes import BoxSpec, keep_classes
-from boxseg.data.reader import ReaderBase, check_mask, read_class_names, read_id_list
+from boxseg.data.boxes import BoxSpec, fit_boxes, keep_classes
+from boxseg.data.reader import ReaderBase, check_mask, find_image, read_class_names, read_id_list
 from boxseg.data.sample import VOID
 from boxseg.data.validate import check_image_file
 from boxseg.errors import BoxsegError
-from boxseg.io import read_label_png
+from boxseg.io import read_label_png, read_text
 
 BOXES_FILE = "boxes.json"
 BOX_SOURCES = {"coco": "boxes.json", "yolo": "labels/", "voc_xml": "annotations/"}
@@ -65,34 +65,56 @@ def read_coco(path: Path, mtime: float, class_names: tuple[str, ...]) -> CocoBox
     """Parse boxes.json once (per file version): annotations by image stem, category names
     mapped to class indices, with a clear error for anything malformed."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        doc = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise BoxsegError(f"{path}: not a readable JSON file ({e})") from e
     if not isinstance(doc, dict) or not {"images", "annotations", "categories"} <= doc.keys():
         raise BoxsegError(f"{path}: a COCO instances file needs images, annotations, categories")
-    cats = {}
-    for c in doc["categories"]:
-        if c.get("name") not in class_names:
-            raise BoxsegError(f"{path}: unknown class name '{c.get('name')}' "
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc[key], list) or not all(isinstance(x, dict) for x in doc[key]):
+            raise BoxsegError(f"{path}: '{key}' must be a list of objects")
+    cats: dict = {}
+    for n, c in enumerate(doc["categories"]):
+        if "id" not in c or not isinstance(c.get("name"), str):
+            raise BoxsegError(f"{path}: category {n} needs an 'id' and a 'name'")
+        if c["name"] not in class_names:
+            raise BoxsegError(f"{path}: unknown class name '{c['name']}' "
                               f"(classes.txt has {', '.join(class_names)})")  # fmt: skip
-        cats[c["id"]] = class_names.index(c["name"])
+        if _key(c["id"]) in cats:
+            raise BoxsegError(f"{path}: category id {c['id']!r} used twice")
+        cats[_key(c["id"])] = class_names.index(c["name"])
     stems, out = {}, CocoBoxes()
-    for im in doc["images"]:
+    for n, im in enumerate(doc["images"]):
+        if "id" not in im or not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            raise BoxsegError(f"{path}: image {n} needs an 'id' and a 'file_name'")
+        if _key(im["id"]) in stems:
+            raise BoxsegError(f"{path}: image id {im['id']!r} used twice")
         stem = Path(im["file_name"]).stem
-        stems[im["id"]] = stem
+        if stem in out.boxes:
+            raise BoxsegError(f"{path}: two images named {stem} (file names must be unique)")
+        stems[_key(im["id"])] = stem
         out.boxes[stem] = []
         if "height" in im and "width" in im:
-            out.sizes[stem] = (int(im["height"]), int(im["width"]))
+            try:
+                out.sizes[stem] = (int(im["height"]), int(im["width"]))
+            except (TypeError, ValueError) as e:
+                raise BoxsegError(f"{path}: image {stem}: height and width must be whole "
+                                  "numbers") from e  # fmt: skip
     for a in doc["annotations"]:
-        stem = stems.get(a.get("image_id"))
+        stem = stems.get(_key(a.get("image_id")))
         if stem is None:
             raise BoxsegError(f"{path}: annotation {a.get('id')} refers to unknown image "
                               f"{a.get('image_id')}")  # fmt: skip
-        if a.get("category_id") not in cats:
+        if _key(a.get("category_id")) not in cats:
             raise BoxsegError(f"{path}: annotation {a.get('id')} has unknown category "
                               f"{a.get('category_id')}")  # fmt: skip
-        out.boxes[stem].append(a | {"label": cats[a["category_id"]]})
+        out.boxes[stem].append(a | {"label": cats[_key(a["category_id"])]})
     return out
+
+
+def _key(value) -> str:
+    """A COCO id as a dictionary key (ids of any JSON type; lists and objects made hashable)."""
+    return json.dumps(value, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -121,11 +143,10 @@ class FolderDataset(ReaderBase):
         return read_id_list(path)
 
     def image_path(self, split: str, image_id: str) -> Path:
-        for suffix in (".jpg", ".jpeg", ".png"):
-            path = self.root / "images" / f"{image_id}{suffix}"
-            if path.is_file():
-                return path
-        raise BoxsegError(f"{self.root / 'images' / image_id}.jpg|.png: image not found")
+        path = find_image(self.root / "images", image_id)
+        if path is None:
+            raise BoxsegError(f"{self.root / 'images' / image_id}.jpg|.png: image not found")
+        return path
 
     def mask_path(self, split: str, image_id: str) -> Path:
         return self.root / "masks" / f"{image_id}.png"
@@ -180,6 +201,8 @@ class FolderDataset(ReaderBase):
         else:
             path = self.root / "annotations" / f"{image_id}.xml"
             boxes, labels = read_voc_xml(path, self.class_names)
+            h, w = check_image_file(self.image_path(split, image_id))
+            boxes = fit_boxes(boxes, h, w, path)
         return keep_classes(boxes, labels, spec.classes)
 
     def _coco_boxes(self, split: str, image_id: str, spec: BoxSpec):
@@ -187,7 +210,12 @@ class FolderDataset(ReaderBase):
         path = self.root / BOXES_FILE
         if image_id not in self.coco.boxes:
             raise BoxsegError(f"{path}: image {image_id} is not in the file")
-        h, w = self.coco.sizes.get(image_id) or self.read_image(split, image_id).shape[:2]
+        h, w = check_image_file(self.image_path(split, image_id))
+        said = self.coco.sizes.get(image_id)
+        if said is not None and said != (h, w):
+            raise BoxsegError(f"{path}: image {image_id} is {said[1]}x{said[0]} there, but "
+                              f"{self.image_path(split, image_id)} is {w}x{h} (boxes made for "
+                              "other copies of the images?)")  # fmt: skip
         boxes, labels = [], []
         for a in self.coco.boxes[image_id]:
             try:
@@ -208,12 +236,28 @@ class FolderDataset(ReaderBase):
         return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
 
 
+def check_box_file_names(root: Path, source: str) -> None:
+    """YOLO / VOC XML box files are found by their image's stem: if none of them matches an
+    image, every image would silently have no boxes."""
+    folder, suffix = ("labels", ".txt") if source == "yolo" else ("annotations", ".xml")
+    files = sorted(p.stem for p in (root / folder).iterdir() if p.suffix.lower() == suffix)
+    if not files:
+        return
+    images = {p.stem for p in (root / "images").iterdir()}
+    if not images & set(files):
+        raise BoxsegError(f"{root / folder}: none of its {len(files)} {suffix} files is named "
+                          f"after an image in {root / 'images'} (first: {files[0]}{suffix}); a "
+                          "box file takes its image's name")  # fmt: skip
+
+
 def open_folder(root: Path) -> FolderDataset:
     sources = box_sources(root)
     if len(sources) > 1:
         found = " and ".join(f"{BOX_SOURCES[k]} ({k})" for k in sources)
         raise BoxsegError(f"{root}: two box sources, {found}; keep exactly one")
     source = sources[0]
+    if source != "coco":
+        check_box_file_names(root, source)
     path = root / "classes.txt"
     if path.is_file():
         return FolderDataset(root, *read_class_names(path), box_source=source)

@@ -19,7 +19,14 @@ import numpy as np
 from boxseg.data import cityscapes, folder, voc
 from boxseg.data.box_cache import derived_boxes
 from boxseg.data.boxes import BoxSpec, boxes_from_mask
-from boxseg.data.reader import ReaderBase, SegDataset, check_mask, read_class_names, read_id_list
+from boxseg.data.reader import (
+    ReaderBase,
+    SegDataset,
+    check_mask,
+    find_image,
+    read_class_names,
+    read_id_list,
+)
 from boxseg.data.sample import VOID, Sample
 from boxseg.errors import BoxsegError
 from boxseg.io import read_label_png
@@ -73,10 +80,9 @@ class SegnetDataset(ReaderBase):
         return read_id_list(path)
 
     def image_path(self, split: str, image_id: str) -> Path:
-        for suffix in IMAGE_SUFFIXES:
-            path = self.root / split / f"{image_id}{suffix}"
-            if path.is_file():
-                return path
+        path = find_image(self.root / split, image_id, IMAGE_SUFFIXES)
+        if path is not None:
+            return path
         raise BoxsegError(f"{self.root / split / image_id}.png|.jpg: image not found")
 
     def mask_path(self, split: str, image_id: str) -> Path:

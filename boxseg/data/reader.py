@@ -17,7 +17,7 @@ import numpy as np
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
-from boxseg.io import read_image
+from boxseg.io import read_image, read_text
 
 
 @runtime_checkable
@@ -91,10 +91,33 @@ def check_mask(mask: np.ndarray, path: Path, num_classes: int, void: int = VOID)
     return mask
 
 
+def list_entry(line: str) -> str:
+    """The image id a split-list line names: the line itself (names may hold spaces), as a stem
+    if it ends in an image suffix; but the first of SegNet's 'image mask' path pairs."""
+    line = line.strip()
+    fields = line.split()
+    if len(fields) == 2 and all(f.lower().endswith(_IMAGE_ENDS) for f in fields):
+        line = fields[0]
+    return Path(line).stem if line.lower().endswith(_IMAGE_ENDS) else Path(line).name
+
+
+_IMAGE_ENDS = (".png", ".jpg", ".jpeg")
+
+
+def find_image(folder: Path, stem: str, suffixes: tuple[str, ...] = _IMAGE_ENDS) -> Path | None:
+    """folder/<stem><suffix> for the first suffix found, in any letter case (.jpg, .JPG)."""
+    for suffix in suffixes:
+        for variant in (suffix, suffix.upper()):
+            path = folder / f"{stem}{variant}"
+            if path.is_file():
+                return path
+    return None
+
+
 def read_id_list(path: Path) -> list[str]:
-    """Image ids of a split list (first word of each line, as a stem); clear errors for an empty
-    list or duplicates."""
-    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    """Image ids of a split list (`list_entry` of each line); clear errors for an empty list or
+    duplicates."""
+    ids = [list_entry(line) for line in read_text(path).splitlines() if line.strip()]
     if not ids:
         raise BoxsegError(f"{path}: the split list is empty")
     if len(set(ids)) != len(ids):
@@ -105,7 +128,7 @@ def read_id_list(path: Path) -> list[str]:
 def read_class_names(path: Path) -> tuple[tuple[str, ...], int | None]:
     """Class names of a classes file (one a line, index = line number) and the index of the
     class called `background` (None if there is none)."""
-    names = tuple(n.strip() for n in path.read_text().splitlines() if n.strip())
+    names = tuple(n.strip() for n in read_text(path).splitlines() if n.strip())
     if not names:
         raise BoxsegError(f"{path}: no class names")
     dup = sorted({n for n in names if names.count(n) > 1})

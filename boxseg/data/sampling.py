@@ -32,8 +32,9 @@ class ShardedBatches(Sampler):
     def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  start: int = 0):  # fmt: skip
         self.per_rank = size // world
-        if self.per_rank < 1:
-            raise BoxsegError(f"nothing to train on: {size} images for {world} processes")
+        if self.per_rank < 2:  # batch norm layers need two images a batch in training
+            raise BoxsegError(f"too little to train on: {size} images for {world} processes; "
+                              "a training batch needs at least 2 (batch norm)")  # fmt: skip
         self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
         self.batch_size = min(batch_size, self.per_rank)
         self.per_epoch = self.per_rank // self.batch_size  # the partial batch is dropped

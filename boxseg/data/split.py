@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from boxseg.data.reader import list_entry
 from boxseg.errors import BoxsegError
+from boxseg.io import read_text
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ def split_full_weak(ids: list[str], spec: SplitSpec) -> tuple[list[str], list[st
         path = Path(spec.full_list)
         if not path.is_file():
             raise BoxsegError(f"{path}: full-list file not found")
-        listed = [Path(s.split()[0]).stem for s in path.read_text().splitlines() if s.strip()]
+        listed = [list_entry(s) for s in read_text(path).splitlines() if s.strip()]
         unknown = sorted(set(listed) - set(ids))
         if unknown:
             raise BoxsegError(

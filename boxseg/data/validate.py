@@ -8,6 +8,7 @@ listed in a JSON report.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -42,13 +43,15 @@ def check_image_file(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def check_sample(ds: SegDataset, split: str, image_id: str, with_mask: bool) -> None:
-    """The image (and its mask) of one id: present, complete, same size, class ids in range."""
+def check_sample(ds: SegDataset, split: str, image_id: str, with_mask: bool) -> int | None:
+    """The image (and its mask) of one id: present, complete, same size, class ids in range;
+    returns its number of boxes where they come from box files (None: from its mask)."""
     h, w = check_image_file(ds.image_path(split, image_id))
+    n_boxes = None
     if not ds.boxes_from_masks:  # box files: parsed and checked against the image size
-        ds.read_boxes(split, image_id, BoxSpec())
+        n_boxes = len(ds.read_boxes(split, image_id, BoxSpec())[1])
     if not with_mask:
-        return
+        return n_boxes
     mask_path = ds.mask_path(split, image_id)
     if mask_path.is_file() or ds.boxes_from_masks:
         mh, mw = check_image_file(mask_path)
@@ -58,6 +61,7 @@ def check_sample(ds: SegDataset, split: str, image_id: str, with_mask: bool) -> 
     if mask.shape != (h, w):
         raise BoxsegError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its "
                           f"image is {w}x{h}")  # fmt: skip
+    return n_boxes
 
 
 def usable_ids(
@@ -72,10 +76,10 @@ def usable_ids(
 ) -> list[str]:
     """The ids whose files pass `check_sample`. Without skip_bad the first bad file is an error;
     with it, bad ids are dropped and listed in `report` (JSON)."""
-    good, bad = [], []
+    good, bad, boxes = [], [], []
     for image_id in track(ids, description=f"checking {what}", disable=quiet):
         try:
-            check_sample(ds, split, image_id, with_mask)
+            boxes.append(check_sample(ds, split, image_id, with_mask))
         except BoxsegError as e:
             if not skip_bad:
                 raise BoxsegError(f"{e} (pass --skip-bad to leave bad files out)") from e
@@ -90,4 +94,19 @@ def usable_ids(
     if ids and not good:
         first = bad[0]["problem"]
         raise BoxsegError(f"every {what} image of split '{split}' is bad (first: {first})")
+    say_counts(ds, split, what, len(good), boxes, quiet)
     return good
+
+
+def say_counts(ds: SegDataset, split: str, what: str, n_images: int, boxes: list,
+               quiet: bool) -> None:  # fmt: skip
+    """What a stage found: '<what>: N images of split S, M boxes'; a warning (shown even when
+    quiet) when W's box files hold no box at all."""
+    counted = [n for n in boxes if n is not None]
+    n_boxes = sum(counted)
+    if not quiet:
+        source = f"{n_boxes} boxes" if counted else "boxes from their masks"
+        print(f"{what}: {n_images} images of split '{split}' ({source})")
+    if what == "W" and counted and n_boxes == 0:
+        print(f"boxseg: warning: the {n_images} W images of split '{split}' have no boxes in "
+              f"{ds.root}'s box files: their targets carry no box evidence", file=sys.stderr)

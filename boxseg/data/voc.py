@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 
 from boxseg.data.box_files import read_voc_xml
-from boxseg.data.boxes import BoxSpec, keep_classes
-from boxseg.data.reader import ReaderBase, check_mask, read_id_list
+from boxseg.data.boxes import BoxSpec, fit_boxes, keep_classes
+from boxseg.data.reader import ReaderBase, check_mask, find_image, read_id_list
+from boxseg.data.validate import check_image_file
 from boxseg.errors import BoxsegError
 
 VOC_CLASSES = (
@@ -77,9 +78,9 @@ class VocDataset(ReaderBase):
         return read_id_list(path)
 
     def image_path(self, split: str, image_id: str) -> Path:
-        path = self.root / "JPEGImages" / f"{image_id}.jpg"
-        if not path.is_file():
-            raise BoxsegError(f"{path}: image not found")
+        path = find_image(self.root / "JPEGImages", image_id, (".jpg", ".jpeg", ".png"))
+        if path is None:
+            raise BoxsegError(f"{self.root / 'JPEGImages' / image_id}.jpg: image not found")
         return path
 
     def mask_path(self, split: str, image_id: str) -> Path:
@@ -94,6 +95,7 @@ class VocDataset(ReaderBase):
     def read_boxes(self, split: str, image_id: str, spec: BoxSpec, mask=None):
         """Boxes of Annotations/<id>.xml (box_files.read_voc_xml: VOC's 1-based inclusive
         corners -> 0-based xyxy, x2/y2 exclusive); `spec.classes` filters them."""
-        boxes, labels = read_voc_xml(self.root / "Annotations" / f"{image_id}.xml",
-                                     self.class_names)  # fmt: skip
-        return keep_classes(boxes, labels, spec.classes)
+        path = self.root / "Annotations" / f"{image_id}.xml"
+        boxes, labels = read_voc_xml(path, self.class_names)
+        h, w = check_image_file(self.image_path(split, image_id))
+        return keep_classes(fit_boxes(boxes, h, w, path), labels, spec.classes)
