@@ -18,7 +18,6 @@ ablation's OUT can be reused), rows in OUT/evidence/*.json.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ancillary_ablation import NETS  # noqa: E402
 from camvid_table import cached_row, resized_copy  # noqa: E402
 
-from boxseg import __version__  # noqa: E402
 from boxseg.checkpoint import load_model  # noqa: E402
 from boxseg.data.boxes import BoxSpec  # noqa: E402
 from boxseg.data.formats import open_dataset  # noqa: E402
@@ -39,21 +37,12 @@ from boxseg.evaluate import evaluate_model, evaluate_store  # noqa: E402
 from boxseg.gen_logits import BoxMethod, gen_logits  # noqa: E402
 from boxseg.io import write_json  # noqa: E402
 from boxseg.models import ModelSpec  # noqa: E402
+from boxseg.run_dir import code_version  # noqa: E402
 from boxseg.train_anc import train_anc  # noqa: E402
 
 SEEDS = ("long1200", "long1200_s1", "long1200_s2")  # the ablation's nets, seeds 0 / 1 / 2
 THIN = ("pole", "sign_symbol", "pedestrian")
 BOX_ROWS = (("box", 1), ("box", 4), ("grabcut", 1))  # (GrabCut: 5-8 min a store on 2 cores)
-
-
-def code_version() -> str:
-    """`git describe --dirty` of the checkout this runs from, else the package version."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, check=True)  # fmt: skip
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return __version__
 
 
 def main() -> None:

@@ -1,15 +1,25 @@
-"""The paper's table on CamVid, converged: how close do boxes get a primary net to full masks?
+"""The paper's table on CamVid: how close do boxes get a primary net to full masks, on W's own
+footage and on footage no set has seen?
 
-F = 25% of train (drawn with seed 0), or the ids of `--full-list` (e.g. whole videos), W = the
-rest, with boxes derived from W's masks (the masks themselves are never read for training).
-Every row is trained with each --seeds value (the training seed: initialisation, augmentation
-and batch order; the split stays fixed):
-- f_only: the primary net on F alone; full: on all train masks (the ceiling).
-- ancillary: the ancillary net (boxes given) on val; its box-consistent W store feeds
+CamVid's train and val hold three drives: 0001TP (62 train frames), 0006R0 (101) and 0016E5
+(204 train frames; the 101 val frames are one clip of it, between W frames). With
+`--unseen-video 0006R0` (the default) that drive's frames form the `unseen` split, used only
+for evaluation; F and W come from the other two drives' train frames (`seen`). Every row is
+scored twice: on val (in-domain: the footage W came from) and on `unseen` (a drive in neither
+F nor W). They answer different questions: "boxes on my deployment footage" and "boxes on
+other footage". `--unseen-video ''` gives the older protocol (train split, val only).
+
+F = 25% of the seen frames (drawn with seed 0), or the ids of `--full-list`, W = the rest,
+with boxes derived from W's masks (the masks themselves are never read for training). Every
+row is trained with each --seeds value (the training seed: initialisation, augmentation and
+batch order; the split stays fixed):
+- f_only: the primary net on F alone; full: on all seen masks (the ceiling).
+- ancillary: the ancillary net (boxes given); its box-consistent W store (stride 4) feeds
   none / linear (stored logits) and online_linear (the net run on each crop); linear_a5 is
   linear with alpha annealed to 5 instead of 0.5 (q keeps 5/6 of the ancillary logits).
 - conv: the paper's 3 stages: an ancillary net on half of F, its store, then g and the primary.
-- box_fill, grabcut: primaries on the box-only rules' stores (`--self-corr none`).
+- box_fill, grabcut: primaries on the box-only rules' stores, stored at pixel level (stride 1,
+  exact: like is compared with like), `--self-corr none`.
 - self_training: no boxes at all: the f_only net's own logits for W (`gen-logits --model
   PRIMARY`) as targets: what a semi-supervised method without boxes gets from the same images.
 The F-only, fully supervised and ancillary nets see --batch-size images a step, the F + W
@@ -17,17 +27,15 @@ rows --fw-batch F and --fw-batch W images (by default 8 and 4 + 4: every row cos
 same per step); `--iters` counts the steps of every primary (conv's stage 2, F only, comes on
 top: both budgets are reported).
 
-The protocol (scale 0.25: 90x120 images, crop 96, 1500 steps, AdamW 2e-3, resnet18 with 64
-ASPP/decoder channels) was chosen to make training less of a bottleneck at a cost of about
-2 h 40 min on 2 CPU cores for 3 seeds (measured, the by-video split); docs/results.md says
-what was tried and what it gives.
-Rows are cached in OUT/rows/*.json, so a killed run resumes; `--rows`
-runs some rows only (several processes can share one OUT, one per seed or per row group), and
-a run without `--rows` prints the table from whatever is cached.
+The protocol: scale 0.25 (90x120 images), crop 96, 1500 steps, AdamW 2e-3, resnet18 with 64
+ASPP/decoder channels; docs/results.md says what was tried and what it gives.
+Rows are cached in OUT/rows/*.json (each with the commit and torch version it ran at), so a
+killed run resumes. Without `--rows` every row of every seed is trained (or found in the cache)
+and the table printed; `--rows` trains only those rows (several processes can share one OUT,
+one per seed or per row group); `--report` only prints the table from the cache.
 
     python benchmarks/camvid_table.py ../shared/data/camvid --out camvid-table --json table.json
-    grep -v ^0016E5 ../shared/data/camvid/train.txt | head -92 > seqF.txt   # F and W by video
-    python benchmarks/camvid_table.py ../shared/data/camvid --out camvid-seq --full-list seqF.txt
+    python benchmarks/camvid_table.py ../shared/data/camvid --out camvid-table --report
 """
 
 from __future__ import annotations
@@ -43,14 +51,16 @@ from pathlib import Path
 import cv2
 import torch
 
+from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
 from boxseg.data.split import SplitSpec, split_dataset
-from boxseg.engine import TrainConfig
-from boxseg.evaluate import evaluate_store
+from boxseg.engine import TrainConfig, resolve_device
+from boxseg.evaluate import evaluate_model, evaluate_store
 from boxseg.gen_logits import BoxMethod, gen_logits
 from boxseg.io import read_image, read_label_png, write_image, write_json, write_label_png
 from boxseg.models import ModelSpec
+from boxseg.run_dir import code_version
 from boxseg.train_anc import train_anc
 from boxseg.train_primary import train_primary
 
@@ -85,14 +95,38 @@ def resized_copy(src: Path, dst: Path, splits: list[str], scale: float) -> Path:
     return dst
 
 
+def footage_split(data: Path, train_split: str, video: str) -> tuple[str, str]:
+    """Put the `train_split` frames of `video` (an id prefix) into an `unseen` split and the
+    others into `seen` (segnet layout: <split>.txt, <split>/, <split>annot/, copied inside
+    this benchmark's own copy of the data); returns ("seen", "unseen"). No F or W image then
+    comes from that drive."""
+    ids = (data / f"{train_split}.txt").read_text().split()
+    for name, keep in (("seen", False), ("unseen", True)):
+        chosen = [i for i in ids if i.startswith(video) == keep]
+        if not chosen:
+            raise SystemExit(f"--unseen-video {video}: {'no' if keep else 'only'} frames of it "
+                             f"in {train_split}")  # fmt: skip
+        if (data / f"{name}.txt").is_file():
+            continue
+        for sub in ("", "annot"):
+            (data / f"{name}{sub}").mkdir(exist_ok=True)
+            for i in chosen:
+                shutil.copy(data / f"{train_split}{sub}" / f"{i}.png",
+                            data / f"{name}{sub}" / f"{i}.png")  # fmt: skip
+        (data / f"{name}.txt").write_text("".join(f"{i}\n" for i in chosen))
+    return "seen", "unseen"
+
+
 def cached_row(rows: Path, name: str, fn, summary=lambda r: "") -> dict:
-    """Run one row unless ROWS/NAME.json holds its result, so a killed benchmark resumes."""
+    """Run one row unless ROWS/NAME.json holds its result, so a killed benchmark resumes; a
+    new row records the commit and torch version it ran at."""
     path = rows / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     print(f"== {name}", flush=True)
     t = time.perf_counter()
-    result = fn() | {"seconds": time.perf_counter() - t}
+    result = fn() | {"seconds": time.perf_counter() - t, "commit": code_version(),
+                     "torch": torch.__version__}  # fmt: skip
     write_json(path, result)
     print(f"   {name}: {summary(result)} ({result['seconds']:.0f} s)", flush=True)
     return result
@@ -106,46 +140,63 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _summary(runs: dict[int, dict], key: str | None) -> dict | None:
+    """Mean, sd, per-seed values and per-class means of one evaluation of a row's runs (key
+    None: the in-domain scores at the top of each row; "unseen": the unseen-footage ones)."""
+    got = {s: (r if key is None else r.get(key)) for s, r in runs.items()}
+    if any(v is None for v in got.values()):
+        return None
+    m, sd = mean_sd([v["miou"] for v in got.values()])
+    per_class = {}
+    for c in next(iter(got.values()))["per_class_iou"]:  # None where a class is absent
+        values = [v["per_class_iou"][c] for v in got.values()]
+        per_class[c] = statistics.mean(values) if None not in values else None
+    return {"miou_mean": m, "miou_sd": sd, "miou_seeds": {s: v["miou"] for s, v in got.items()},
+            "per_class_iou": per_class}  # fmt: skip
+
+
+def _claims(table: dict, key: str) -> dict:
+    """The gap from F only to full supervision, and how much of it the best row closes."""
+    claims: dict = {}
+    rows = {k: v[key] for k, v in table.items() if v.get(key)}
+    if {"f_only", "full"} <= rows.keys():
+        lo, hi = rows["f_only"]["miou_mean"], rows["full"]["miou_mean"]
+        claims["full_minus_f_only"] = hi - lo
+        semi = [k for k in BOX_ROWS + ("self_training",) if k in rows]
+        if semi and hi > lo:
+            best = max(semi, key=lambda k: rows[k]["miou_mean"])
+            claims["best_semi_row"] = best
+            claims["gap_closed_by_best_semi"] = (rows[best]["miou_mean"] - lo) / (hi - lo)
+            claims["best_semi_minus_f_only"] = rows[best]["miou_mean"] - lo
+            claims["spread_of_the_two"] = max(rows[best]["miou_sd"], rows["f_only"]["miou_sd"])
+    box = [k for k in BOX_ROWS if k in rows]
+    if box and "self_training" in rows:
+        best_box = max(box, key=lambda k: rows[k]["miou_mean"])
+        claims["best_box_row"] = best_box
+        claims["best_box_minus_self_training"] = (rows[best_box]["miou_mean"]
+                                                  - rows["self_training"]["miou_mean"])
+    if {"linear", "none"} <= rows.keys():
+        claims["linear_minus_none"] = rows["linear"]["miou_mean"] - rows["none"]["miou_mean"]
+    claims["max_row_sd"] = max((r["miou_sd"] for r in rows.values()), default=None)
+    return claims
+
+
 def report(results: dict[str, dict], seeds: list[int]) -> dict:
-    """Mean, sample standard deviation and per-seed values of each row; per-class means; the
-    claims of docs/results.md."""
+    """Per row: the in-domain evaluation ("in_domain") and the unseen-footage one ("unseen"),
+    each with mean, sample standard deviation, per-seed values and per-class means; the
+    claims of docs/results.md for each."""
     table = {}
     for name in ROWS:
         runs = {s: results[f"{name}_s{s}"] for s in seeds if f"{name}_s{s}" in results}
         if not runs:
             continue
-        m, sd = mean_sd([r["miou"] for r in runs.values()])
-        classes = list(next(iter(runs.values()))["per_class_iou"])
-        per_class = {}
-        for c in classes:  # None where a class is absent from the eval split
-            values = [r["per_class_iou"][c] for r in runs.values()]
-            per_class[c] = statistics.mean(values) if None not in values else None
         first = next(iter(runs.values()))
-        seconds = statistics.mean(r["seconds"] for r in runs.values())
-        table[name] = {"miou_mean": m, "miou_sd": sd,
-                       "miou_seeds": {s: r["miou"] for s, r in runs.items()},
-                       "per_class_iou": per_class, "w_steps": first.get("w_steps"),
-                       "steps": first.get("steps"), "seconds_mean": seconds}  # fmt: skip
-    claims = {}
-    if {"f_only", "full"} <= table.keys():
-        lo, hi = table["f_only"]["miou_mean"], table["full"]["miou_mean"]
-        claims["full_minus_f_only"] = hi - lo
-        semi = [k for k in BOX_ROWS + ("self_training",) if k in table]
-        if semi and hi > lo:
-            best = max(semi, key=lambda k: table[k]["miou_mean"])
-            claims["best_semi_row"] = best
-            claims["gap_closed_by_best_semi"] = (table[best]["miou_mean"] - lo) / (hi - lo)
-        box = [k for k in BOX_ROWS if k in table]
-        if box and "self_training" in table:
-            best_box = max(box, key=lambda k: table[k]["miou_mean"])
-            st = table["self_training"]
-            claims["best_box_row"] = best_box
-            claims["best_box_minus_self_training"] = table[best_box]["miou_mean"] - st["miou_mean"]
-            claims["spread_of_the_two"] = max(table[best_box]["miou_sd"], st["miou_sd"])
-    if {"linear", "none"} <= table.keys():
-        claims["linear_minus_none"] = table["linear"]["miou_mean"] - table["none"]["miou_mean"]
-    claims["max_row_sd"] = max((r["miou_sd"] for r in table.values()), default=None)
-    return {"table": table, "claims": claims}
+        table[name] = {"in_domain": _summary(runs, None), "unseen": _summary(runs, "unseen"),
+                       "w_steps": first.get("w_steps"), "steps": first.get("steps"),
+                       "commits": sorted({r.get("commit", "?") for r in runs.values()}),
+                       "seconds_mean": statistics.mean(r["seconds"] for r in runs.values())}
+    return {"table": table, "claims": {"in_domain": _claims(table, "in_domain"),
+                                       "unseen": _claims(table, "unseen")}}  # fmt: skip
 
 
 def main() -> None:
@@ -178,6 +229,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (several processes)")
+    ap.add_argument("--unseen-video", default="0006R0",
+                    help="frames of this drive are only evaluated ('': none held out)")
+    ap.add_argument("--report", action="store_true", help="only print the table from the cache")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,11 +244,14 @@ def main() -> None:
     (out / "rows").mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     data = resized_copy(args.data, out / "data", [args.train_split, args.eval_split], args.scale)
+    train_split, unseen = args.train_split, None
+    if args.unseen_video:
+        train_split, unseen = footage_split(data, args.train_split, args.unseen_video)
     ds = open_dataset(data)
-    n_train = len(ds.ids(args.train_split))
-    split = SplitSpec(args.train_split, round(args.full_fraction * n_train), 0)
+    n_train = len(ds.ids(train_split))
+    split = SplitSpec(train_split, round(args.full_fraction * n_train), 0)
     if args.full_list:
-        split = SplitSpec(args.train_split, None, 0, args.full_list.resolve())
+        split = SplitSpec(train_split, None, 0, args.full_list.resolve())
     num_full = len(split_dataset(ds, split)[0])
     spec = ModelSpec("resnet18", 16, args.channels, args.channels)
     box_spec = BoxSpec(min_area=4)  # 16 pixels at scale 0.5, as the ablation
@@ -210,15 +267,24 @@ def main() -> None:
         return cached_row(out / "rows", name, fn,
                           lambda r: f"mIoU {r.get('miou', float('nan')):.2f}")  # fmt: skip
 
+    def on_unseen(run: Path) -> dict:
+        """The scores of RUN/model.pt on the unseen drive (none without --unseen-video)."""
+        if unseen is None:
+            return {}
+        model, meta = load_model(run / "model.pt", device=resolve_device(args.device))
+        r = evaluate_model(model, meta, ds, unseen, resolve_device(args.device), quiet=True)
+        return {"unseen": scores(r)}
+
     def store_row(name: str, model: Path | None, method: str = "anc") -> dict:
-        """Make a W store (once) and score its pseudo-labels against W's held-back masks."""
+        """Make a W store (once) and score its pseudo-labels against W's held-back masks; the
+        box rules' stores at pixel level (stride 1: exact), the nets' at stride 4."""
         path = stores / f"{name}.zarr"
 
         def make() -> dict:
             box = None if method == "anc" else BoxMethod(method, box_min_area=box_spec.min_area)
-            gen_logits(data, model, str(path), split, 4, args.device, quiet=True,
-                       box_method=box, workers=args.workers or None)  # fmt: skip
-            quality = evaluate_store(ds, args.train_split, str(path), quiet=True)
+            gen_logits(data, model, str(path), split, 4 if box is None else 1, args.device,
+                       quiet=True, box_method=box, workers=args.workers or None)  # fmt: skip
+            quality = evaluate_store(ds, train_split, str(path), quiet=True)
             return scores(quality) | {"coverage": quality["coverage"]}
 
         return row(f"store_{name}", make) | {"path": str(path)}
@@ -227,12 +293,13 @@ def main() -> None:
         run = runs / name
         row(name, lambda: scores(train_anc(
             data, run, split, box_spec, spec, cfg(seed, args.anc_iters), val_split=val,
-            quiet=True, full_fraction=fraction)) | {"steps": args.anc_iters})  # fmt: skip
+            quiet=True, full_fraction=fraction)) | {"steps": args.anc_iters}
+            | on_unseen(run))  # fmt: skip
         return run / "model.pt"
 
     def primary(name: str, seed: int, full: bool = False, **kw) -> Path:
         run = runs / name
-        sp = SplitSpec(args.train_split, n_train, 0) if full else split
+        sp = SplitSpec(train_split, n_train, 0) if full else split
         c = cfg(seed, args.iters)
         if "logits" in kw or "anc_model" in kw:  # F + W rows: fw-batch F and fw-batch W images
             c = dataclasses.replace(c, batch_size=args.fw_batch)
@@ -240,7 +307,8 @@ def main() -> None:
         def fit() -> dict:
             r = train_primary(data, run, sp, spec, c, val_split=val, quiet=True, **kw)
             config = json.loads((run / "config.json").read_text())
-            return scores(r) | {"steps": config["iters"], "w_steps": config["w_steps"]}
+            return scores(r) | {"steps": config["iters"], "w_steps": config["w_steps"]} | (
+                on_unseen(run))
 
         row(name, fit)
         return run / "model.pt"
@@ -280,18 +348,24 @@ def main() -> None:
             if name in wanted:
                 job()
 
-    for s in seeds:
-        seed_rows(s)
+    if not args.report:
+        for s in seeds:
+            seed_rows(s)
     if args.rows:
         return
     results = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
     summary = report(results, seeds)
-    print(f"\nCamVid {val} at scale {args.scale}, F = {num_full} / W = "
-          f"{n_train - num_full}, {args.iters} steps, seeds {seeds}")  # fmt: skip
-    print(f"{'row':<14} {'mIoU':>6} {'sd':>5}  seeds")
+    where = f"in-domain = {val} (W's footage)" + (
+        f", unseen = drive {args.unseen_video} ({len(ds.ids(unseen))} frames, in neither F nor "
+        "W)" if unseen else "")  # fmt: skip
+    steps = next((r["steps"] for r in summary["table"].values() if r.get("steps")), args.iters)
+    print(f"\nCamVid at scale {args.scale}, F = {num_full} / W = {n_train - num_full} of "
+          f"{train_split}, {steps} steps, seeds {seeds}; {where}")  # fmt: skip
+    print(f"{'row':<14} {'in-domain':>15} {'unseen':>15}  commits")
     for name, r in summary["table"].items():
-        per_seed = ", ".join(f"{v:.2f}" for v in r["miou_seeds"].values())
-        print(f"{name:<14} {r['miou_mean']:6.2f} {r['miou_sd']:5.2f}  {per_seed}")
+        cells = [f"{e['miou_mean']:6.2f} +- {e['miou_sd']:4.2f}" if e else f"{'-':>15}"
+                 for e in (r["in_domain"], r["unseen"])]  # fmt: skip
+        print(f"{name:<14} {cells[0]:>15} {cells[1]:>15}  {', '.join(r['commits'])}")
     pseudo = {k[len("store_") :]: v["miou"] for k, v in results.items() if k.startswith("store_")}
     print("W pseudo-labels (mIoU vs held-back masks):",
           ", ".join(f"{k} {v:.2f}" for k, v in sorted(pseudo.items())))  # fmt: skip

@@ -122,6 +122,8 @@ def gen_logits(
         raise BoxsegError(f"--stride {stride}: must be a positive integer")
     if batch_size < 1:
         raise BoxsegError(f"--batch-size {batch_size}: must be at least 1")
+    if workers is not None and workers < 0:
+        raise BoxsegError(f"--workers {workers}: must be 0 (read in the main process) or more")
     if dtype not in DTYPES:
         raise BoxsegError(f"--dtype {dtype}: choose float16 or int8")
     if box_method is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,9 +30,27 @@ def check_val_split(ds, val_split: str | None) -> None:
             raise BoxsegError(f"--val-split {val_split}: {e} ('' skips validation)") from e
 
 
+def code_version() -> str:
+    """The code a result came from: `git describe --always --dirty` of the checkout boxseg runs
+    from (a commit, `-dirty` if it had uncommitted changes), else the installed version."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, check=True,
+                             timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    inside = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent)  # fmt: skip
+    top = Path(inside.stdout.strip()) if inside.returncode == 0 else None
+    if top is None or not (top / "boxseg" / "__init__.py").is_file():
+        return __version__  # a git repository around an installed copy is not ours
+    return out.stdout.strip() or __version__
+
+
 def environment(device: torch.device) -> dict:
     return {
         "boxseg_version": __version__,
+        "commit": code_version(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),

@@ -113,26 +113,39 @@ def test_camvid_objects_dataset_is_the_folder_layout_with_component_boxes(tmp_pa
 
 
 def test_camvid_table_report_means_spreads_and_claims(monkeypatch):
-    """benchmarks/camvid_table.py's summary: per-row mean and sample sd over seeds, per-class
-    means (None where a class is absent), and the claims of docs/results.md."""
+    """benchmarks/camvid_table.py's summary: per row and per evaluation (in-domain, unseen
+    footage) mean and sample sd over seeds, per-class means (None where a class is absent),
+    the commits, and the claims of docs/results.md for each evaluation."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     table = importlib.import_module("camvid_table")
 
-    def row(miou, pole=1.0):
-        return {"miou": miou, "per_class_iou": {"road": miou, "pole": pole}, "seconds": 1.0,
-                "steps": 10, "w_steps": 10}  # fmt: skip
+    def scores(miou, pole=1.0):
+        return {"miou": miou, "per_class_iou": {"road": miou, "pole": pole}}
+
+    def row(miou, pole=1.0, unseen=None):
+        r = scores(miou, pole) | {"seconds": 1.0, "steps": 10, "w_steps": 10, "commit": "abc"}
+        return r | ({"unseen": scores(unseen)} if unseen is not None else {})
 
     mious = {"f_only": (40, 42, 44), "full": (50, 50, 50), "none": (45, 46, 47),
              "linear": (47, 48, 49), "self_training": (41, 41, 41)}  # fmt: skip
-    results = {f"{k}_s{s}": row(v[s]) for k, v in mious.items() for s in range(3)}
+    results = {f"{k}_s{s}": row(v[s], unseen=v[s] - 10) for k, v in mious.items()
+               for s in range(3)}  # fmt: skip
+    results["full_s0"]["unseen"] = scores(44)  # full on unseen footage: 44, 40, 40
     results["box_fill_s0"] = row(30, pole=None)
     out = table.report(results, [0, 1, 2])
-    t, claims = out["table"], out["claims"]
-    assert t["f_only"]["miou_mean"] == 42 and t["f_only"]["miou_sd"] == pytest.approx(2.0)
-    assert t["box_fill"]["per_class_iou"]["pole"] is None and t["box_fill"]["miou_sd"] == 0
+    t, claims = out["table"], out["claims"]["in_domain"]
+    assert t["f_only"]["in_domain"]["miou_mean"] == 42
+    assert t["f_only"]["in_domain"]["miou_sd"] == pytest.approx(2.0)
+    assert t["f_only"]["unseen"]["miou_mean"] == 32 and t["f_only"]["commits"] == ["abc"]
+    assert t["box_fill"]["in_domain"]["per_class_iou"]["pole"] is None
+    assert t["box_fill"]["unseen"] is None  # not scored there: no unseen column
     assert claims["full_minus_f_only"] == 8
     assert claims["best_semi_row"] == "linear"
     assert claims["gap_closed_by_best_semi"] == pytest.approx((48 - 42) / 8)
     assert claims["linear_minus_none"] == 2
-    assert claims["best_box_minus_self_training"] == 7 and claims["spread_of_the_two"] == 1
+    assert claims["best_box_minus_self_training"] == 7 and claims["spread_of_the_two"] == 2
     assert claims["max_row_sd"] == pytest.approx(2.0)
+    unseen = out["claims"]["unseen"]
+    full_unseen = (44 + 40 + 40) / 3
+    assert unseen["full_minus_f_only"] == pytest.approx(full_unseen - 32)
+    assert unseen["gap_closed_by_best_semi"] == pytest.approx((38 - 32) / (full_unseen - 32))

@@ -196,3 +196,18 @@ def test_output_dir_rules(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(Exception, match="not a directory"):
         output_dir(tmp_path / "f", "viz")
+
+
+def test_code_version_names_the_commit_of_this_checkout():
+    import subprocess
+
+    from boxseg import __version__
+    from boxseg.run_dir import code_version
+
+    version = code_version()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent)  # fmt: skip
+    if head.returncode == 0:  # run from a checkout: its commit (with -dirty if changed)
+        assert head.stdout.strip()[:7] in version
+    else:
+        assert version == __version__
