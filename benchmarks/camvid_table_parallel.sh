@@ -1,5 +1,5 @@
 #!/bin/bash
-# The converged CamVid table (camvid_table.py) as parallel processes sharing one cached OUT:
+# The CamVid table (camvid_table.py) as parallel processes sharing one cached OUT:
 # for a GPU machine with many cores (on an H100 with 16 cores: 7 minutes for 3 seeds).
 #   bash benchmarks/camvid_table_parallel.sh CAMVID_ROOT OUT [extra camvid_table.py flags]
 # Phase 1: every seed's ancillary, half-F ancillary, F-only and full rows, and the box stores;
