@@ -67,6 +67,7 @@ from boxseg.train_primary import train_primary
 ROWS = ("f_only", "ancillary", "anc_half", "none", "linear", "linear_a5", "conv", "online_linear",
         "box_fill", "grabcut", "self_training", "full")  # fmt: skip
 STAGES = ("box_stores", "stores")  # --rows may name these too: the W stores alone
+CODE = code_version()  # the code this process runs (taken once: a later commit is not it)
 BOX_ROWS = ("none", "linear", "linear_a5", "conv", "online_linear", "box_fill", "grabcut")
 
 
@@ -125,7 +126,7 @@ def cached_row(rows: Path, name: str, fn, summary=lambda r: "") -> dict:
         return json.loads(path.read_text())
     print(f"== {name}", flush=True)
     t = time.perf_counter()
-    result = fn() | {"seconds": time.perf_counter() - t, "commit": code_version(),
+    result = fn() | {"seconds": time.perf_counter() - t, "commit": CODE,
                      "torch": torch.__version__}  # fmt: skip
     write_json(path, result)
     print(f"   {name}: {summary(result)} ({result['seconds']:.0f} s)", flush=True)
