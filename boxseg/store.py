@@ -193,9 +193,9 @@ class LogitsStore:
                 return "foreign"  # a file, or a directory of other things
         try:
             group = zarr.open_group(zarr_location(location), mode="r")
-        except zarr.errors.GroupNotFoundError:
+        except FileNotFoundError:  # (zarr >= 3.0.9: its GroupNotFoundError, a subclass)
             return "absent" if path is None else "foreign"
-        except (FileNotFoundError, ValueError, KeyError, OSError):
+        except (ValueError, KeyError, OSError):
             return "foreign"
         if group.attrs.get("format") == FORMAT:
             return "complete"
@@ -213,9 +213,9 @@ class LogitsStore:
             raise BoxsegError(f"{location}: no logits store here")
         try:
             group = zarr.open_group(zarr_location(location), mode=mode)
-        except zarr.errors.GroupNotFoundError as e:
+        except FileNotFoundError as e:  # (zarr >= 3.0.9: its GroupNotFoundError, a subclass)
             raise BoxsegError(f"{location}: no logits store here") from e
-        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        except (ValueError, KeyError, OSError) as e:
             raise BoxsegError(f"{location}: cannot open the logits store ({e})") from e
         try:
             names = set(group.keys())
