@@ -20,6 +20,7 @@ from boxseg.data import cityscapes, folder, voc
 from boxseg.data.box_cache import derived_boxes
 from boxseg.data.boxes import BoxSpec, boxes_from_mask
 from boxseg.data.reader import (
+    IMAGE_SUFFIXES,
     ReaderBase,
     SegDataset,
     check_mask,
@@ -53,7 +54,6 @@ SUPPORTED_LAYOUTS = {
     "classes.txt, <split>.txt (docs/formats.md)",
     "cityscapes": "leftImg8bit/<split>/<city>/, gtFine/<split>/<city>/ labelIds, instanceIds",
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)

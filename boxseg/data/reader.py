@@ -96,15 +96,15 @@ def list_entry(line: str) -> str:
     if it ends in an image suffix; but the first of SegNet's 'image mask' path pairs."""
     line = line.strip()
     fields = line.split()
-    if len(fields) == 2 and all(f.lower().endswith(_IMAGE_ENDS) for f in fields):
+    if len(fields) == 2 and all(f.lower().endswith(IMAGE_SUFFIXES) for f in fields):
         line = fields[0]
-    return Path(line).stem if line.lower().endswith(_IMAGE_ENDS) else Path(line).name
+    return Path(line).stem if line.lower().endswith(IMAGE_SUFFIXES) else Path(line).name
 
 
-_IMAGE_ENDS = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # image files, found in any letter case
 
 
-def find_image(folder: Path, stem: str, suffixes: tuple[str, ...] = _IMAGE_ENDS) -> Path | None:
+def find_image(folder: Path, stem: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> Path | None:
     """folder/<stem><suffix> for the first suffix found, in any letter case (.jpg, .JPG)."""
     for suffix in suffixes:
         for variant in (suffix, suffix.upper()):
