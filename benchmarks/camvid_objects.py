@@ -8,11 +8,15 @@ constraint alone cannot help much (background is allowed inside boxes): the net 
 object inside its box. F = 92 train images drawn with seed 0, W = the other 275.
 
 Scores on W (pseudo-labels against W's held-back masks) and on val (the ancillary net with
-boxes): box-fill, GrabCut, and ancillary nets with and without the constraint. Cached in
-OUT/rows/*.json.
+boxes): box-fill and GrabCut (stored at pixel level, stride 1: exact, like with like), and
+ancillary nets with and without the constraint; with `--weak-boxes on` (or `off,on`) also
+ancillary nets trained with W's boxes as supervision too (`train-anc --weak-boxes`: BoxInst's
+projection and colour-pairwise terms, box_losses.py), with their cost per step against the
+plain net's of the same seed. Cached in OUT/rows/*.json (each with
+the commit it ran at).
 
     python benchmarks/camvid_objects.py ../shared/data/camvid --out camvid-objects \\
-        --json camvid_objects.json
+        --weak-boxes off,on --json camvid_objects.json
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camvid_table import cached_row, resized_copy  # noqa: E402
 
 from boxseg.box_constraint import BoxConstraint  # noqa: E402
+from boxseg.box_losses import WeakBoxLoss  # noqa: E402
 from boxseg.checkpoint import load_model  # noqa: E402
 from boxseg.data.boxes import BoxSpec, boxes_from_mask  # noqa: E402
 from boxseg.data.formats import open_dataset  # noqa: E402
@@ -82,6 +87,15 @@ def objects_dataset(segnet: Path, dst: Path, splits: list[str], min_area: int = 
     return dst
 
 
+def step_seconds(run: Path) -> float:
+    """A run's median seconds per training step, from its logged images/s and the images a
+    step draws (F's batch, plus W's with --weak-boxes)."""
+    config = json.loads((run / "config.json").read_text())
+    images = config["train"]["batch_size"] + (config["weak_boxes"]["batch_size"] or 0)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().split("\n") if x]
+    return float(np.median([images / r["img_per_s"] for r in records if r.get("img_per_s")]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path, help="CamVid root (segnet layout)")
@@ -91,6 +105,8 @@ def main() -> None:
     ap.add_argument("--box-prior", type=float, default=0.0)
     ap.add_argument("--baselines", default="box,grabcut")
     ap.add_argument("--seeds", default="0,1,2", help="ancillary nets' training seeds")
+    ap.add_argument("--weak-boxes", default="off", help="off, on, or off,on: ancillary variants")
+    ap.add_argument("--weak-box-weight", type=float, default=1.0)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     out = args.out
@@ -113,41 +129,53 @@ def main() -> None:
 
         def baseline(method=method) -> dict:
             store = out / "stores" / f"{method}.zarr"
-            gen_logits(data, None, str(store), split, 4, args.device, quiet=True, overwrite=True,
+            gen_logits(data, None, str(store), split, 1, args.device, quiet=True, overwrite=True,
                        box_method=BoxMethod(method, box_min_area=16))  # fmt: skip
             return store_scores(store)
 
         results[method] = cached(method, baseline)
 
+    variants = [v for v in args.weak_boxes.split(",") if v]
+    if not set(variants) <= {"off", "on"}:
+        raise SystemExit(f"--weak-boxes {args.weak_boxes}: off, on or off,on")
     for seed in (int(x) for x in args.seeds.split(",")):
-        run = out / f"anc_s{seed}"
-        cfg = TrainConfig(iters=args.iters, batch_size=4, crop=160, scale_min=0.75,
-                          scale_max=1.25, lr=1e-3, optimizer="adamw", seed=seed,
-                          device=args.device, checkpoint_every=200, resume=True)  # fmt: skip
-        if not (run / "model.pt").is_file():
-            train_anc(data, run, split, BoxSpec(16), spec, cfg, val_split=None, quiet=True,
-                      class_weights="median-freq")  # fmt: skip
-        prior = f"_prior{args.box_prior:g}" if args.box_prior else ""
-        rules = {f"anc_raw_s{seed}": BoxConstraint(False),
-                 f"anc_constraint{prior}_s{seed}": BoxConstraint(True, args.box_prior)}  # fmt: skip
-        for name, rule in rules.items():
+        for variant in variants:
+            wb = variant == "on"
+            tag = "_wb" if wb else ""
+            if wb and args.weak_box_weight != 1:
+                tag += f"{args.weak_box_weight:g}"
+            run = out / f"anc{tag}_s{seed}"
+            cfg = TrainConfig(iters=args.iters, batch_size=4, crop=160, scale_min=0.75,
+                              scale_max=1.25, lr=1e-3, optimizer="adamw", seed=seed,
+                              device=args.device, checkpoint_every=200, resume=True)  # fmt: skip
+            if not (run / "model.pt").is_file():
+                train_anc(data, run, split, BoxSpec(16), spec, cfg, val_split=None, quiet=True,
+                          class_weights="median-freq",
+                          weak_boxes=WeakBoxLoss(wb, args.weak_box_weight))  # fmt: skip
+            prior = f"_prior{args.box_prior:g}" if args.box_prior else ""
+            rules = {f"anc{tag}_constraint{prior}_s{seed}": BoxConstraint(True, args.box_prior)}
+            if not wb:
+                rules = {f"anc_raw_s{seed}": BoxConstraint(False)} | rules
+            for name, rule in rules.items():
 
-            def anc(rule=rule, name=name, run=run) -> dict:
-                store = out / "stores" / f"{name}.zarr"
-                gen_logits(data, run / "model.pt", str(store), split, 4, args.device,
-                           quiet=True, overwrite=True, constraint=rule)  # fmt: skip
-                model, meta = load_model(run / "model.pt")
-                val = evaluate_model(model, meta, ds, "val", torch.device("cpu"), quiet=True,
-                                     constraint=rule)  # fmt: skip
-                scores = {"val_miou": val["miou"], "val_per_class_iou": val["per_class_iou"]}
-                return store_scores(store) | scores
+                def anc(rule=rule, name=name, run=run) -> dict:
+                    store = out / "stores" / f"{name}.zarr"
+                    gen_logits(data, run / "model.pt", str(store), split, 4, args.device,
+                               quiet=True, overwrite=True, constraint=rule)  # fmt: skip
+                    model, meta = load_model(run / "model.pt")
+                    val = evaluate_model(model, meta, ds, "val", torch.device("cpu"),
+                                         quiet=True, constraint=rule)  # fmt: skip
+                    scores = {"val_miou": val["miou"], "val_per_class_iou": val["per_class_iou"],
+                              "train_seconds_per_step": step_seconds(run)}
+                    return store_scores(store) | scores
 
-            results[name] = cached(name, anc)
-    print(f"\n{'row':<16} {'W mIoU':>7} {'val':>6}  per-class IoU on W")
+                results[name] = cached(name, anc)
+    print(f"\n{'row':<24} {'W mIoU':>7} {'val':>6} {'s/step':>6}  per-class IoU on W")
     for name, r in results.items():
         per = ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}"
                         for k, v in r["w_per_class_iou"].items())  # fmt: skip
-        print(f"{name:<16} {r['w_miou']:7.2f} {r.get('val_miou', float('nan')):6.2f}  {per}")
+        print(f"{name:<24} {r['w_miou']:7.2f} {r.get('val_miou', float('nan')):6.2f} "
+              f"{r.get('train_seconds_per_step', float('nan')):6.3f}  {per}")
     if args.json:
         write_json(args.json, {"rows": results, "iters": args.iters, "box_prior": args.box_prior,
                                "num_full": split.num_full})  # fmt: skip

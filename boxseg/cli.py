@@ -94,6 +94,16 @@ BoxPrior = Annotated[
         "(0: the net alone decides overlaps)."
     ),
 ]
+WeakBoxes = Annotated[
+    bool,
+    typer.Option(
+        help="Also learn shapes from W's boxes: BoxInst's projection (tightness) and colour "
+        "pairwise terms on W images (their masks are never read)."
+    ),
+]
+WeakBoxWeight = Annotated[
+    float, typer.Option(help="--weak-boxes: weight of the box terms (ramped up over 20%).")
+]
 SkipBad = Annotated[
     bool,
     typer.Option(help="Leave out images with bad files (counted, listed in the run directory)."),
@@ -203,16 +213,25 @@ def train_anc_cmd(
         bool,
         typer.Option(help="Train on the box-consistent logits (as gen-logits decodes them)."),
     ] = False,
+    weak_boxes: WeakBoxes = False,
+    weak_box_weight: WeakBoxWeight = 1.0,
+    weak_batch_size: Annotated[
+        int | None, typer.Option(help="--weak-boxes: W images per step (default --batch-size).")
+    ] = None,
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
     config: Config = None,
 ) -> None:
-    """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks."""
+    """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks (and, with
+    --weak-boxes, on W's boxes too)."""
+    from boxseg.box_losses import WeakBoxLoss
     from boxseg.data.boxes import BoxSpec
     from boxseg.data.formats import open_dataset
     from boxseg.models import BoxPathSpec
     from boxseg.train_anc import train_anc
 
+    _refuse_unused({"weak_box_weight": weak_boxes, "weak_batch_size": weak_boxes},
+                   "without --weak-boxes")
     if box_resize not in ("max", "nearest"):
         raise BoxsegError(f"--box-resize {box_resize}: choose max or nearest")
 
@@ -241,6 +260,8 @@ def train_anc_cmd(
         class_weights,
         BoxPathSpec(box_resize, box_direct),
         box_constraint_loss,
+        WeakBoxLoss(weak_boxes, weak_box_weight),
+        weak_batch_size,
     )
 
 
@@ -397,6 +418,8 @@ def train_primary_cmd(
             help="W images per batch (default --batch-size); the W term is weighted per image."
         ),
     ] = None,
+    weak_boxes: WeakBoxes = False,
+    weak_box_weight: WeakBoxWeight = 1.0,
     class_weights: ClassWeights = "none",
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
@@ -434,6 +457,7 @@ def train_primary_cmd(
 ) -> None:
     """Train the primary net p(y|x) on F (masks) + W (stored ancillary logits, self-corrected)."""
     from boxseg.box_constraint import BoxConstraint
+    from boxseg.box_losses import WeakBoxLoss
     from boxseg.train_primary import train_primary
 
     weak = logits is not None or anc_model is not None
@@ -441,9 +465,10 @@ def train_primary_cmd(
                                     self_corr == "linear"),
                     **dict.fromkeys(("conv_hidden", "conv_warmup", "conv_grad_to_primary",
                                      "allow_full_anc"), self_corr == "conv"),
-                    "weak_weight": weak, "weak_batch_size": weak},
+                    "weak_weight": weak, "weak_batch_size": weak, "weak_boxes": weak},
                    f"with --self-corr {self_corr}" + ("" if weak else " and no W (--logits or "
                                                            "--anc-model)"))  # fmt: skip
+    _refuse_unused({"weak_box_weight": weak_boxes}, "without --weak-boxes")
     train_primary(
         data,
         out,
@@ -468,6 +493,7 @@ def train_primary_cmd(
         class_weights=class_weights,
         box_constraint=BoxConstraint(box_constraint, box_prior),
         allow_full_anc=allow_full_anc,
+        weak_boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
     )
 
 

@@ -8,7 +8,8 @@ q is always detached: no gradient flows into the target.
 
 The primary's objective (`Objective`, equation (5)) composes the F term, one of
 `NoCorrection`, `LinearCorrection`, `ConvCorrection` (each: the target q of a W batch, and any
-loss of its own on F) and a source of W's ancillary logits (weak_targets.py). A new correction
+loss of its own on F), a source of W's ancillary logits (weak_targets.py) and, with
+`--weak-boxes`, the box-supervised terms of box_losses.py on W. A new correction
 is one class with `target` and `f_loss`.
 """
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxseg.box_losses import BoxTerms
 from boxseg.data.sample import VOID
 from boxseg.weak_targets import OnlineAncillary, Source, constrained, without_void
 
@@ -229,6 +231,7 @@ class Objective:
     weak_logits: Source | None
     class_weights: torch.Tensor | None
     w_scale: float
+    box_terms: BoxTerms | None = None  # --weak-boxes: W's boxes shape p directly too
 
     def __call__(self, nets: nn.ModuleDict, batch: dict, step: int):
         f, w = batch["f"], batch.get("w")
@@ -245,4 +248,7 @@ class Objective:
             loss_w = soft_cross_entropy(out[nf:], q, valid, self.class_weights)
             loss = loss + self.w_scale * loss_w
             logs |= {"loss_w": loss_w.detach()} | extra
+            if self.box_terms is not None:
+                loss_b, logs_b = self.box_terms(out[nf:], w, step)
+                loss, logs = loss + loss_b, logs | logs_b
         return loss, logs, images.shape[0]

@@ -9,7 +9,6 @@ then F and W together. The loss is selfcorr.Objective; this module only assemble
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +18,12 @@ from torch.utils.data import Dataset
 
 from boxseg import distributed
 from boxseg.box_constraint import BoxConstraint, ConstraintRule, rule_of
+from boxseg.box_losses import BoxTerms, WeakBoxLoss
 from boxseg.checkpoint import file_sha256, load_model
 from boxseg.class_weights import resolve_class_weights
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, open_dataset
-from boxseg.data.sampling import Batches
+from boxseg.data.sampling import Batches, mixed
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -62,19 +62,6 @@ def check_alpha(alpha_start: float, alpha_end: float, decay_fraction: float) -> 
         raise BoxsegError(f"--alpha-decay-fraction {decay_fraction}: must be in (0, 1]")
 
 
-Stream = Callable[[int], dict]
-
-
-def mixed(full: Stream, weak: Stream | None, weak_from: int) -> Stream:
-    """next_batch(step): an F batch, plus a W batch from step `weak_from` on (conv's stage 3)."""
-
-    def next_batch(step: int) -> dict:
-        use_weak = weak is not None and step >= weak_from
-        return {"f": full(step), "w": weak(step) if use_weak else None}
-
-    return next_batch
-
-
 def frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -109,20 +96,20 @@ def train_primary(
     self_corr: str = "none", alpha_start: float = 30.0, alpha_end: float = 0.5,
     alpha_decay_fraction: float = 0.5, conv_hidden: int = 128, conv_warmup: int | None = None,
     conv_grad_to_primary: bool = False, weak_weight: float = 1.0,
-    weak_batch_size: int | None = None, pretrained: str = "none",
-    val_split: str | None = "val", quiet: bool = False, skip_bad: bool = False,
-    class_weights: str = "none", box_constraint: BoxConstraint | None = None,
-    allow_full_anc: bool = False,
-) -> dict:  # fmt: skip
+    weak_batch_size: int | None = None, pretrained: str = "none", val_split: str | None = "val",
+    quiet: bool = False, skip_bad: bool = False, class_weights: str = "none",
+    box_constraint: BoxConstraint | None = None, allow_full_anc: bool = False,
+    weak_boxes: WeakBoxLoss | None = None) -> dict:  # fmt: skip
     """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {}).
 
     `class_weights` (none, median-freq or a file) weights both loss terms per class;
     `box_constraint` (default on) makes the online ancillary logits box-consistent, as every
     reader of a store does. `iters` counts the steps with W; conv's stage 2 (`conv_warmup`,
-    F only) comes on top. `allow_full_anc`: let conv use an ancillary net trained on all of F."""
-    box_constraint = box_constraint or BoxConstraint()
+    F only) comes on top. `allow_full_anc`: let conv use an ancillary net trained on all of F.
+    `weak_boxes` (enabled): the box-supervised terms (box_losses.py) on W's crops as well."""
+    box_constraint, weak_boxes = box_constraint or BoxConstraint(), weak_boxes or WeakBoxLoss()
     check_options(cfg, box_constraint, self_corr, alpha_start, alpha_end, alpha_decay_fraction,
-                  weak_weight, weak_batch_size, logits, anc_model)  # fmt: skip
+                  weak_weight, weak_batch_size, logits, anc_model, weak_boxes)  # fmt: skip
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
     check_val_split(ds, val_split)
@@ -165,14 +152,15 @@ def train_primary(
     if weak is not None:
         w_batches = Batches(weak.dataset, nw, cfg.workers, cfg.seed + 1, offset=warmup)
     w_scale = weak_loss_scale(weak_weight, cfg.batch_size, nw)
-    objective = Objective(correction, weak.logits if weak else None, weights, w_scale)
+    objective = Objective(correction, weak.logits if weak else None, weights, w_scale,
+                          box_terms(weak_boxes, weak, iters, ds.background))  # fmt: skip
     mode = self_corr if weak else "f_only"
     if distributed.is_main():
         write_config(out, "train-primary", run_config(
             ds, split, full_ids, weak, logits, anc, mode, (alpha_start, alpha_end,
             alpha_decay_fraction), (conv_hidden, warmup, conv_grad_to_primary), weak_weight,
             nw, w_scale, spec, pretrained, model, class_weights, weights, box_constraint, cfg,
-            iters), device)  # fmt: skip
+            iters) | {"weak_boxes": weak_boxes.to_dict()}, device)  # fmt: skip
     batches = mixed(f_batches, w_batches, warmup)
     timing = fit(trainable, objective, batches, cfg, iters, device, out,
                  f"train-primary {mode}", quiet)  # fmt: skip
@@ -197,10 +185,13 @@ def primary_meta(spec: ModelSpec, ds: SegDataset, mode: str, merger: nn.Module |
 def check_options(cfg: TrainConfig, box_constraint: BoxConstraint, self_corr: str,
                   alpha_start: float, alpha_end: float, alpha_decay_fraction: float,
                   weak_weight: float, weak_batch_size: int | None, logits,
-                  anc_model) -> None:  # fmt: skip
+                  anc_model, weak_boxes: WeakBoxLoss) -> None:  # fmt: skip
     """One-line errors for option values and combinations that cannot work."""
     cfg.validate()
     box_constraint.validate()
+    weak_boxes.validate()
+    if weak_boxes.enabled and logits is None and anc_model is None:
+        raise BoxsegError("--weak-boxes needs W: give --logits or --anc-model")
     if self_corr not in SELF_CORR_MODES:
         raise BoxsegError(f"--self-corr {self_corr}: choose from {', '.join(SELF_CORR_MODES)}")
     check_alpha(alpha_start, alpha_end, alpha_decay_fraction)
@@ -212,6 +203,17 @@ def check_options(cfg: TrainConfig, box_constraint: BoxConstraint, self_corr: st
         raise BoxsegError("--self-corr conv needs --anc-model (g learns on F from its logits)")
     if logits is not None and anc_model is not None and self_corr != "conv":
         raise BoxsegError("give --logits or --anc-model, not both (both only with conv)")
+
+
+def box_terms(weak_boxes: WeakBoxLoss, weak: WeakSource | None, iters: int,
+              background: int | None) -> BoxTerms | None:  # fmt: skip
+    """The box-supervised terms on W (`--weak-boxes`), or None; a store must hold W's boxes."""
+    if not weak_boxes.enabled:
+        return None
+    if weak.kind == "store" and weak.store.rule is None:
+        raise BoxsegError("--weak-boxes: the store holds no boxes (written with "
+                          "--no-box-constraint); write it with the constraint on")  # fmt: skip
+    return BoxTerms(weak_boxes, iters, background)
 
 
 def load_ancillary(anc_model: Path | None, ds: SegDataset, device: torch.device,

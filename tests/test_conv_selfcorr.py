@@ -10,12 +10,13 @@ from torch import nn
 from boxseg.checkpoint import load_model, read_checkpoint
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
+from boxseg.data.sampling import mixed
 from boxseg.data.split import SplitSpec, fraction_of
 from boxseg.engine import TrainConfig
 from boxseg.models import ModelSpec
 from boxseg.selfcorr import ConvMerger, soft_cross_entropy, soft_target
 from boxseg.store import LogitsStore
-from boxseg.train_primary import mixed, train_primary
+from boxseg.train_primary import train_primary
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 
 BOUND = 0.028  # mean |q_online - q_stored|: stored 0.020, a 2-pixel shift 0.036

@@ -12,7 +12,7 @@ LAYERS = [
     ["errors", "io", "outputs", "cells", "data.sample", "data.boxes"],
     ["box_constraint"],
     ["data.transforms", "data.formats", "data.sampling", "data.torchsets"],
-    ["store"],
+    ["store", "box_losses"],
     ["weak_targets"],
     ["selfcorr"],
     ["train_primary", "train_anc", "gen_logits", "evaluate", "viz", "inference"],

@@ -10,7 +10,7 @@ run was interrupted. That is what makes `--resume` exact mid-epoch, which Distri
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import count
 
 import numpy as np
@@ -110,3 +110,17 @@ class Batches:
             raise RuntimeError(f"batches asked for step {step}, expected {self._next}")
         self._next += 1
         return next(self._it)
+
+
+Stream = Callable[[int], dict]
+
+
+def mixed(full: Stream, weak: Stream | None, weak_from: int = 0) -> Stream:
+    """next_batch(step): {"f": an F batch, "w": a W batch from step `weak_from` on (conv's
+    stage 3), else None}."""
+
+    def next_batch(step: int) -> dict:
+        use_weak = weak is not None and step >= weak_from
+        return {"f": full(step), "w": weak(step) if use_weak else None}
+
+    return next_batch
