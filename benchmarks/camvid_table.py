@@ -20,6 +20,9 @@ batch order; the split stays fixed):
 - conv: the paper's 3 stages: an ancillary net on half of F, its store, then g and the primary.
 - box_fill, grabcut: primaries on the box-only rules' stores, stored at pixel level (stride 1,
   exact: like is compared with like), `--self-corr none`.
+- anc_weakbox: the ancillary net trained with W's boxes as supervision too (`train-anc
+  --weak-boxes`, box_losses.py), and its W store; none_weakbox: `--self-corr none` from it.
+  (Stage anc_stride1: the ancillary net's store at stride 1, beside the default 4.)
 - self_training: no boxes at all: the f_only net's own logits for W (`gen-logits --model
   PRIMARY`) as targets: what a semi-supervised method without boxes gets from the same images.
 The F-only, fully supervised and ancillary nets see --batch-size images a step, the F + W
@@ -51,6 +54,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from boxseg.box_losses import WeakBoxLoss
 from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import open_dataset
@@ -65,10 +69,11 @@ from boxseg.train_anc import train_anc
 from boxseg.train_primary import train_primary
 
 ROWS = ("f_only", "ancillary", "anc_half", "none", "linear", "linear_a5", "conv", "online_linear",
-        "box_fill", "grabcut", "self_training", "full")  # fmt: skip
-STAGES = ("box_stores", "stores")  # --rows may name these too: the W stores alone
+        "box_fill", "grabcut", "self_training", "full", "anc_weakbox", "none_weakbox")  # fmt: skip
+STAGES = ("box_stores", "stores", "anc_stride1")  # --rows may name these: W stores alone
 CODE = code_version()  # the code this process runs (taken once: a later commit is not it)
-BOX_ROWS = ("none", "linear", "linear_a5", "conv", "online_linear", "box_fill", "grabcut")
+BOX_ROWS = ("none", "linear", "linear_a5", "conv", "online_linear", "box_fill", "grabcut",
+            "none_weakbox")
 
 
 def resized_copy(src: Path, dst: Path, splits: list[str], scale: float) -> Path:
@@ -276,26 +281,26 @@ def main() -> None:
         r = evaluate_model(model, meta, ds, unseen, resolve_device(args.device), quiet=True)
         return {"unseen": scores(r)}
 
-    def store_row(name: str, model: Path | None, method: str = "anc") -> dict:
+    def store_row(name: str, model: Path | None, method: str = "anc", stride: int = 4) -> dict:
         """Make a W store (once) and score its pseudo-labels against W's held-back masks; the
-        box rules' stores at pixel level (stride 1: exact), the nets' at stride 4."""
+        box rules' stores at pixel level (stride 1: exact), the nets' at `stride`."""
         path = stores / f"{name}.zarr"
 
         def make() -> dict:
             box = None if method == "anc" else BoxMethod(method, box_min_area=box_spec.min_area)
-            gen_logits(data, model, str(path), split, 4 if box is None else 1, args.device,
+            gen_logits(data, model, str(path), split, stride if box is None else 1, args.device,
                        quiet=True, box_method=box, workers=args.workers or None)  # fmt: skip
             quality = evaluate_store(ds, train_split, str(path), quiet=True)
             return scores(quality) | {"coverage": quality["coverage"]}
 
         return row(f"store_{name}", make) | {"path": str(path)}
 
-    def anc_row(name: str, seed: int, fraction: float) -> Path:
+    def anc_row(name: str, seed: int, fraction: float, weak_boxes: bool = False) -> Path:
         run = runs / name
         row(name, lambda: scores(train_anc(
             data, run, split, box_spec, spec, cfg(seed, args.anc_iters), val_split=val,
-            quiet=True, full_fraction=fraction)) | {"steps": args.anc_iters}
-            | on_unseen(run))  # fmt: skip
+            quiet=True, full_fraction=fraction, weak_boxes=WeakBoxLoss(weak_boxes)))
+            | {"steps": args.anc_iters} | on_unseen(run))  # fmt: skip
         return run / "model.pt"
 
     def primary(name: str, seed: int, full: bool = False, **kw) -> Path:
@@ -320,6 +325,8 @@ def main() -> None:
         anc = lambda: anc_row(f"ancillary_s{s}", s, 1.0)  # noqa: E731
         half = lambda: anc_row(f"anc_half_s{s}", s, 0.5)  # noqa: E731
         w_anc = lambda: store_row(f"anc_s{s}", anc())["path"]  # noqa: E731
+        anc_wb = lambda: anc_row(f"anc_weakbox_s{s}", s, 1.0, True)  # noqa: E731
+        w_anc_wb = lambda: store_row(f"anc_weakbox_s{s}", anc_wb())["path"]  # noqa: E731
         w_half = lambda: store_row(f"anc_half_s{s}", half())["path"]  # noqa: E731
         w_self = lambda: store_row(f"self_s{s}", f_only())["path"]  # noqa: E731
         w_rule = lambda rule: store_row(rule, None, rule)["path"]  # noqa: E731
@@ -330,6 +337,10 @@ def main() -> None:
             "anc_half": half,
             "box_stores": lambda: (w_rule("box"), w_rule("grabcut")),
             "stores": lambda: (w_anc(), w_half(), w_self()),
+            "anc_stride1": lambda: store_row(f"anc_s{s}_stride1", anc(), stride=1),
+            "anc_weakbox": w_anc_wb,
+            "none_weakbox": lambda: primary(f"none_weakbox_s{s}", s, logits=w_anc_wb(),
+                                            self_corr="none"),  # fmt: skip
             "none": lambda: primary(f"none_s{s}", s, logits=w_anc(), self_corr="none"),
             "linear": lambda: primary(f"linear_s{s}", s, logits=w_anc(), self_corr="linear"),
             "linear_a5": lambda: primary(
