@@ -113,11 +113,16 @@ def _dice_to_ones(pred: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return 1 - 2 * inter / ((pred * pred * w).sum(-1) + w.sum(-1)).clamp_min(1e-6)
 
 
-def projection_loss(probs: torch.Tensor, ev: BoxEvidence) -> torch.Tensor:
+Extents = tuple[torch.Tensor, torch.Tensor]  # box_extents: (in_rows, in_cols)
+
+
+def projection_loss(probs: torch.Tensor, ev: BoxEvidence,
+                    extents: Extents | None = None) -> torch.Tensor:  # fmt: skip
     """Tightness: mean over boxes and axes of the dice loss between the max-projection of the
-    box class's probability (N x K x H x W) inside the box and the box's extent (all ones)."""
+    box class's probability (N x K x H x W) inside the box and the box's extent (all ones).
+    `extents`: `box_extents(ev)` if the caller has them already."""
     n, _, h, w = probs.shape
-    in_rows, in_cols = box_extents(ev)
+    in_rows, in_cols = box_extents(ev) if extents is None else extents
     labels = ev.labels.clamp_min(0)
     p = probs.gather(1, labels[..., None, None].expand(-1, -1, h, w))  # N x B x H x W
     col_max = (p * in_rows[..., :, None]).amax(2)  # per column, over the box's rows
@@ -175,10 +180,10 @@ class BoxTerms:
                  step: int) -> tuple[torch.Tensor, dict]:  # fmt: skip
         ev = BoxEvidence.of_batch(batch).to(logits.device)
         log_probs = F.log_softmax(logits.float(), 1)
-        proj = projection_loss(log_probs.exp(), ev)
+        in_rows, in_cols = box_extents(ev)
+        proj = projection_loss(log_probs.exp(), ev, (in_rows, in_cols))
         valid = batch["valid"].to(logits.device).bool()
         if self.background is None:  # only inside boxes; elsewhere nothing says what is there
-            in_rows, in_cols = box_extents(ev)
             valid = valid & (torch.einsum("nbh,nbw->nhw", in_rows.float(), in_cols.float()) > 0)
         colour = pairwise_loss(log_probs, image_lab(batch["image"]), valid,
                                self.spec.threshold, self.spec.dilation)  # fmt: skip
