@@ -534,6 +534,11 @@ def eval_cmd(
     ] = None,
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
+    ranking: Annotated[
+        Path | None, typer.Option(help="With --logits: only the images of this rank CSV (its "
+                                  "first --top).")
+    ] = None,
+    top: Annotated[int | None, typer.Option(help="With --ranking: how many of its first.")] = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -547,6 +552,8 @@ def eval_cmd(
                     "save_pred": pred_dir is None, "num_full": pred_dir is None,
                     "full_list": pred_dir is None, "seed_split": pred_dir is None},
                    "with --pred-dir" if pred_dir is not None else "with --logits")  # fmt: skip
+    _refuse_unused({"ranking": logits is not None}, "without --logits")
+    _refuse_unused({"top": ranking is not None}, "without --ranking")
     weak_of = None
     if num_full is not None or full_list is not None:
         weak_of = _split(split, num_full, seed_split, full_list)
@@ -561,8 +568,14 @@ def eval_cmd(
         raise BoxsegError(f"--window {window}: 0 (whole images) or at least 16 pixels")
     from boxseg.box_constraint import BoxConstraint
 
+    only = None
+    if ranking is not None:
+        from boxseg.rank import read_ranking
+
+        only = read_ranking(ranking, top)
     run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
-             save_pred, window, BoxConstraint(box_constraint, box_prior), weak_of)  # fmt: skip
+             save_pred, window, BoxConstraint(box_constraint, box_prior), weak_of,
+             only)  # fmt: skip
 
 
 @app.command("predict")
@@ -607,6 +620,10 @@ def viz_cmd(
         str | None, typer.Option(help="Comma-separated weak image ids (default: the first --num).")
     ] = None,
     num: Annotated[int, typer.Option(help="How many weak images, without --ids.")] = 4,
+    ranking: Annotated[
+        Path | None, typer.Option(help="A rank CSV: its first --num images (instead of the "
+                                  "store's first).")
+    ] = None,
     model: Annotated[
         Path | None, typer.Option(help="A primary model.pt: also show its target q.")
     ] = None,
@@ -619,9 +636,62 @@ def viz_cmd(
 
     _refuse_unused({"alpha": model is not None}, "without --model")
     _refuse_unused({"num": ids is None}, "with --ids")
+    if ids and ranking is not None:
+        raise BoxsegError("give --ids or --ranking, not both")
     chosen = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
+    if ranking is not None:
+        from boxseg.rank import read_ranking
+
+        if num < 1:
+            raise BoxsegError(f"--num {num}: must be at least 1")
+        chosen = read_ranking(ranking, num)
     written = run_viz(data, logits, out, split, chosen, num, model, alpha, device)
     print(f"viz: {len(written)} pictures in {out}")
+
+
+@app.command("rank")
+def rank_cmd(
+    data: Data,
+    logits: Annotated[str, typer.Option(help="The ancillary logits store of W (gen-logits).")],
+    out: Annotated[Path, typer.Option(help="CSV to write: one row per W image, most useful "
+                                      "first.")] = Path("ranking.csv"),
+    model: Annotated[
+        Path | None, typer.Option(help="A primary model.pt: also rank by its disagreement "
+                                  "with the store.")
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option(help="With --list: how many of the first images to add to F.")
+    ] = None,
+    list_out: Annotated[
+        Path | None, typer.Option("--list", help="With --top: write F plus the top K images "
+                                  "here, a file for --full-list.")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="Signal weights, e.g. entropy=1,outside=1,empty=1,disagree=1,"
+                          "rare=1 (unnamed: 1; 0 leaves one out).")
+    ] = "",
+    diversity: Annotated[
+        float, typer.Option(help="0: order by score alone; up to 1: near-duplicates of a "
+                            "chosen image fall back.")
+    ] = 1.0,
+    split: Split = "train",
+    num_full: NumFull = None,
+    seed_split: SplitSeed = 0,
+    full_list: FullList = None,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --list file.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Which W images to mask next: rank them by how much a mask would teach."""
+    from boxseg.rank import RankWeights, run_rank
+
+    rows = run_rank(data, logits, out, _split(split, num_full, seed_split, full_list), model,
+                    top, list_out, RankWeights.parse(weights), diversity, device, quiet,
+                    overwrite)  # fmt: skip
+    if not quiet:
+        first = ", ".join(r["id"] for r in rows[:3])
+        print(f"rank: {len(rows)} W images ranked in {out} (first: {first})"
+              + (f"; F + top {top} in {list_out}: pass --full-list {list_out}" if top else ""))
 
 
 @app.command("export")

@@ -99,37 +99,46 @@ def pseudo_labels(store: LogitsStore, i: int) -> np.ndarray:
 
 
 def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = False,
-                   save_pred: Path | None = None,
-                   weak_ids: list[str] | None = None) -> dict:  # fmt: skip
+                   save_pred: Path | None = None, weak_ids: list[str] | None = None,
+                   only: list[str] | None = None) -> dict:  # fmt: skip
     """Scores of a logits store's pseudo-labels (`pseudo_labels`: what W gets) against the
     masks of its images in `split`: of those that have one (a user checking pseudo-labels
     masks a few W images; `images_without_mask` counts the rest). Void pseudo-label pixels
     count as misses; `coverage` is the share of labelled ground-truth pixels that got a
     pseudo-label. `save_pred`: also write every store image's pseudo-label as
     <id>.png (class indices, 255 void), masked or not. `weak_ids`: the W of the split options
-    given, which the store must hold exactly."""
+    given, which the store must hold exactly. `only`: just these of its images (a ranking's
+    first: `boxseg rank`)."""
     store = LogitsStore.open(location)
     if list(store.class_names) != list(ds.class_names):
         raise BoxsegError(f"{location}: the store's classes differ from the dataset's")
     if weak_ids is not None:
         store.check_matches(list(ds.class_names), weak_ids)
-    missing = [i for i in store.image_ids if not ds.image_path(split, i).is_file()]
+    chosen = list(range(len(store)))
+    if only is not None:
+        unknown = [i for i in only if i not in store.image_ids]
+        if unknown:
+            raise BoxsegError(f"{location}: no logits for '{unknown[0]}' of the ranking (a "
+                              "ranking of another store?)")  # fmt: skip
+        chosen = sorted(store.index(i) for i in only)
+    missing = [store.image_ids[i] for i in chosen
+               if not ds.image_path(split, store.image_ids[i]).is_file()]  # fmt: skip
     if missing:
         raise BoxsegError(
             f"{location}: {len(missing)} of its images are not in split '{split}' "
             f"(first: {missing[0]}); pass the --split it was made from"
         )
     # (in the folder layout W images may have no mask; elsewhere every image has one)
-    masked = [i for i, image_id in enumerate(store.image_ids) if ds.has_mask(split, image_id)]
+    masked = [i for i in chosen if ds.has_mask(split, store.image_ids[i])]
     if save_pred is not None:
-        for i in track(range(len(store)), description="pseudo-labels", disable=quiet):
+        for i in track(chosen, description="pseudo-labels", disable=quiet):
             write_label_png(Path(save_pred) / f"{store.image_ids[i]}.png", pseudo_labels(store, i))
     if not masked and save_pred is not None:
         return {"method": store.attrs.get("method", "anc"), "images_scored": 0,
-                "images_without_mask": len(store), "saved": len(store)}  # fmt: skip
+                "images_without_mask": len(chosen), "saved": len(chosen)}  # fmt: skip
     if not masked:
         raise BoxsegError(
-            f"{location}: none of its {len(store)} images has a mask in split '{split}'; "
+            f"{location}: none of its {len(chosen)} images has a mask in split '{split}'; "
             "mask a few of them (masks/<id>.png) to score the pseudo-labels"
         )
     k = ds.num_classes
@@ -143,7 +152,7 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
     labelled = conf[:k].sum()
     result["coverage"] = float(conf[:k, :k].sum() / labelled * 100) if labelled else 0.0
     result["method"] = store.attrs.get("method", "anc")
-    result["images_scored"], result["images_without_mask"] = len(masked), len(store) - len(masked)
+    result["images_scored"], result["images_without_mask"] = len(masked), len(chosen) - len(masked)
     if result["images_without_mask"] and not quiet:
         print(f"eval: scored the {len(masked)} store images that have a mask; the other "
               f"{result['images_without_mask']} have none")  # fmt: skip
@@ -178,10 +187,11 @@ def run_eval(
     window: int = 0,
     constraint: BoxConstraint | None = None,
     weak_of: SplitSpec | None = None,
+    only: list[str] | None = None,
 ) -> dict:
     """The CLI stage: score a model, a prediction folder or a logits store; print a table,
     write JSON. `weak_of`: score only the W images of that F/W split (the split options the
-    other stages were given)."""
+    other stages were given); `only`: with `logits`, just these images (a ranking's first)."""
     ds = open_dataset(data)
     if sum(x is not None for x in (model_path, pred_dir, logits)) != 1:
         raise BoxsegError("give exactly one of --model, --pred-dir or --logits")
@@ -191,7 +201,7 @@ def run_eval(
         output_file(json_out, "--json", is_boxseg_json("miou"), [Path(data)])
     weak_ids = None if weak_of is None else split_dataset(ds, weak_of)[1]
     if logits is not None:
-        result = evaluate_store(ds, split, logits, quiet, save_pred, weak_ids)
+        result = evaluate_store(ds, split, logits, quiet, save_pred, weak_ids, only)
         if "miou" not in result:  # nothing to score: the pseudo-labels were the point
             if not quiet:
                 print(f"eval: wrote {result['saved']} pseudo-labels to {save_pred}; none of "
@@ -210,6 +220,8 @@ def run_eval(
         title = f"{meta['kind']} model {model_path} on {split}"
     if weak_ids is not None:
         title += f" (its {len(weak_ids)} W images)"
+    if only is not None:
+        title += f" (the ranking's first {len(only)})"
     result["model"] = str(model_path or pred_dir or logits)
     result["split"] = split + (" (W)" if weak_ids is not None else "")
     if not quiet:

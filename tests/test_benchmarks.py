@@ -149,3 +149,15 @@ def test_camvid_table_report_means_spreads_and_claims(monkeypatch):
     full_unseen = (44 + 40 + 40) / 3
     assert unseen["full_minus_f_only"] == pytest.approx(full_unseen - 32)
     assert unseen["gap_closed_by_best_semi"] == pytest.approx((38 - 32) / (full_unseen - 32))
+
+
+def test_rank_bench_signals_check_runs(pipeline, tmp_path):
+    args = ["unused", "--store", str(pipeline["store"]), "--num-full", "4", "--k", "2,4"]
+    result = run_script("rank_bench.py", args, tmp_path / "signals.json")
+    assert result["images"] == 8
+    corr = result["spearman_with_wrong_pixels"]
+    assert {"entropy", "outside", "empty", "rare", "score", "boxes"} <= set(corr)
+    assert all(-1 <= v <= 1 or math.isnan(v) for v in corr.values())
+    for k, shares in result["top_k_share"].items():
+        assert shares["random (expected)"] == pytest.approx(int(k) / 8)
+        assert all(0 <= s <= 1 for s in shares.values())

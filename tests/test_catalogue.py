@@ -634,6 +634,16 @@ NEW_CASES: list[Case] = [
      c.pipeline["anc"], "--out", c.tmp / "f" / "m.onnx", "--no-check"], ("is a file",)),
     ("plot --out over someone's file", lambda c: (c.tmp / "p.png").write_bytes(b"mine") and [
      "plot", c.pipeline["anc"].parent, "--out", c.tmp / "p.png"], ("did not write",)),
+    ("rank: store for another split", lambda c: ["rank", c.data(), "--logits", c.store(),
+     "--num-full", "3", "--out", c.tmp / "r.csv"], ("w.zarr", "other split options")),
+    ("rank: --top without --list", lambda c: ["rank", c.data(), "--logits", c.store(),
+     "--num-full", "4", "--out", c.tmp / "r.csv", "--top", "2"], ("--top and --list",)),
+    ("rank: --list over an existing file", lambda c: (c.tmp / "f.txt").write_text("x") and [
+     "rank", c.data(), "--logits", c.store(), "--num-full", "4", "--out", c.tmp / "r.csv",
+     "--top", "2", "--list", c.tmp / "f.txt"], ("f.txt", "--overwrite")),
+    ("viz --ranking not a ranking", lambda c: (c.tmp / "r.csv").write_text("a,b\n") and [
+     "viz", c.data(), "--logits", c.store(), "--out", c.tmp / "v", "--ranking",
+     c.tmp / "r.csv"], ("r.csv", "not a ranking written by boxseg rank")),
 ]  # fmt: skip
 CASES += NEW_CASES
 

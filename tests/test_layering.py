@@ -15,7 +15,7 @@ LAYERS = [
     ["store", "box_losses"],
     ["weak_targets"],
     ["selfcorr"],
-    ["train_primary", "train_anc", "gen_logits", "evaluate", "viz", "inference"],
+    ["train_primary", "train_anc", "gen_logits", "evaluate", "viz", "inference", "rank"],
     ["cli"],
 ]
 

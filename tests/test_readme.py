@@ -24,7 +24,7 @@ TINY_NET = ["--backbone", "resnet18", "--pretrained", "none", "--aspp-channels",
             "--workers", "0", "--amp", "off", "--device", "cpu", "--quiet"]  # fmt: skip
 TINY = {"train-anc": TINY_NET, "train-primary": TINY_NET,
         "gen-logits": ["--device", "cpu", "--quiet", "--workers", "0"],
-        "eval": ["--device", "cpu", "--quiet"]}  # fmt: skip
+        "eval": ["--device", "cpu", "--quiet"], "rank": ["--device", "cpu", "--quiet"]}  # fmt: skip
 RECORD = """
 boxseg() { printf '%s\\0' boxseg "$@" >> "$RECORD"; printf '\\n' >> "$RECORD"; }
 torchrun() { while [ "$1" != "-m" ]; do shift; done; shift 2; boxseg "$@"; }
@@ -63,11 +63,14 @@ def recorded(block: str, cwd: Path) -> list[list[str]]:
 
 
 def tiny(argv: list[str], num_full: int) -> list[str]:
-    """`argv` with --num-full scaled to the tiny tree and the tiny settings appended."""
+    """`argv` with --num-full (and rank's --top) scaled to the tiny tree and the tiny settings
+    appended."""
     argv = list(argv)
     for k, a in enumerate(argv[:-1]):
         if a == "--num-full":
             argv[k + 1] = str(min(int(argv[k + 1]), num_full))
+        if a == "--top":
+            argv[k + 1] = str(min(int(argv[k + 1]), 2))
     if argv and argv[0] == "eval" and "--scales" in argv:
         argv[argv.index("--scales") + 1] = "0.75,1.0"
     extra = TINY.get(argv[0], [])

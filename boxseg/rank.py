@@ -1,0 +1,372 @@
+"""`boxseg rank`: which weak images to mask next.
+
+Each W image gets signals of how much a mask for it would teach, read from what boxseg already
+holds: the ancillary store (its logits and the boxes gen-logits saw), F's masks (which classes
+F lacks) and, with `--model`, the primary net.
+
+- `entropy`: mean normalised entropy of the box-consistent pseudo-label's probabilities over
+  the image: where the ancillary net is unsure. Outside every box the constraint leaves one
+  class where the dataset has a background class, so there it is the uncertainty inside the
+  boxes weighted by their area (a mean over box pixels alone ranked small-box images first and
+  lost to random on the objects set: benchmarks/rank_bench.py --stage signals).
+- `outside`: the probability mass the ancillary net puts, before the box constraint, on
+  classes the boxes forbid at that pixel (mean over the image): where it disagrees with the
+  boxes, so the constraint had to overrule it.
+- `empty`: how much of its boxes the pseudo-label leaves to other classes, beyond what is
+  usual for the box's class (thin poles fill little of their boxes, cars most): per box,
+  max(0, fill the class has in the median W box - this box's fill), averaged over the boxes.
+- `disagree` (with `--model`): the share of pixels where the primary net's argmax differs from
+  the pseudo-label's: the disagreement self-correction works on.
+- `rare`: the pseudo-label's mean class weight (median-frequency weights over F's masks,
+  class_weights.py): images of classes F has little of.
+
+Signals are on different scales, so each becomes its percentile among the W images, and the
+score is their weighted mean (`RankWeights`). Diversity: the order is chosen greedily, each
+next image the one with the highest score * (1 - diversity * exp(-d / tau)), d its distance to
+the nearest image already chosen in the pseudo-labels' coarse layout (class probabilities
+pooled to a 4x4 grid: frames of one scene look alike there), tau a quarter of the median
+pairwise distance (most pairs are distinct scenes): near-duplicates of a chosen frame fall
+back, distinct scenes keep their score (at the median distance, 98% of it).
+
+The ranking is deterministic (no random draw; ties go to the earlier W image).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import track
+
+from boxseg.box_constraint import BoxEvidence
+from boxseg.checkpoint import load_model
+from boxseg.class_weights import class_pixel_counts, median_frequency
+from boxseg.data.boxes import box_pixels
+from boxseg.data.formats import SegDataset, open_dataset
+from boxseg.data.split import SplitSpec, split_dataset
+from boxseg.engine import resolve_device
+from boxseg.errors import BoxsegError
+from boxseg.inference import predict_logits
+from boxseg.io import atomic_write_bytes, read_text
+from boxseg.outputs import output_file
+from boxseg.store import LogitsStore
+
+SIGNALS = ("entropy", "outside", "empty", "disagree", "rare")
+HEADER = ("rank", "id", "score", "gain", *SIGNALS, "boxes", "classes")
+LAYOUT_GRID = 4  # the diversity feature: class probabilities pooled to 4 x 4 cells
+TAU_FRACTION = 0.25  # tau: this fraction of the median pairwise layout distance
+CLASS_SHARE = 0.01  # a class is listed when its pseudo-label covers at least 1% of the image
+
+
+@dataclass(frozen=True)
+class RankWeights:
+    """Weights of the signals in the score (0 leaves one out)."""
+
+    entropy: float = 1.0
+    outside: float = 1.0
+    empty: float = 1.0
+    disagree: float = 1.0
+    rare: float = 1.0
+
+    @staticmethod
+    def parse(text: str) -> RankWeights:
+        """From 'entropy=1,rare=0.5' (signals not named keep their default)."""
+        values: dict[str, float] = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            name, _, value = part.partition("=")
+            if name.strip() not in SIGNALS:
+                raise BoxsegError(f"--weights {text}: unknown signal '{name.strip()}'; choose "
+                                  f"from {', '.join(SIGNALS)}")  # fmt: skip
+            try:
+                values[name.strip()] = float(value)
+            except ValueError:
+                raise BoxsegError(f"--weights {text}: '{part}' is not name=number") from None
+        weights = RankWeights(**values)
+        if any(not math.isfinite(w) or w < 0 for w in weights.as_dict().values()):
+            raise BoxsegError(f"--weights {text}: weights must be finite and >= 0")
+        if not any(weights.as_dict().values()):
+            raise BoxsegError(f"--weights {text}: at least one weight must be above 0")
+        return weights
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass
+class ImageSignals:
+    """What one W image contributes to the ranking (before the percentiles)."""
+
+    values: dict[str, float | None]  # the signals; None where they cannot be computed
+    fills: list[tuple[int, float]]  # (class, share of the box its class fills) per box
+    layout: torch.Tensor  # K * 4 * 4 pooled class probabilities (diversity)
+    classes: list[str]  # classes covering >= 1% of the pseudo-label, largest first
+    boxes: int
+
+
+def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
+                  primary_logits: torch.Tensor | None = None) -> ImageSignals:  # fmt: skip
+    """The signals of store image i (see the module docstring); `primary_logits`: the primary
+    net's K x H x W logits for it (None: no `disagree`)."""
+    raw = store.read_full(i, constrained=False)
+    h, w = raw.shape[-2:]
+    boxes, labels = store.read_boxes(i)
+    void = torch.isnan(raw).any(0)
+    valid = ~void
+    ev = BoxEvidence.whole([boxes], [labels], h, w)
+    allowed = store.rule.allowed(ev)[0] if store.rule is not None else None
+    logits = raw if store.rule is None else store.rule.apply(raw[None], ev)[0]
+    probs = torch.softmax(logits.nan_to_num(0.0), 0) * valid
+    pred = probs.argmax(0)
+    k = probs.shape[0]
+    fills = []
+    for (x1, y1, x2, y2), c in zip(box_pixels(boxes, h, w), labels, strict=True):
+        inside = valid[y1:y2, x1:x2]
+        if inside.any():
+            fills.append((int(c), float((pred[y1:y2, x1:x2] == c)[inside].float().mean())))
+    n_valid = max(int(valid.sum()), 1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(0) / math.log(k)
+    values: dict[str, float | None] = {
+        "entropy": float(entropy[valid].mean()) if valid.any() else 0.0,
+        "outside": None,
+        "empty": None,
+        "disagree": None,
+    }
+    if allowed is not None:
+        p_raw = torch.softmax(raw.nan_to_num(0.0), 0)
+        values["outside"] = float((p_raw * ~allowed).sum(0)[valid].sum() / n_valid)
+    if primary_logits is not None:
+        other = primary_logits.argmax(0)
+        values["disagree"] = float((other != pred)[valid].float().sum() / n_valid)
+    share = holds(pred, valid, boxes, labels, k, store.rule)
+    values["rare"] = float((share * class_weights).sum() / share.sum().clamp_min(1e-12))
+    layout = F.adaptive_avg_pool2d(probs[None], LAYOUT_GRID)[0].flatten()
+    order = torch.argsort(share, descending=True, stable=True)
+    names = [store.class_names[c] for c in order.tolist() if share[c] >= CLASS_SHARE]
+    return ImageSignals(values, fills, layout, names, len(labels))
+
+
+def holds(pred: torch.Tensor, valid: torch.Tensor, boxes: np.ndarray, labels: np.ndarray,
+          k: int, rule) -> torch.Tensor:  # fmt: skip
+    """The share of the image each class holds, by the evidence a user trusts: for a class
+    that gets boxes, the area of its boxes' union; for the others (the background, classes
+    without boxes: `rule.free`, or all classes of a store without rule), the pseudo-label's
+    pixels outside every box. (The pseudo-label alone would hide the objects an ancillary net
+    missed: those images would look poorer in rare classes than they are.)"""
+    h, w = pred.shape
+    covered = torch.zeros(k, h, w, dtype=torch.bool)
+    for (x1, y1, x2, y2), c in zip(box_pixels(boxes, h, w), labels, strict=True):
+        covered[int(c), y1:y2, x1:x2] = True
+    outside = valid & ~covered.any(0)
+    free = set(range(k)) if rule is None else set(rule.free) | (
+        {rule.background} if rule.background is not None else set())
+    share = torch.zeros(k)
+    n = float(h * w)
+    counts = torch.bincount(pred[outside], minlength=k).float()
+    for c in range(k):
+        share[c] = counts[c] / n if c in free else (covered[c] & valid).sum() / n
+    return share
+
+
+def empty_boxes(fills: list[list[tuple[int, float]]]) -> list[float | None]:
+    """Per image: mean over its boxes of max(0, median fill of the box's class over all
+    images - the box's fill); None for an image without boxes."""
+    by_class: dict[int, list[float]] = {}
+    for image in fills:
+        for c, f in image:
+            by_class.setdefault(c, []).append(f)
+    typical = {c: float(np.median(v)) for c, v in by_class.items()}
+    return [float(np.mean([max(0.0, typical[c] - f) for c, f in image])) if image else None
+            for image in fills]  # fmt: skip
+
+
+def percentiles(values: list[float | None]) -> np.ndarray | None:
+    """Each value's percentile in [0, 1] among the others (ties share their mean rank; a None
+    counts as the lowest); None when no value is known."""
+    if all(v is None for v in values):
+        return None
+    x = np.array([-np.inf if v is None else v for v in values], np.float64)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.arange(len(x))
+    for v in np.unique(x):  # ties: their mean rank
+        same = x == v
+        ranks[same] = ranks[same].mean()
+    return ranks / max(len(x) - 1, 1)
+
+
+def combine(signals: dict[str, list[float | None]], weights: RankWeights) -> np.ndarray:
+    """The score of every image: the weighted mean of its signals' percentiles among the W
+    images (signals with no value anywhere are left out). Percentiles, not values over their
+    mean: on the two stores of benchmarks/rank_bench.py --stage signals they put more of W's
+    wrong pseudo-label pixels in the top 23 and 46."""
+    total, weight_sum = None, 0.0
+    for name, w in weights.as_dict().items():
+        pct = percentiles(signals[name])
+        if w == 0 or pct is None:
+            continue
+        total = pct * w if total is None else total + pct * w
+        weight_sum += w
+    if total is None:
+        raise BoxsegError("no signal with a weight above 0 can be computed for this store")
+    return total / weight_sum
+
+
+def diverse_order(scores: np.ndarray, layouts: torch.Tensor,
+                  diversity: float) -> tuple[list[int], list[float]]:  # fmt: skip
+    """Greedy order: each next image the one with the highest score * (1 - diversity *
+    exp(-d / tau)), d its layout distance to the nearest chosen image (module docstring).
+    Returns (order, each image's gain when it was chosen)."""
+    n = len(scores)
+    s = torch.from_numpy(np.asarray(scores, np.float64))
+    if diversity == 0 or n < 2:
+        order = sorted(range(n), key=lambda i: (-scores[i], i))
+        return order, [float(scores[i]) for i in order]
+    x = layouts.double()
+    sample = x[:: max(1, n // 2000)]  # tau from at most ~2000 images
+    pair = torch.cdist(sample, sample)
+    upper = pair[torch.triu(torch.ones_like(pair, dtype=torch.bool), 1)]
+    tau = float(upper.median()) * TAU_FRACTION if len(upper) else 1.0
+    tau = tau if tau > 0 else 1e-6
+    nearest = torch.full((n,), math.inf, dtype=torch.float64)
+    taken = torch.zeros(n, dtype=torch.bool)
+    order, gains = [], []
+    for _ in range(n):
+        gain = s * (1 - diversity * torch.exp(-nearest / tau))
+        gain[taken] = -math.inf
+        j = int(torch.argmax(gain))  # (the first of equal gains: the earlier image)
+        order.append(j)
+        gains.append(float(gain[j]))
+        taken[j] = True
+        nearest = torch.minimum(nearest, torch.cdist(x[j : j + 1], x)[0])
+    return order, gains
+
+
+def f_class_weights(ds: SegDataset, split: str, full_ids: list[str]) -> torch.Tensor:
+    """Median-frequency weights over F's masks (1 for classes F lacks)."""
+    pixels, present = class_pixel_counts((ds.read_mask(split, i) for i in full_ids),
+                                         ds.num_classes)  # fmt: skip
+    return torch.from_numpy(median_frequency(pixels, present))
+
+
+def rank_store(ds: SegDataset, split: str, full_ids: list[str], store: LogitsStore,
+               weights: RankWeights = RankWeights(), diversity: float = 1.0,
+               primary=None, device: torch.device | None = None,
+               quiet: bool = True) -> list[dict]:  # fmt: skip
+    """Rows of the ranking, most useful first (see the module docstring); `primary`: (model,
+    meta) of a primary net, for `disagree`."""
+    class_weights = f_class_weights(ds, split, full_ids)
+    per_image = []
+    for i in track(range(len(store)), description="rank", disable=quiet):
+        other = None
+        if primary is not None:
+            image = ds.read_image(split, store.image_ids[i])
+            h, w = (int(v) for v in store.sizes[i])
+            if image.shape[:2] != (h, w):
+                raise BoxsegError(f"{store.location}: logits of {store.image_ids[i]} are for a "
+                                  f"{w}x{h} image, the dataset's is "
+                                  f"{image.shape[1]}x{image.shape[0]}")  # fmt: skip
+            other = predict_logits(primary[0], primary[1], image, device)
+        per_image.append(image_signals(store, i, class_weights, other))
+    signals = {name: [p.values[name] for p in per_image] for name in SIGNALS}
+    signals["empty"] = empty_boxes([p.fills for p in per_image])
+    scores = combine(signals, weights)
+    order, gains = diverse_order(scores, torch.stack([p.layout for p in per_image]), diversity)
+    rows = []
+    for position, (i, gain) in enumerate(zip(order, gains, strict=True), 1):
+        rows.append({"rank": position, "id": store.image_ids[i], "score": float(scores[i]),
+                     "gain": gain, **{k: signals[k][i] for k in SIGNALS},
+                     "boxes": per_image[i].boxes,
+                     "classes": " ".join(per_image[i].classes)})  # fmt: skip
+    return rows
+
+
+def ranking_csv(rows: list[dict]) -> bytes:
+    """The ranking as CSV (HEADER columns; empty cells for signals not computed)."""
+    text = io.StringIO()
+    out = csv.writer(text, lineterminator="\n")
+    out.writerow(HEADER)
+    for r in rows:
+        out.writerow([_cell(r[k]) for k in HEADER])
+    return text.getvalue().encode()
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def is_ranking(path: Path) -> bool:
+    """A ranking CSV (what `rank` writes: replaced only when it is one)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip() == ",".join(HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def read_ranking(path: Path, top: int | None = None) -> list[str]:
+    """The image ids of a ranking CSV, most useful first (the first `top` of them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BoxsegError(f"{path}: ranking file not found")
+    if not is_ranking(path):
+        raise BoxsegError(f"{path}: not a ranking written by boxseg rank (header differs)")
+    rows = list(csv.DictReader(io.StringIO(read_text(path))))
+    ids = [r["id"] for r in rows if r.get("id")]
+    if not ids:
+        raise BoxsegError(f"{path}: the ranking lists no images")
+    if top is not None:
+        if top < 1:
+            raise BoxsegError(f"--top {top}: must be at least 1")
+        ids = ids[:top]
+    return ids
+
+
+def run_rank(data: Path, store_location: str, out: Path, split_spec: SplitSpec,
+             model_path: Path | None = None, top: int | None = None,
+             list_out: Path | None = None, weights: RankWeights = RankWeights(),
+             diversity: float = 1.0, device: str = "auto", quiet: bool = False,
+             overwrite: bool = False) -> list[dict]:  # fmt: skip
+    """The CLI stage: rank the store's W images, write the CSV (and with `top`, the list of F
+    plus the top images for `--full-list`); return the rows."""
+    if (top is None) != (list_out is None):
+        raise BoxsegError("--top and --list go together: --top K --list FILE writes F plus the "
+                          "K first images as a --full-list file")  # fmt: skip
+    if not 0 <= diversity <= 1:
+        raise BoxsegError(f"--diversity {diversity}: must be between 0 and 1")
+    ds = open_dataset(data)
+    full_ids, weak_ids = split_dataset(ds, split_spec)
+    if top is not None and not 1 <= top <= len(weak_ids):
+        raise BoxsegError(f"--top {top}: must be between 1 and the {len(weak_ids)} W images")
+    store = LogitsStore.open(store_location)
+    store.check_matches(list(ds.class_names), weak_ids)
+    output_file(out, "--out", is_ranking, [Path(data)])
+    if list_out is not None:
+        if Path(list_out).is_file() and not overwrite:
+            raise BoxsegError(f"--list {list_out}: exists (a list does not say who wrote it); "
+                              "choose another name, or pass --overwrite to replace it")  # fmt: skip
+        output_file(list_out, "--list", lambda p: True, [Path(data)])
+        if Path(list_out).resolve() == Path(out).resolve():
+            raise BoxsegError(f"--list {list_out}: the same file as --out")
+    dev = resolve_device(device)
+    primary = None
+    if model_path is not None:
+        model, meta = load_model(model_path, kind="primary", device=dev)
+        if tuple(meta["class_names"]) != ds.class_names:
+            raise BoxsegError(f"{model_path}: the model's classes differ from the dataset's")
+        primary = (model, meta)
+    rows = rank_store(ds, split_spec.split, full_ids, store, weights, diversity, primary, dev,
+                      quiet)  # fmt: skip
+    atomic_write_bytes(Path(out), ranking_csv(rows))
+    if list_out is not None:
+        chosen = set(full_ids) | {r["id"] for r in rows[:top]}
+        ids = [i for i in ds.ids(split_spec.split) if i in chosen]
+        atomic_write_bytes(Path(list_out), "".join(f"{i}\n" for i in ids).encode())
+    return rows
