@@ -161,3 +161,18 @@ def test_rank_bench_signals_check_runs(pipeline, tmp_path):
     for k, shares in result["top_k_share"].items():
         assert shares["random (expected)"] == pytest.approx(int(k) / 8)
         assert all(0 <= s <= 1 for s in shares.values())
+
+
+def test_peer_ceiling_trains_the_peer_through_boxseg_trainer(tmp_path):
+    pytest.importorskip("segmentation_models_pytorch")
+    from boxseg.data.synthetic import write_synthetic
+
+    data = write_synthetic(tmp_path / "syn", 8, 4, size=40, seed=1)
+    args = [str(data), "--out", str(tmp_path / "o"), "--seeds", "0", "--unseen-video", "",
+            "--scale", "1.0", "--iters", "2", "--batch-size", "2", "--crop", "32",
+            "--device", "cpu"]  # fmt: skip
+    result = run_script("peer_ceiling.py", args, tmp_path / "peer.json")
+    row = result["rows"]["0"]
+    assert row["network"].startswith("smp") and row["parameters"] > 1e6
+    assert 0 <= result["summary"]["in_domain"]["mean"] <= 100
+    assert (tmp_path / "o" / "runs" / "peer_smp_s0" / "config.json").is_file()
