@@ -130,7 +130,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("camvid-table"),
                     help="camvid_table.py's OUT (its data copy, rows and runs are shared)")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--stage", choices=("train", "signals", "report"), default="train")
+    ap.add_argument("--stage", choices=("train", "signals", "ranking", "report"),
+                    default="train", help="ranking: only rank W (cached) and time it against "
+                    "writing W's store; report: only the table from the cache")  # fmt: skip
     ap.add_argument("--full-list", type=Path, help="F's ids (as camvid_table.py --full-list)")
     ap.add_argument("--full-fraction", type=float, default=0.25)
     ap.add_argument("--unseen-video", default="0006R0")
@@ -207,6 +209,11 @@ def main() -> None:
 
     ranking = cached_row(rows_dir, f"rank_ranking_s{args.rank_seed}", rank_and_time)
     gen_seconds = ranking["gen_logits_seconds"]
+    if args.stage == "ranking":
+        print(f"ranked {len(ranking['rows'])} W images in {ranking['rank_seconds']:.1f} s (with "
+              f"the primary's forward passes); writing their store took {gen_seconds:.1f} s; "
+              f"first: {', '.join(r['id'] for r in ranking['rows'][:5])}")  # fmt: skip
+        return
     spec = ModelSpec("resnet18", 16, args.channels, args.channels)
     box_spec = BoxSpec(min_area=4)
     choices = args.choices.split(",")
