@@ -17,8 +17,9 @@ F lacks) and, with `--model`, the primary net.
   max(0, fill the class has in the median W box - this box's fill), averaged over the boxes.
 - `disagree` (with `--model`): the share of pixels where the primary net's argmax differs from
   the pseudo-label's: the disagreement self-correction works on.
-- `rare`: the pseudo-label's mean class weight (median-frequency weights over F's masks,
-  class_weights.py): images of classes F has little of.
+- `rare`: the mean class weight (median-frequency weights over F's masks, class_weights.py)
+  over what the image holds (`holds`: its boxes' areas; for classes without boxes, the
+  pseudo-label outside the boxes): images of classes F has little of.
 
 Signals are on different scales, so each becomes its percentile among the W images, and the
 score is their weighted mean (`RankWeights`). Diversity: the order is chosen greedily, each
@@ -61,7 +62,7 @@ SIGNALS = ("entropy", "outside", "empty", "disagree", "rare")
 HEADER = ("rank", "id", "score", "gain", *SIGNALS, "boxes", "classes")
 LAYOUT_GRID = 4  # the diversity feature: class probabilities pooled to 4 x 4 cells
 TAU_FRACTION = 0.25  # tau: this fraction of the median pairwise layout distance
-CLASS_SHARE = 0.01  # a class is listed when its pseudo-label covers at least 1% of the image
+CLASS_SHARE = 0.01  # the CSV lists a class that holds (`holds`) at least 1% of the image
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class ImageSignals:
     values: dict[str, float | None]  # the signals; None where they cannot be computed
     fills: list[tuple[int, float]]  # (class, share of the box its class fills) per box
     layout: torch.Tensor  # K * 4 * 4 pooled class probabilities (diversity)
-    classes: list[str]  # classes covering >= 1% of the pseudo-label, largest first
+    classes: list[str]  # classes holding >= 1% of the image (`holds`), largest first
     boxes: int
 
 
