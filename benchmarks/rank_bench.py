@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -207,9 +208,9 @@ def main() -> None:
             t = time.perf_counter()
             rank_store(ds, train_split, full, store, RankWeights(), 1.0)
             times["rank_store_only"].append(time.perf_counter() - t)
+            shutil.rmtree(scratch, ignore_errors=True)  # (else gen-logits resumes: no work)
             t = time.perf_counter()
-            gen_logits(data, anc_model, scratch, split, 4, args.device, quiet=True,
-                       overwrite=True)  # fmt: skip
+            gen_logits(data, anc_model, scratch, split, 4, args.device, quiet=True)
             times["gen_logits"].append(time.perf_counter() - t)
         median = {k: statistics.median(v) for k, v in times.items()}
         return {"rows": rows, "rank_seconds": median["rank"],
