@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camvid_table import cached_row, footage_split, resized_copy, scores  # noqa: E402
+from camvid_table import CODE, cached_row, footage_split, resized_copy, scores  # noqa: E402
 
 from boxseg.checkpoint import load_model  # noqa: E402
 from boxseg.data.boxes import BoxSpec  # noqa: E402
@@ -50,11 +50,11 @@ from boxseg.data.split import SplitSpec, split_dataset  # noqa: E402
 from boxseg.engine import TrainConfig, resolve_device  # noqa: E402
 from boxseg.evaluate import evaluate_model, evaluate_store, pseudo_labels  # noqa: E402
 from boxseg.gen_logits import gen_logits  # noqa: E402
-from boxseg.models import ModelSpec  # noqa: E402
+from boxseg.models import ModelSpec, build_model  # noqa: E402
 from boxseg.rank import SIGNALS, RankWeights, combine, rank_store  # noqa: E402
 from boxseg.store import LogitsStore  # noqa: E402
 from boxseg.train_anc import train_anc  # noqa: E402
-from boxseg.train_primary import train_primary  # noqa: E402
+from boxseg.train_primary import primary_meta, train_primary  # noqa: E402
 
 ENTROPY_ONLY = RankWeights(1.0, 0.0, 0.0, 0.0, 0.0)
 
@@ -111,6 +111,32 @@ def signals_check(ds, split: str, full: list[str], store: LogitsStore, ks: list[
     return out
 
 
+def time_ranking(ds, split_name: str, full: list[str], store: LogitsStore, primary, dev,
+                 data: Path, anc_model: Path, split: SplitSpec, scratch: Path,
+                 repeats: int = 3) -> dict:  # fmt: skip
+    """The ranking, and in the same process the cost of ranking W (with the primary, and
+    from the store alone) against writing W's store again with the ancillary net (gen-logits,
+    stride 4, into `scratch`, removed before each run): medians of `repeats` alternating
+    runs."""
+    times: dict[str, list[float]] = {"rank": [], "rank_store_only": [], "gen_logits": []}
+    for _ in range(repeats):
+        t = time.perf_counter()
+        rows = rank_store(ds, split_name, full, store, RankWeights(), 1.0, primary, dev)
+        times["rank"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rank_store(ds, split_name, full, store, RankWeights(), 1.0)
+        times["rank_store_only"].append(time.perf_counter() - t)
+        shutil.rmtree(scratch, ignore_errors=True)  # (else gen-logits resumes: no work)
+        t = time.perf_counter()
+        gen_logits(data, anc_model, str(scratch), split, 4, str(dev), quiet=True)
+        times["gen_logits"].append(time.perf_counter() - t)
+    shutil.rmtree(scratch, ignore_errors=True)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {"rows": rows, "rank_seconds": median["rank"],
+            "rank_store_only_seconds": median["rank_store_only"],
+            "gen_logits_seconds": median["gen_logits"], "runs": times}
+
+
 def choose(rows: list[dict], signals_rows: list[dict], k: int, how: str) -> list[str]:
     """K W ids by one choice rule (`rows`: the ranking; `signals_rows`: the entropy-only one)."""
     if how == "rank":
@@ -131,7 +157,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("camvid-table"),
                     help="camvid_table.py's OUT (its data copy, rows and runs are shared)")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--stage", choices=("train", "signals", "ranking", "report"),
+    ap.add_argument("--stage", choices=("train", "signals", "ranking", "cost", "report"),
                     default="train", help="ranking: only rank W (cached) and time it against "
                     "writing W's store; report: only the table from the cache")  # fmt: skip
     ap.add_argument("--full-list", type=Path, help="F's ids (as camvid_table.py --full-list)")
@@ -146,6 +172,9 @@ def main() -> None:
     ap.add_argument("--store", help="--stage signals: this store instead (its dataset's train "
                     "split, F = --num-full drawn with seed 0)")  # fmt: skip
     ap.add_argument("--num-full", type=int)
+    ap.add_argument("--anc-model", help="--stage cost: the store's ancillary model.pt")
+    ap.add_argument("--primary", help="--stage cost: a primary model.pt (default: an untrained "
+                    "one of --channels: weights do not change the speed)")  # fmt: skip
     ap.add_argument("--iters", type=int, default=1500)
     ap.add_argument("--anc-iters", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -157,6 +186,27 @@ def main() -> None:
     args = ap.parse_args()
     ks = [int(k) for k in args.k.split(",")]
     dev = resolve_device(args.device)
+    if args.store and args.stage == "cost":  # any store: ranking against writing it
+        store_c = LogitsStore.open(args.store)
+        attrs = store_c.attrs["dataset"]
+        ds_c = open_dataset(Path(attrs["root"]))
+        sp = SplitSpec(**{k: v for k, v in attrs["split"].items() if k != "full_list"},
+                       full_list=attrs["split"].get("full_list"))  # fmt: skip
+        full_c, _ = split_dataset(ds_c, sp)
+        if args.primary:
+            net = load_model(args.primary, kind="primary", device=dev)
+        else:  # an untrained primary of the README's size: weights do not change its speed
+            spec = ModelSpec("resnet18", 16, args.channels, args.channels)
+            net = (build_model(spec, ds_c.num_classes).to(dev).eval(),
+                   primary_meta(spec, ds_c, "f_only", None, 0))  # fmt: skip
+        timed = time_ranking(ds_c, sp.split, full_c, store_c, net, dev, ds_c.root,
+                             Path(args.anc_model), sp, Path(args.out) / "cost_scratch.zarr")
+        result = {k: v for k, v in timed.items() if k != "rows"} | {
+            "images": len(store_c), "commit": CODE, "untrained_primary": not args.primary}
+        print(json.dumps(result, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return
     if args.store:  # signals of any store whose W has masks
         ds_s = open_dataset(Path(LogitsStore.open(args.store).attrs["dataset"]["root"]))
         full_s, _ = split_dataset(ds_s, SplitSpec("train", args.num_full, 0))
@@ -194,29 +244,13 @@ def main() -> None:
 
     rows_dir = out / "rows"
 
-    def rank_and_time(repeats: int = 3) -> dict:
-        """The rankings, and in the same process the cost of ranking W (with and without the
-        primary) against writing W's store again (gen-logits, the base ancillary net, stride
-        4): medians of `repeats` alternating runs."""
+    def rank_and_time() -> dict:
         anc_model = out / "runs" / f"ancillary_s{args.rank_seed}" / "model.pt"
-        scratch = str(out / "stores" / f"rank_timing_s{args.rank_seed}.zarr")
-        times: dict[str, list[float]] = {"rank": [], "rank_store_only": [], "gen_logits": []}
-        for _ in range(repeats):
-            t = time.perf_counter()
-            rows = rank_store(ds, train_split, full, store, RankWeights(), 1.0, primary, dev)
-            times["rank"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            rank_store(ds, train_split, full, store, RankWeights(), 1.0)
-            times["rank_store_only"].append(time.perf_counter() - t)
-            shutil.rmtree(scratch, ignore_errors=True)  # (else gen-logits resumes: no work)
-            t = time.perf_counter()
-            gen_logits(data, anc_model, scratch, split, 4, args.device, quiet=True)
-            times["gen_logits"].append(time.perf_counter() - t)
-        median = {k: statistics.median(v) for k, v in times.items()}
-        return {"rows": rows, "rank_seconds": median["rank"],
-                "rank_store_only_seconds": median["rank_store_only"],
-                "gen_logits_seconds": median["gen_logits"], "runs": times,
-                "entropy_rows": rank_store(ds, train_split, full, store, ENTROPY_ONLY, 0.0)}
+        scratch = out / "stores" / f"rank_timing_s{args.rank_seed}.zarr"
+        timed = time_ranking(ds, train_split, full, store, primary, dev, data, anc_model,
+                             split, scratch)  # fmt: skip
+        return timed | {"entropy_rows": rank_store(ds, train_split, full, store, ENTROPY_ONLY,
+                                                   0.0)}  # fmt: skip
 
     ranking = cached_row(rows_dir, f"rank_ranking_s{args.rank_seed}", rank_and_time)
     gen_seconds = ranking["gen_logits_seconds"]
