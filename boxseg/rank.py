@@ -57,6 +57,7 @@ from boxseg.inference import predict_batch
 from boxseg.io import atomic_write_bytes, read_text
 from boxseg.outputs import output_file
 from boxseg.store import LogitsStore
+from boxseg.weak_targets import check_sizes
 
 SIGNALS = ("entropy", "outside", "empty", "disagree", "rare")
 HEADER = ("rank", "id", "score", "gain", *SIGNALS, "boxes", "classes")
@@ -287,15 +288,7 @@ def primary_logits(ds: SegDataset, split: str, store: LogitsStore, group: list[i
                    device: torch.device | None) -> list[torch.Tensor]:  # fmt: skip
     """The primary net's K x H x W logits (on the CPU) for a group of same-size store images,
     in one forward pass."""
-    images = []
-    for i in group:
-        image = ds.read_image(split, store.image_ids[i])
-        h, w = (int(v) for v in store.sizes[i])
-        if image.shape[:2] != (h, w):
-            raise BoxsegError(f"{store.location}: logits of {store.image_ids[i]} are for a "
-                              f"{w}x{h} image, the dataset's is "
-                              f"{image.shape[1]}x{image.shape[0]}")  # fmt: skip
-        images.append(image)
+    images = [ds.read_image(split, store.image_ids[i]) for i in group]  # (sizes: check_sizes)
     out = predict_batch(primary[0], primary[1], images, device or torch.device("cpu"))
     return list(out.cpu())
 
@@ -388,6 +381,7 @@ def run_rank(data: Path, store_location: str, out: Path, split_spec: SplitSpec,
         raise BoxsegError(f"--top {top}: must be between 1 and the {len(weak_ids)} W images")
     store = LogitsStore.open(store_location)
     store.check_matches(list(ds.class_names), weak_ids)
+    check_sizes(ds, split_spec.split, store, weak_ids, store_location)  # (same ids, other data)
     output_file(out, "--out", is_ranking, [Path(data)])
     if list_out is not None:
         if Path(list_out).is_file() and not overwrite:

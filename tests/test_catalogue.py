@@ -636,6 +636,9 @@ NEW_CASES: list[Case] = [
      "plot", c.pipeline["anc"].parent, "--out", c.tmp / "p.png"], ("did not write",)),
     ("rank: store for another split", lambda c: ["rank", c.data(), "--logits", c.store(),
      "--num-full", "3", "--out", c.tmp / "r.csv"], ("w.zarr", "other split options")),
+    ("rank: store for another dataset (image sizes)", lambda c: _other_size(c) and ["rank",
+     c.data(), "--logits", c.store(), "--num-full", "4", "--out", c.tmp / "r.csv"],
+     ("logits of", "are for a 32x32")),
     ("rank: --top without --list", lambda c: ["rank", c.data(), "--logits", c.store(),
      "--num-full", "4", "--out", c.tmp / "r.csv", "--top", "2"], ("--top and --list",)),
     ("rank: --list over an existing file", lambda c: (c.tmp / "f.txt").write_text("x") and [
