@@ -212,3 +212,27 @@ def test_store_of_another_dataset_and_files_it_did_not_write(pipeline, tmp_path,
     assert code == 2 and "--ranking: not used without --logits" in err
     with pytest.raises(BoxsegError, match="--top 0"):
         read_ranking(tmp_path / "r.csv", 0)
+
+
+@pytest.mark.parametrize("source", ["yolo", "voc"])
+def test_ranks_a_folder_dataset_whose_w_has_no_masks(tmp_path, capsys, source):
+    # the folder layout: F = the images with masks, W = the rest (boxes from YOLO / VOC XML
+    # files, no masks), ranked from a box-fill store (a painted store, not a net's)
+    from tests.data.test_box_files import write_box_folder
+
+    root = write_box_folder(tmp_path / "f", source)
+    code, _, err = run_cli(["gen-logits", root, "--method", "box", "--out", tmp_path / "w.zarr",
+                            "--stride", "1", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["rank", root, "--logits", tmp_path / "w.zarr", "--out",
+                            tmp_path / "r.csv", "--top", "2", "--list", tmp_path / "l.txt",
+                            "--device", "cpu", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    store = LogitsStore.open(tmp_path / "w.zarr")
+    assert sorted(r["id"] for r in rows) == sorted(store.image_ids)
+    assert all(r["classes"].split() and int(r["boxes"]) == 2 for r in rows)
+    listed = (tmp_path / "l.txt").read_text().split()
+    ds = open_dataset(root)
+    masked = [i for i in ds.ids("train") if ds.has_mask("train", i)]
+    assert set(listed) == set(masked) | {r["id"] for r in rows[:2]}
