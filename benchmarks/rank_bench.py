@@ -51,7 +51,7 @@ from boxseg.engine import TrainConfig, resolve_device  # noqa: E402
 from boxseg.evaluate import evaluate_model, evaluate_store, pseudo_labels  # noqa: E402
 from boxseg.gen_logits import gen_logits  # noqa: E402
 from boxseg.models import ModelSpec, build_model  # noqa: E402
-from boxseg.rank import SIGNALS, RankWeights, combine, rank_store  # noqa: E402
+from boxseg.rank import SIGNALS, RankWeights, combine, percentiles, rank_store  # noqa: E402
 from boxseg.store import LogitsStore  # noqa: E402
 from boxseg.train_anc import train_anc  # noqa: E402
 from boxseg.train_primary import primary_meta, train_primary  # noqa: E402
@@ -59,19 +59,9 @@ from boxseg.train_primary import primary_meta, train_primary  # noqa: E402
 ENTROPY_ONLY = RankWeights(1.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-
-    def ranks(x: np.ndarray) -> np.ndarray:
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for v in np.unique(x):
-            r[x == v] = r[x == v].mean()
-        return r
-
-    ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
-    return float(np.corrcoef(ra, rb)[0, 1])
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (ties share their mean rank: `rank.percentiles`)."""
+    return float(np.corrcoef(percentiles(list(a)), percentiles(list(b)))[0, 1])
 
 
 def wrong_pixels(ds, split: str, store: LogitsStore) -> np.ndarray:

@@ -47,7 +47,7 @@ from rich.progress import track
 
 from boxseg.box_constraint import NEG, BoxEvidence, ConstraintRule
 from boxseg.checkpoint import load_model
-from boxseg.class_weights import class_pixel_counts, median_frequency
+from boxseg.class_weights import resolve_class_weights
 from boxseg.data.formats import SegDataset, open_dataset
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.engine import resolve_device
@@ -261,13 +261,6 @@ def diverse_order(scores: np.ndarray, layouts: torch.Tensor,
     return order, gains
 
 
-def f_class_weights(ds: SegDataset, split: str, full_ids: list[str]) -> torch.Tensor:
-    """Median-frequency weights over F's masks (1 for classes F lacks)."""
-    pixels, present = class_pixel_counts((ds.read_mask(split, i) for i in full_ids),
-                                         ds.num_classes)  # fmt: skip
-    return torch.from_numpy(median_frequency(pixels, present))
-
-
 def passes(store: LogitsStore, device: torch.device | None) -> list[list[int]]:
     """Store indices in groups of consecutive same-size images, one primary forward pass each
     (on the CPU at most CPU_PASS_PIXELS a pass, as gen-logits; 8 images on a GPU)."""
@@ -299,7 +292,7 @@ def rank_store(ds: SegDataset, split: str, full_ids: list[str], store: LogitsSto
                quiet: bool = True) -> list[dict]:  # fmt: skip
     """Rows of the ranking, most useful first (see the module docstring); `primary`: (model,
     meta) of a primary net, for `disagree`."""
-    class_weights = f_class_weights(ds, split, full_ids)
+    class_weights = resolve_class_weights("median-freq", ds, split, full_ids)  # over F's masks
     per_image = []
     for group in track(passes(store, device), description="rank", disable=quiet):
         others = [None] * len(group)
