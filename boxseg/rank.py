@@ -52,7 +52,7 @@ from boxseg.data.formats import SegDataset, open_dataset
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
-from boxseg.gen_logits import CPU_PASS_PIXELS
+from boxseg.gen_logits import forward_passes
 from boxseg.inference import predict_batch
 from boxseg.io import atomic_write_bytes, read_text
 from boxseg.outputs import output_file
@@ -261,22 +261,6 @@ def diverse_order(scores: np.ndarray, layouts: torch.Tensor,
     return order, gains
 
 
-def passes(store: LogitsStore, device: torch.device | None) -> list[list[int]]:
-    """Store indices in groups of consecutive same-size images, one primary forward pass each
-    (on the CPU at most CPU_PASS_PIXELS a pass, as gen-logits; 8 images on a GPU)."""
-    groups: list[list[int]] = []
-    for i in range(len(store)):
-        h, w = (int(v) for v in store.sizes[i])
-        cap = 8 if device is not None and device.type == "cuda" else max(1, CPU_PASS_PIXELS //
-                                                                           (h * w))  # fmt: skip
-        last = groups[-1] if groups else None
-        if last and len(last) < cap and tuple(store.sizes[last[0]]) == tuple(store.sizes[i]):
-            last.append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
 def primary_logits(ds: SegDataset, split: str, store: LogitsStore, group: list[int], primary,
                    device: torch.device | None) -> list[torch.Tensor]:  # fmt: skip
     """The primary net's K x H x W logits (on the CPU) for a group of same-size store images,
@@ -293,13 +277,16 @@ def rank_store(ds: SegDataset, split: str, full_ids: list[str], store: LogitsSto
     """Rows of the ranking, most useful first (see the module docstring); `primary`: (model,
     meta) of a primary net, for `disagree`."""
     class_weights = resolve_class_weights("median-freq", ds, split, full_ids)  # over F's masks
-    per_image = []
-    for group in track(passes(store, device), description="rank", disable=quiet):
+    found: dict[int, ImageSignals] = {}
+    # gen-logits' forward passes: same-size images together, a pixel budget on the CPU
+    groups = forward_passes(store, list(range(len(store))), 8, device or torch.device("cpu"))
+    for _, group in track(groups, description="rank", disable=quiet):
         others = [None] * len(group)
         if primary is not None:
             others = primary_logits(ds, split, store, group, primary, device)
-        per_image += [image_signals(store, i, class_weights, o)
-                      for i, o in zip(group, others, strict=True)]  # fmt: skip
+        for i, other in zip(group, others, strict=True):
+            found[i] = image_signals(store, i, class_weights, other)
+    per_image = [found[i] for i in range(len(store))]
     signals = {name: [p.values[name] for p in per_image] for name in SIGNALS}
     signals["empty"] = empty_boxes([p.fills for p in per_image])
     scores = combine(signals, weights)
