@@ -20,7 +20,7 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
 from boxseg.io import read_label_png, write_json, write_label_png
-from boxseg.metrics import confusion_matrix, scores
+from boxseg.metrics import class_map, confusion_matrix, scores
 from boxseg.outputs import is_boxseg_json, output_dir, output_file
 from boxseg.store import LogitsStore
 
@@ -60,7 +60,7 @@ def evaluate_model(
         s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
         logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels, scales, flip,
                                 window, rule)  # fmt: skip
-        pred = logits.argmax(0)
+        pred = class_map(logits)
         if save_pred is not None:
             write_label_png(Path(save_pred) / f"{image_id}.png", pred.numpy().astype(np.uint8))
         conf += confusion_matrix(pred, torch.from_numpy(s.mask), ds.num_classes)
@@ -93,7 +93,7 @@ def pseudo_labels(store: LogitsStore, i: int) -> np.ndarray:
     argmax of its logits decoded and made box-consistent at pixel level, as the primary's W
     targets see them."""
     logits = store.read_full(i)
-    pred = logits.nan_to_num(float("-inf")).argmax(0).to(torch.uint8)
+    pred = class_map(logits.nan_to_num(float("-inf"))).to(torch.uint8)
     pred[torch.isnan(logits).any(0)] = VOID
     return pred.numpy()
 

@@ -13,6 +13,7 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
 from boxseg.io import read_image, write_image, write_label_png
+from boxseg.metrics import class_map
 from boxseg.outputs import output_dir
 
 
@@ -64,7 +65,7 @@ def run_predict(model_path: Path, source: Path, out: Path, device: str = "auto",
     written = []
     for path in track(images, description="predict", disable=quiet):
         image = read_image(path)
-        pred = predict_logits(model, meta, image, dev).argmax(0).numpy().astype(np.uint8)
+        pred = class_map(predict_logits(model, meta, image, dev)).numpy().astype(np.uint8)
         write_label_png(Path(out) / f"{path.stem}.png", pred)
         write_image(Path(out) / f"{path.stem}_overlay.png", overlay(image, pred, colours))
         written.append(Path(out) / f"{path.stem}.png")

@@ -55,6 +55,7 @@ from boxseg.errors import BoxsegError
 from boxseg.gen_logits import forward_passes
 from boxseg.inference import predict_batch
 from boxseg.io import atomic_write_bytes, read_text
+from boxseg.metrics import class_map
 from boxseg.outputs import output_file
 from boxseg.store import LogitsStore
 from boxseg.weak_targets import check_sizes
@@ -140,7 +141,7 @@ def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
     bias = store.rule.bias(ev)[0] if store.rule is not None else None
     logits = raw if bias is None else raw + bias
     probs = torch.softmax(logits, 0) * validf
-    pred = probs.max(0).indices  # (8x faster than argmax(0) on the CPU; ties: the first)
+    pred = class_map(probs)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(0) / math.log(k)
     values: dict[str, float | None] = {"entropy": float((entropy * validf).sum() / n_valid),
                                        "outside": None, "empty": None, "disagree": None}
