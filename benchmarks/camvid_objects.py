@@ -13,7 +13,8 @@ ancillary nets with and without the constraint; with `--weak-boxes on` (or `off,
 ancillary nets trained with W's boxes as supervision too (`train-anc --weak-boxes`: BoxInst's
 projection and colour-pairwise terms, box_losses.py), with their cost per step against the
 plain net's of the same seed. Cached in OUT/rows/*.json (each with
-the commit it ran at).
+the commit it ran at); with several seeds, each row's mean and sd over them and its lead over
+box-fill are printed too.
 
     python benchmarks/camvid_objects.py ../shared/data/camvid --out camvid-objects \\
         --weak-boxes off,on --json camvid_objects.json
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camvid_table import cached_row, resized_copy  # noqa: E402
+from camvid_table import cached_row, mean_sd, resized_copy  # noqa: E402
 
 from boxseg.box_constraint import BoxConstraint  # noqa: E402
 from boxseg.box_losses import WeakBoxLoss  # noqa: E402
@@ -176,9 +178,41 @@ def main() -> None:
                         for k, v in r["w_per_class_iou"].items())  # fmt: skip
         print(f"{name:<24} {r['w_miou']:7.2f} {r.get('val_miou', float('nan')):6.2f} "
               f"{r.get('train_seconds_per_step', float('nan')):6.3f}  {per}")
+    summary = over_seeds(results)
+    if any(len(r["seeds"]) > 1 for r in summary.values()):
+        print(f"\n{'over seeds':<24} {'W mIoU':>15} {'- box-fill':>10} {'val':>15}  "
+              "per-class IoU on W")
+        box = results.get("box", {}).get("w_miou")
+        for name, r in summary.items():
+            w, v = r["w_miou"], r["val_miou"]
+            lead = f"{w['mean'] - box:+10.2f}" if box is not None else f"{'':>10}"
+            per = ", ".join(f"{k} {x:.1f}" for k, x in r["w_per_class_iou"].items())
+            print(f"{name:<24} {w['mean']:7.2f} +- {w['sd']:4.2f} {lead} "
+                  f"{v['mean']:7.2f} +- {v['sd']:4.2f}  {per}  (seeds {r['seeds']})")
     if args.json:
-        write_json(args.json, {"rows": results, "iters": args.iters, "box_prior": args.box_prior,
+        write_json(args.json, {"rows": results, "over_seeds": summary, "iters": args.iters,
+                               "box_prior": args.box_prior,
                                "num_full": split.num_full})  # fmt: skip
+
+
+def over_seeds(results: dict) -> dict:
+    """Rows NAME_s{seed} grouped by NAME: mean and sd (n - 1) of W and val mIoU over the seeds
+    present, and the mean per-class W IoU."""
+    groups: dict[str, dict[int, dict]] = {}
+    for name, r in results.items():
+        m = re.fullmatch(r"(.+)_s(\d+)", name)
+        if m and "val_miou" in r:
+            groups.setdefault(m[1], {})[int(m[2])] = r
+    summary = {}
+    for name, by_seed in groups.items():
+        rows = [by_seed[s] for s in sorted(by_seed)]
+        w, v = mean_sd([r["w_miou"] for r in rows]), mean_sd([r["val_miou"] for r in rows])
+        per = {k: float(np.mean([r["w_per_class_iou"][k] or 0.0 for r in rows]))
+               for k in rows[0]["w_per_class_iou"]}  # fmt: skip
+        summary[name] = {"seeds": sorted(by_seed), "w_per_class_iou": per,
+                         "w_miou": {"mean": w[0], "sd": w[1]},
+                         "val_miou": {"mean": v[0], "sd": v[1]}}  # fmt: skip
+    return summary
 
 
 if __name__ == "__main__":

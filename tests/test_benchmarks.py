@@ -112,6 +112,28 @@ def test_camvid_objects_dataset_is_the_folder_layout_with_component_boxes(tmp_pa
     assert labels.tolist() == want_labels.tolist() == [1, 2]
 
 
+def test_camvid_objects_groups_seeds_of_a_row():
+    """camvid_objects.over_seeds: NAME_s{seed} rows become NAME's mean and sd over seeds;
+    seedless rows (box-fill) and rows without a val score stay out."""
+    sys.path.insert(0, str(BENCHMARKS))
+    objects = importlib.import_module("camvid_objects")
+
+    def row(w, v, car):
+        return {"w_miou": w, "val_miou": v, "w_per_class_iou": {"car": car, "bicyclist": None}}
+
+    rows = {"box": {"w_miou": 70.0, "w_per_class_iou": {}},
+            "anc_constraint_s0": row(74.0, 75.0, 70.0), "anc_constraint_s2": row(76.0, 77.0, 80.0),
+            "anc_wb_constraint_s1": row(75.0, 76.0, 60.0)}  # fmt: skip
+    summary = objects.over_seeds(rows)
+    assert set(summary) == {"anc_constraint", "anc_wb_constraint"}
+    both = summary["anc_constraint"]
+    assert both["seeds"] == [0, 2] and both["w_miou"]["mean"] == 75.0
+    assert both["w_miou"]["sd"] == pytest.approx(2**0.5)  # n - 1
+    assert both["val_miou"]["mean"] == 76.0 and both["w_per_class_iou"]["car"] == 75.0
+    assert both["w_per_class_iou"]["bicyclist"] == 0.0
+    assert summary["anc_wb_constraint"]["w_miou"] == {"mean": 75.0, "sd": 0.0}
+
+
 def test_camvid_table_report_means_spreads_and_claims(monkeypatch):
     """benchmarks/camvid_table.py's summary: per row and per evaluation (in-domain, unseen
     footage) mean and sample sd over seeds, per-class means (None where a class is absent),
