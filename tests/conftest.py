@@ -12,6 +12,14 @@ import pytest
 from boxseg.data.synthetic import write_synthetic
 
 os.environ["BOXSEG_QUIET"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: each worker a share of the cores
+    # (N one-thread processes train faster than one N-thread process: benchmarks/threads_bench.py)
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _threads = str(max(1, (os.cpu_count() or 1) // _workers))
+    os.environ["OMP_NUM_THREADS"] = _threads  # also for the subprocesses tests start
+    import torch
+
+    torch.set_num_threads(int(_threads))
 SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 # Small, fast model and training flags for CLI tests.
