@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one single-thread process of the parallel set-up
@@ -64,6 +66,11 @@ def main() -> None:
     print(f"{args.threads} processes x 1 thread: "
           f"{', '.join(f'{m * 1e3:.0f}' for m in medians)} ms/step, {rate_many:.2f} steps/s "
           f"in all ({rate_many / rate_one:.2f}x)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({
+            "threads": args.threads, "steps": args.steps, "one_process_s": one,
+            "processes_s": medians, "one_process_steps_per_s": rate_one,
+            "processes_steps_per_s": rate_many, "ratio": rate_many / rate_one}, indent=2))
 
 
 if __name__ == "__main__":

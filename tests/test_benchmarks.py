@@ -56,6 +56,15 @@ def test_train_speed_bench_runs(tmp_path):
     assert result["store_online_bound"] == pytest.approx(1 + result["anc_forward_s"] * store)
 
 
+def test_threads_bench_compares_one_process_with_several(tmp_path):
+    result = run_script("threads_bench.py", ["--threads", "1", "--steps", "1"],
+                        tmp_path / "threads.json")  # fmt: skip
+    assert len(result["processes_s"]) == 1 and result["one_process_s"] > 0
+    assert result["one_process_steps_per_s"] == pytest.approx(1 / result["one_process_s"])
+    assert result["ratio"] == pytest.approx(
+        sum(1 / m for m in result["processes_s"]) * result["one_process_s"])
+
+
 def test_gen_logits_bench_runs(tmp_path):
     result = run_script("gen_logits_bench.py", ["--limit", "8", "--repeats", "1"],
                         tmp_path / "gen.json")  # fmt: skip
