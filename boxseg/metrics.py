@@ -1,4 +1,5 @@
-"""Confusion-matrix scores: mIoU, per-class IoU, pixel accuracy."""
+"""Confusion-matrix scores (mIoU, per-class IoU, pixel accuracy), and class_map: the per-pixel
+class they count."""
 
 from __future__ import annotations
 
