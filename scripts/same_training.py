@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from kill_check import result_of, same
 
 MODELS = ("anc", "f_only", "linear")
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +41,6 @@ def demo_at(commit: str, work: Path, iters: int) -> Path:
     return out
 
 
-def weights(demo: Path, name: str) -> dict[str, torch.Tensor]:
-    return torch.load(demo / name / "model.pt", map_location="cpu", weights_only=False)[
-        "state_dict"
-    ]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("commits", nargs="+", help="two or more commits (names git understands)")
@@ -58,15 +52,12 @@ def main() -> int:
         demos = [demo_at(c, Path(tmp), args.iters) for c in args.commits]
         differ = 0
         for name in MODELS:
-            ref = weights(demos[0], name)
+            ref = result_of("train", demos[0] / name)  # its model.pt's weights
             for commit, demo in zip(args.commits[1:], demos[1:], strict=True):
-                other = weights(demo, name)
-                same = ref.keys() == other.keys() and all(
-                    torch.equal(ref[k], other[k]) for k in ref
-                )
-                differ += not same
+                equal = same(ref, result_of("train", demo / name))
+                differ += not equal
                 print(f"{name}: {args.commits[0]} vs {commit}: "
-                      f"{'the same weights' if same else 'DIFFERENT weights'}")  # fmt: skip
+                      f"{'the same weights' if equal else 'DIFFERENT weights'}")  # fmt: skip
     return 1 if differ else 0
 
 
