@@ -43,7 +43,11 @@ def box_fill(
 
 def grabcut_mask(image: np.ndarray, box: np.ndarray, iterations: int, margin: int) -> np.ndarray:
     """HxW bool foreground of one box by GrabCut (rect = the box grown by `margin` pixels).
-    Raises cv2.error / ValueError when GrabCut cannot run on it."""
+    Raises cv2.error / ValueError when GrabCut cannot run on it.
+
+    GrabCut's colour models start from k-means seeded by OpenCV's global random generator, so
+    it is reseeded for every box: a box's mask then does not depend on what ran before it
+    (image order, reader processes), and a store written twice holds the same labels."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = box_pixels(box[None], h, w)[0]
     x1, y1 = max(0, x1 - margin), max(0, y1 - margin)
@@ -52,6 +56,7 @@ def grabcut_mask(image: np.ndarray, box: np.ndarray, iterations: int, margin: in
         raise ValueError("box too small, or no background outside it")  # GrabCut needs both
     mask = np.zeros((h, w), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
     cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), mask, (x1, y1, x2 - x1, y2 - y1), bgd,
                 fgd, iterations, cv2.GC_INIT_WITH_RECT)  # fmt: skip
     return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)

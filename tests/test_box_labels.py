@@ -61,6 +61,22 @@ def test_grabcut_falls_back_to_box_fill_and_keeps_void():
     assert (out == VOID).all()
 
 
+def test_grabcut_does_not_depend_on_what_ran_before():
+    # a smooth random scene where GrabCut's k-means start (OpenCV's global generator) decides
+    # between half of this box and none of it unless the generator is reseeded per box
+    rng = np.random.default_rng(19)
+    base = cv2.GaussianBlur((rng.random((90, 120, 3)) * 255).astype(np.float32), (0, 0), 6)
+    base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX)
+    image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    box, label = np.array([[54, 0, 120, 50]], np.float32), np.array([1])
+    outs = []
+    for state in (0, 1, 2, 3):  # as if other images had drawn from the generator first
+        cv2.setRNGSeed(state)
+        outs.append(grabcut_fill(image, box, label, background=0)[0])
+    assert all((o == outs[0]).all() for o in outs)
+    assert 0.2 < (outs[0] == 1).sum() / (66 * 50) < 0.8  # GrabCut's mask, not the filled box
+
+
 def test_labels_to_logits_confidence_and_void():
     labels = np.array([[0, 1], [2, VOID]], np.uint8)
     logits = labels_to_logits(labels, 3, confidence=0.9)
