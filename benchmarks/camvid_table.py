@@ -127,14 +127,15 @@ def footage_split(data: Path, train_split: str, video: str) -> tuple[str, str]:
 
 def cached_row(rows: Path, name: str, fn, summary=lambda r: "") -> dict:
     """Run one row unless ROWS/NAME.json holds its result, so a killed benchmark resumes; a
-    new row records the commit and torch version it ran at."""
+    new row records the commit, torch version and CPU threads it ran at (on the CPU another
+    thread count sums floats in another order: the same seed then trains other weights)."""
     path = rows / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     print(f"== {name}", flush=True)
     t = time.perf_counter()
     result = fn() | {"seconds": time.perf_counter() - t, "commit": CODE,
-                     "torch": torch.__version__}  # fmt: skip
+                     "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
     write_json(path, result)
     print(f"   {name}: {summary(result)} ({result['seconds']:.0f} s)", flush=True)
     return result

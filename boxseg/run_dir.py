@@ -55,6 +55,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "device": str(device),
+        "cpu_threads": torch.get_num_threads(),  # CPU float sums differ with another count
         "world_size": distributed.world(),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }

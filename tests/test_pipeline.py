@@ -31,6 +31,7 @@ def test_train_anc_writes_run(pipeline):
     assert meta["box_channels"] == 5 and meta["model"]["backbone"] == "resnet18"
     config = json.loads((run / "config.json").read_text())
     assert config["num_full"] == 4 and config["environment"]["torch"] == torch.__version__
+    assert config["environment"]["cpu_threads"] == torch.get_num_threads()
     assert config["environment"]["commit"]  # the git commit, or the version outside a checkout
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in x for x in lines)
