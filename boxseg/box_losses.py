@@ -9,7 +9,8 @@ Two facts hold for every box, whatever is inside it:
 - colour: neighbouring pixels of similar colour mostly share a label: `pairwise_loss` =
   -log sum_k p_ik p_jk over the pairs of a dilated 3x3 neighbourhood whose LAB colour
   similarity exp(-|lab_i - lab_j| / 2) is at least `threshold` (BoxInst: 0.3), over the pixels
-  inside boxes (and everywhere on a dataset with a background class).
+  inside boxes (and everywhere on a dataset with a background class), leaving out the pairs
+  to which the boxes allow no common class (two abutting boxes of different classes).
 
 The box constraint keeps a class out of the pixels outside its boxes; these terms shape it
 inside them. They run on a batch's crops at training resolution, with shifted views and
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from boxseg.box_constraint import BoxEvidence
+from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.errors import BoxsegError
 
@@ -143,10 +144,15 @@ def _pair(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def pairwise_loss(log_probs: torch.Tensor, lab: torch.Tensor, region: torch.Tensor,
-                  threshold: float = 0.3, dilation: int = 2) -> torch.Tensor:  # fmt: skip
+                  threshold: float = 0.3, dilation: int = 2,
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Colour: mean of -log P(same label) = -log sum_k p_ik p_jk over the neighbour pairs (i, j)
     (dilated 3x3) that both lie in `region` (N x H x W bool) and whose LAB colours (N x 3 x H x
-    W) are similar: exp(-|lab_i - lab_j| / THETA) >= threshold."""
+    W) are similar: exp(-|lab_i - lab_j| / THETA) >= threshold. With `allowed` (N x K x H x W
+    bool, the box constraint's classes of each pixel) only pairs that some class may share
+    count: across the edge of two abutting boxes of different classes the boxes have already
+    decided, and such a pair's -log P(same) is the constraint's penalty (about 1e4), not
+    something the net can lower."""
     total = log_probs.new_zeros(())
     count = log_probs.new_zeros(())
     for dy, dx in HALF_NEIGHBOURS:
@@ -155,6 +161,9 @@ def pairwise_loss(log_probs: torch.Tensor, lab: torch.Tensor, region: torch.Tens
         similar = torch.exp(-(la - lb).norm(dim=1) / THETA) >= threshold
         ra, rb = _pair(region, dy, dx)
         use = similar & ra & rb
+        if allowed is not None:
+            aa, ab = _pair(allowed, dy, dx)
+            use = use & (aa & ab).any(1)
         pa, pb = _pair(log_probs, dy, dx)
         log_same = torch.logsumexp(pa + pb, 1)
         total = total - (log_same * use).sum()
@@ -166,11 +175,13 @@ def pairwise_loss(log_probs: torch.Tensor, lab: torch.Tensor, region: torch.Tens
 class BoxTerms:
     """The weak-box term of a training step: `weight(step) * (projection + pairwise * colour)`
     on a W batch's logits (N x K x H x W, already box-consistent where the caller wants that),
-    from the batch's image, "valid" padding mask and box evidence."""
+    from the batch's image, "valid" padding mask and box evidence; with the box constraint's
+    `rule`, the colour term skips pairs the boxes give no class in common."""
 
     spec: WeakBoxLoss
     iters: int
     background: int | None
+    rule: ConstraintRule | None = None
 
     def weight(self, step: int) -> float:
         ramp = max(1, round(self.iters * self.spec.warmup))
@@ -185,7 +196,8 @@ class BoxTerms:
         valid = batch["valid"].to(logits.device).bool()
         if self.background is None:  # only inside boxes; elsewhere nothing says what is there
             valid = valid & (torch.einsum("nbh,nbw->nhw", in_rows.float(), in_cols.float()) > 0)
+        allowed = None if self.rule is None else self.rule.allowed(ev)
         colour = pairwise_loss(log_probs, image_lab(batch["image"]), valid,
-                               self.spec.threshold, self.spec.dilation)  # fmt: skip
+                               self.spec.threshold, self.spec.dilation, allowed)  # fmt: skip
         loss = self.weight(step) * (proj + self.spec.pairwise * colour)
         return loss, {"loss_proj": proj.detach(), "loss_pair": colour.detach()}

@@ -94,7 +94,7 @@ def train_anc(
         w_set = OnlineWeakTrainSet(ds, split.split, w_ids, box_spec, aug, IMAGENET_MEAN,
                                    IMAGENET_STD)  # fmt: skip
         w_batches = Batches(w_set, weak_batch_size or cfg.batch_size, cfg.workers, cfg.seed + 1)
-    terms = BoxTerms(weak_boxes, iters, ds.background)
+    terms = BoxTerms(weak_boxes, iters, ds.background, rule)
     if distributed.is_main():
         write_config(
             out,

@@ -153,7 +153,7 @@ def train_primary(
         w_batches = Batches(weak.dataset, nw, cfg.workers, cfg.seed + 1, offset=warmup)
     w_scale = weak_loss_scale(weak_weight, cfg.batch_size, nw)
     objective = Objective(correction, weak.logits if weak else None, weights, w_scale,
-                          box_terms(weak_boxes, weak, iters, ds.background))  # fmt: skip
+                          box_terms(weak_boxes, weak, iters, ds.background, anc))  # fmt: skip
     mode = self_corr if weak else "f_only"
     if distributed.is_main():
         write_config(out, "train-primary", run_config(
@@ -206,14 +206,17 @@ def check_options(cfg: TrainConfig, box_constraint: BoxConstraint, self_corr: st
 
 
 def box_terms(weak_boxes: WeakBoxLoss, weak: WeakSource | None, iters: int,
-              background: int | None) -> BoxTerms | None:  # fmt: skip
-    """The box-supervised terms on W (`--weak-boxes`), or None; a store must hold W's boxes."""
+              background: int | None, anc: Ancillary | None) -> BoxTerms | None:  # fmt: skip
+    """The box-supervised terms on W (`--weak-boxes`), or None; a store must hold W's boxes.
+    Their colour term follows the box constraint of W's targets (the store's, or the online
+    ancillary net's)."""
     if not weak_boxes.enabled:
         return None
     if weak.kind == "store" and weak.store.rule is None:
         raise BoxsegError("--weak-boxes: the store holds no boxes (written with "
                           "--no-box-constraint); write it with the constraint on")  # fmt: skip
-    return BoxTerms(weak_boxes, iters, background)
+    rule = weak.store.rule if weak.kind == "store" else anc.rule
+    return BoxTerms(weak_boxes, iters, background, rule)
 
 
 def load_ancillary(anc_model: Path | None, ds: SegDataset, device: torch.device,

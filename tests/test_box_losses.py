@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from boxseg.box_constraint import BoxEvidence
+from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.box_losses import (
     BoxTerms,
     WeakBoxLoss,
@@ -126,6 +126,24 @@ def test_pairwise_rises_only_when_labels_differ_inside_one_colour():
     left = torch.zeros(1, 12, 16, dtype=torch.bool)
     left[..., 10:] = True
     assert pairwise_loss(probs_of(inside).log(), lab, left) < 1e-6
+
+
+def test_pairwise_skips_pairs_that_abutting_boxes_of_two_classes_have_settled():
+    # one colour everywhere; a class-0 box on the left half, a class-1 box on the right (as
+    # CamVid's boxes tile a street scene): the box-consistent labels must change at col 8
+    rule = ConstraintRule.of(2, None, None)
+    ev = evidence([[0, 0, 8, 12], [8, 0, 16, 12]], [0, 1], h=12, w=16)
+    lab, region = rgb_to_lab(torch.full((1, 3, 12, 16), 0.5)), torch.ones(1, 12, 16, dtype=bool)
+    follows_boxes = np.zeros((12, 16), np.int64)
+    follows_boxes[:, 8:] = 1
+    log_probs = torch.log_softmax(rule.apply(probs_of(follows_boxes).log(), ev), 1)
+    assert pairwise_loss(log_probs, lab, region) > 100  # the constraint's penalty, not a shape
+    assert pairwise_loss(log_probs, lab, region, allowed=rule.allowed(ev)) < 1e-6
+    # inside one box the term still asks similar colours to share a label
+    splits_a_box = follows_boxes.copy()
+    splits_a_box[:, 4:] = 1
+    inside = torch.log_softmax(probs_of(splits_a_box).log(), 1)
+    assert pairwise_loss(inside, lab, region, allowed=rule.allowed(ev)) > 1.0
 
 
 def test_terms_ramp_up_and_options_are_checked():
