@@ -144,6 +144,12 @@ def test_pairwise_skips_pairs_that_abutting_boxes_of_two_classes_have_settled():
     splits_a_box[:, 4:] = 1
     inside = torch.log_softmax(probs_of(splits_a_box).log(), 1)
     assert pairwise_loss(inside, lab, region, allowed=rule.allowed(ev)) > 1.0
+    # with a background class every pair may share it: nothing is left out (the objects set)
+    with_bg = ConstraintRule.of(3, 0, None)
+    ev_bg = evidence([[0, 0, 8, 12], [8, 0, 16, 12]], [1, 2], h=12, w=16)
+    log_bg = torch.log_softmax(with_bg.apply(probs_of(follows_boxes + 1, k=3).log(), ev_bg), 1)
+    assert pairwise_loss(log_bg, lab, region, allowed=with_bg.allowed(ev_bg)) == pairwise_loss(
+        log_bg, lab, region)
 
 
 def test_terms_ramp_up_and_options_are_checked():
