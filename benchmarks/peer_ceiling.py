@@ -14,7 +14,7 @@ boxseg's own network with the field's default width is camvid_table.py's `full` 
 
     pip install segmentation-models-pytorch      # not a boxseg dependency
     python benchmarks/peer_ceiling.py ../shared/data/camvid --out camvid-table --seeds 0,1,2 \\
-        --json peer.json
+        --threads 1 --json peer.json
 
 (RUN/model.pt of a peer run holds smp's weights under boxseg's metadata: boxseg cannot load it;
 the scores are taken from the network in memory.)
@@ -79,7 +79,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--decoder-channels", type=int, default=256)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (several processes)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         import segmentation_models_pytorch  # noqa: F401
     except ImportError:
