@@ -23,6 +23,11 @@ batch order; the split stays fixed):
 - anc_weakbox: the ancillary net trained with W's boxes as supervision too (`train-anc
   --weak-boxes`, box_losses.py), and its W store; none_weakbox: `--self-corr none` from it.
   (Stage anc_stride1: the ancillary net's store at stride 1, beside the default 4.)
+- recipe (a stage): the ancillary defaults, chosen on ancillary_ablation.py's split, checked
+  here one at a time: anc_nearest (the paper's box path: nearest-resized boxes, no direct
+  path), anc_unweighted (no class weights), and the default net's store without the box
+  constraint and with smaller-box priors 1, 2, 4; each W store is scored against W's masks
+  (`store_summary` groups the seeds; `--report` prints it).
 - self_training: no boxes at all: the f_only net's own logits for W (`gen-logits --model
   PRIMARY`) as targets: what a semi-supervised method without boxes gets from the same images.
 The F-only, fully supervised and ancillary nets see --batch-size images a step, the F + W
@@ -48,6 +53,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import statistics
 import time
@@ -56,6 +62,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from boxseg.box_constraint import BoxConstraint
 from boxseg.box_losses import WeakBoxLoss
 from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
@@ -65,14 +72,16 @@ from boxseg.engine import TrainConfig, resolve_device
 from boxseg.evaluate import evaluate_model, evaluate_store
 from boxseg.gen_logits import BoxMethod, gen_logits
 from boxseg.io import read_image, read_label_png, write_image, write_json, write_label_png
-from boxseg.models import ModelSpec
+from boxseg.models import BoxPathSpec, ModelSpec
 from boxseg.run_dir import code_version
 from boxseg.train_anc import train_anc
 from boxseg.train_primary import train_primary
 
 ROWS = ("f_only", "ancillary", "anc_half", "none", "linear", "linear_a5", "conv", "online_linear",
-        "box_fill", "grabcut", "self_training", "full", "anc_weakbox", "none_weakbox")  # fmt: skip
-STAGES = ("box_stores", "stores", "anc_stride1")  # --rows may name these: W stores alone
+        "box_fill", "grabcut", "self_training", "full", "anc_weakbox", "none_weakbox",
+        "anc_nearest", "anc_unweighted")  # fmt: skip
+STAGES = ("box_stores", "stores", "anc_stride1", "recipe")  # --rows may name these: W stores
+PRIORS = (1.0, 2.0, 4.0)  # the smaller-box priors the recipe stage scores
 CODE = code_version()  # the code this process runs (taken once: a later commit is not it)
 BOX_ROWS = ("none", "linear", "linear_a5", "conv", "online_linear", "box_fill", "grabcut",
             "none_weakbox")
@@ -208,6 +217,32 @@ def report(results: dict[str, dict], seeds: list[int]) -> dict:
                                        "unseen": _claims(table, "unseen")}}  # fmt: skip
 
 
+def store_summary(results: dict[str, dict], seeds: list[int]) -> dict:
+    """W pseudo-label mIoU per kind of store (a store row's name without its seed: anc,
+    anc_stride1, anc_nearest, ...): mean, sd and per-seed values over `seeds`, and for a net's
+    store the per-seed difference to the default store (`anc`) of the same seed, so a recipe
+    change is judged paired, against the spread."""
+    kinds: dict[str, dict] = {}
+    for key, r in results.items():
+        if not key.startswith("store_"):
+            continue
+        m = re.search(r"_s(\d+)(?=_|$)", key)
+        name = key[len("store_") :]
+        kind = name if m is None else name[: m.start() - 6] + name[m.end() - 6 :]
+        seed = None if m is None else int(m[1])
+        if seed is None or seed in seeds:
+            kinds.setdefault(kind, {})[seed] = r["miou"]
+    out = {}
+    for kind, by_seed in sorted(kinds.items()):
+        m, sd = mean_sd(list(by_seed.values()))
+        out[kind] = {"miou_mean": m, "miou_sd": sd, "miou_seeds": by_seed}
+        base = kinds.get("anc", {})
+        paired = {s: v - base[s] for s, v in by_seed.items() if s is not None and s in base}
+        if kind != "anc" and paired:
+            out[kind]["minus_anc"] = paired
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path, help="CamVid root (segnet layout)")
@@ -287,7 +322,8 @@ def main() -> None:
         r = evaluate_model(model, meta, ds, unseen, resolve_device(args.device), quiet=True)
         return {"unseen": scores(r)}
 
-    def store_row(name: str, model: Path | None, method: str = "anc", stride: int = 4) -> dict:
+    def store_row(name: str, model: Path | None, method: str = "anc", stride: int = 4,
+                  constraint: BoxConstraint | None = None) -> dict:
         """Make a W store (once) and score its pseudo-labels against W's held-back masks; the
         box rules' stores at pixel level (stride 1: exact), the nets' at `stride`."""
         path = stores / f"{name}.zarr"
@@ -295,17 +331,21 @@ def main() -> None:
         def make() -> dict:
             box = None if method == "anc" else BoxMethod(method, box_min_area=box_spec.min_area)
             gen_logits(data, model, str(path), split, stride if box is None else 1, args.device,
-                       quiet=True, box_method=box, workers=args.workers or None)  # fmt: skip
+                       quiet=True, box_method=box, workers=args.workers or None,
+                       constraint=constraint)  # fmt: skip
             quality = evaluate_store(ds, train_split, str(path), quiet=True)
             return scores(quality) | {"coverage": quality["coverage"]}
 
         return row(f"store_{name}", make) | {"path": str(path)}
 
-    def anc_row(name: str, seed: int, fraction: float, weak_boxes: bool = False) -> Path:
+    def anc_row(name: str, seed: int, fraction: float, weak_boxes: bool = False,
+                **variant) -> Path:
+        """An ancillary net (`variant`: train_anc's class_weights or box_path, else its
+        defaults), scored with boxes given on val and on the unseen drive."""
         run = runs / name
         row(name, lambda: scores(train_anc(
             data, run, split, box_spec, spec, cfg(seed, args.anc_iters), val_split=val,
-            quiet=True, full_fraction=fraction, weak_boxes=WeakBoxLoss(weak_boxes)))
+            quiet=True, full_fraction=fraction, weak_boxes=WeakBoxLoss(weak_boxes), **variant))
             | {"steps": args.anc_iters} | on_unseen(run))  # fmt: skip
         return run / "model.pt"
 
@@ -337,6 +377,17 @@ def main() -> None:
         w_half = lambda: store_row(f"anc_half_s{s}", half())["path"]  # noqa: E731
         w_self = lambda: store_row(f"self_s{s}", f_only())["path"]  # noqa: E731
         w_rule = lambda rule: store_row(rule, None, rule)["path"]  # noqa: E731
+
+        def recipe() -> None:
+            w_anc()  # the default store, each change is paired with
+            store_row(f"anc_s{s}_noconstraint", anc(), constraint=BoxConstraint(False))
+            for p in PRIORS:
+                store_row(f"anc_s{s}_prior{p:g}", anc(), constraint=BoxConstraint(True, p))
+            store_row(f"anc_nearest_s{s}", anc_row(f"anc_nearest_s{s}", s, 1.0,
+                                                   box_path=BoxPathSpec.legacy()))  # fmt: skip
+            store_row(f"anc_unweighted_s{s}", anc_row(f"anc_unweighted_s{s}", s, 1.0,
+                                                      class_weights="none"))  # fmt: skip
+
         jobs = {
             "f_only": f_only,
             "full": lambda: primary(f"full_s{s}", s, full=True),
@@ -345,6 +396,7 @@ def main() -> None:
             "box_stores": lambda: (w_rule("box"), w_rule("grabcut")),
             "stores": lambda: (w_anc(), w_half(), w_self()),
             "anc_stride1": lambda: store_row(f"anc_s{s}_stride1", anc(), stride=1),
+            "recipe": recipe,
             "anc_weakbox": w_anc_wb,
             "none_weakbox": lambda: primary(f"none_weakbox_s{s}", s, logits=w_anc_wb(),
                                             self_corr="none"),  # fmt: skip
@@ -385,9 +437,12 @@ def main() -> None:
         cells = [f"{e['miou_mean']:6.2f} +- {e['miou_sd']:4.2f}" if e else f"{'-':>15}"
                  for e in (r["in_domain"], r["unseen"])]  # fmt: skip
         print(f"{name:<14} {cells[0]:>15} {cells[1]:>15}  {', '.join(r['commits'])}")
-    pseudo = {k[len("store_") :]: v["miou"] for k, v in results.items() if k.startswith("store_")}
-    print("W pseudo-labels (mIoU vs held-back masks):",
-          ", ".join(f"{k} {v:.2f}" for k, v in sorted(pseudo.items())))  # fmt: skip
+    pseudo = store_summary(results, seeds)
+    print("W pseudo-labels (mIoU vs held-back masks; paired: minus the default store, per seed):")
+    for kind, p in pseudo.items():
+        paired = ", ".join(f"{d:+.2f}" for d in p.get("minus_anc", {}).values())
+        print(f"  {kind:<22} {p['miou_mean']:6.2f} +- {p['miou_sd']:4.2f}"
+              f"{'  paired ' + paired if paired else ''}")  # fmt: skip
     print("claims:", json.dumps(summary["claims"]))
     if args.json:
         write_json(args.json, summary | {

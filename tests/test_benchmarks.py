@@ -182,6 +182,26 @@ def test_camvid_table_report_means_spreads_and_claims(monkeypatch):
     assert unseen["gap_closed_by_best_semi"] == pytest.approx((38 - 32) / (full_unseen - 32))
 
 
+def test_camvid_table_store_summary_groups_seeds_and_pairs_with_the_default(monkeypatch):
+    """The recipe check's W pseudo-label summary: a store kind is its row name without the
+    seed (the seed may sit inside the name), seeds outside --seeds are left out, and each
+    net's store is paired with the default store (`anc`) of the same seed."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    table = importlib.import_module("camvid_table")
+    mious = {"store_anc_s0": 68.0, "store_anc_s1": 70.0, "store_anc_s9": 10.0,
+             "store_anc_s0_prior2": 66.0, "store_anc_s1_prior2": 69.0,
+             "store_anc_nearest_s0": 60.0, "store_anc_nearest_s1": 61.0,
+             "store_box": 64.25, "store_self_s1": 40.0, "none_s0": 99.0}  # fmt: skip
+    out = table.store_summary({k: {"miou": v} for k, v in mious.items()}, [0, 1])
+    assert set(out) == {"anc", "anc_prior2", "anc_nearest", "box", "self"}
+    assert out["anc"]["miou_mean"] == 69.0 and out["anc"]["miou_seeds"] == {0: 68.0, 1: 70.0}
+    assert out["anc_prior2"]["minus_anc"] == {0: -2.0, 1: -1.0}
+    assert out["anc_nearest"]["miou_sd"] == pytest.approx(0.5**0.5)
+    assert out["anc_nearest"]["minus_anc"] == {0: -8.0, 1: -9.0}
+    assert out["box"]["miou_seeds"] == {None: 64.25} and "minus_anc" not in out["box"]
+    assert "minus_anc" not in out["anc"]
+
+
 def test_rank_bench_signals_check_runs(pipeline, tmp_path):
     args = ["unused", "--store", str(pipeline["store"]), "--num-full", "4", "--k", "2,4"]
     result = run_script("rank_bench.py", args, tmp_path / "signals.json")
