@@ -226,9 +226,9 @@ def store_summary(results: dict[str, dict], seeds: list[int]) -> dict:
     for key, r in results.items():
         if not key.startswith("store_"):
             continue
-        m = re.search(r"_s(\d+)(?=_|$)", key)
         name = key[len("store_") :]
-        kind = name if m is None else name[: m.start() - 6] + name[m.end() - 6 :]
+        m = re.search(r"_s(\d+)(?=_|$)", name)  # a rule's store (box, grabcut) has no seed
+        kind = name if m is None else name[: m.start()] + name[m.end() :]
         seed = None if m is None else int(m[1])
         if seed is None or seed in seeds:
             kinds.setdefault(kind, {})[seed] = r["miou"]
