@@ -378,15 +378,18 @@ def main() -> None:
         w_self = lambda: store_row(f"self_s{s}", f_only())["path"]  # noqa: E731
         w_rule = lambda rule: store_row(rule, None, rule)["path"]  # noqa: E731
 
+        w_nearest = lambda: store_row(f"anc_nearest_s{s}", anc_row(  # noqa: E731
+            f"anc_nearest_s{s}", s, 1.0, box_path=BoxPathSpec.legacy()))  # fmt: skip
+        w_unweighted = lambda: store_row(f"anc_unweighted_s{s}", anc_row(  # noqa: E731
+            f"anc_unweighted_s{s}", s, 1.0, class_weights="none"))  # fmt: skip
+
         def recipe() -> None:
             w_anc()  # the default store, each change is paired with
             store_row(f"anc_s{s}_noconstraint", anc(), constraint=BoxConstraint(False))
             for p in PRIORS:
                 store_row(f"anc_s{s}_prior{p:g}", anc(), constraint=BoxConstraint(True, p))
-            store_row(f"anc_nearest_s{s}", anc_row(f"anc_nearest_s{s}", s, 1.0,
-                                                   box_path=BoxPathSpec.legacy()))  # fmt: skip
-            store_row(f"anc_unweighted_s{s}", anc_row(f"anc_unweighted_s{s}", s, 1.0,
-                                                      class_weights="none"))  # fmt: skip
+            w_nearest()
+            w_unweighted()
 
         jobs = {
             "f_only": f_only,
@@ -397,6 +400,8 @@ def main() -> None:
             "stores": lambda: (w_anc(), w_half(), w_self()),
             "anc_stride1": lambda: store_row(f"anc_s{s}_stride1", anc(), stride=1),
             "recipe": recipe,
+            "anc_nearest": w_nearest,
+            "anc_unweighted": w_unweighted,
             "anc_weakbox": w_anc_wb,
             "none_weakbox": lambda: primary(f"none_weakbox_s{s}", s, logits=w_anc_wb(),
                                             self_corr="none"),  # fmt: skip
