@@ -14,11 +14,11 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
                               "--data-seed", "1"], capsys)  # fmt: skip
     assert code == 0, err
     results = json.loads((tmp_path / "d" / "results.json").read_text())
-    assert set(results) == {"ancillary", "f_only", "linear", "seconds", "data_seed"}
-    assert results["data_seed"] == 1 and "F + W (linear)" in out
-    for run in ("anc", "f_only", "linear"):
+    assert set(results) == {"ancillary", "f_only", "none", "seconds", "data_seed"}
+    assert results["data_seed"] == 1 and "F + W (none)" in out
+    for run in ("anc", "f_only", "none"):
         assert (tmp_path / "d" / run / "model.pt").is_file()
-    config = json.loads((tmp_path / "d" / "linear" / "config.json").read_text())
+    config = json.loads((tmp_path / "d" / "none" / "config.json").read_text())
     assert config["num_full"] == 8 and config["num_weak"] == 152
     assert config["train"]["batch_size"] == 4 and config["weak_batch_size"] == 4
     assert len(open_dataset(tmp_path / "d" / "data").ids("train")) == 160
