@@ -19,6 +19,7 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
     for run in ("anc", "f_only", "none"):
         assert (tmp_path / "d" / run / "model.pt").is_file()
     config = json.loads((tmp_path / "d" / "none" / "config.json").read_text())
+    assert config["self_corr"] == "none"  # the default mode, as the README commands use
     assert config["num_full"] == 8 and config["num_weak"] == 152
     assert config["train"]["batch_size"] == 4 and config["weak_batch_size"] == 4
     assert len(open_dataset(tmp_path / "d" / "data").ids("train")) == 160
