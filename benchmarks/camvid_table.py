@@ -37,8 +37,9 @@ top: both budgets are reported).
 
 The protocol: scale 0.25 (90x120 images), crop 96, 1500 steps, AdamW 2e-3, resnet18 with 64
 ASPP/decoder channels; docs/results.md says what was tried and what it gives. Primary rows
-train without class weights (`--primary-class-weights median-freq`: SegNet's balancing, for
-the thin classes; `peer_ceiling.py`: smp's DeepLabV3+ as a second ceiling).
+train without class weights and over every pixel (`--primary-class-weights median-freq`:
+SegNet's balancing, for the thin classes; `--primary-hard-pixels 0.2`: the loss over the
+hardest fifth of the pixels; `peer_ceiling.py`: smp's DeepLabV3+ as a second ceiling).
 Rows are cached in OUT/rows/*.json (each with the commit and torch version it ran at), so a
 killed run resumes. Without `--rows` every row of every seed is trained (or found in the cache)
 and the table printed; `--rows` trains only those rows (several processes can share one OUT,
@@ -271,6 +272,9 @@ def main() -> None:
     ap.add_argument("--primary-class-weights", default="none",
                     help="class weights of every primary row (none, median-freq: for thin "
                     "classes; give it its own --out: rows keep their names)")  # fmt: skip
+    ap.add_argument("--primary-hard-pixels", type=float, default=1.0,
+                    help="every primary row averages its loss over this fraction of hardest "
+                    "pixels (OHEM-style; its own --out, as --primary-class-weights)")  # fmt: skip
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rows", help=f"run only these rows (comma-separated: {', '.join(ROWS)})")
     ap.add_argument("--device", default="auto")
@@ -358,7 +362,8 @@ def main() -> None:
 
         def fit() -> dict:
             r = train_primary(data, run, sp, spec, c, val_split=val, quiet=True,
-                              class_weights=args.primary_class_weights, **kw)  # fmt: skip
+                              class_weights=args.primary_class_weights,
+                              hard_pixels=args.primary_hard_pixels, **kw)  # fmt: skip
             config = json.loads((run / "config.json").read_text())
             return scores(r) | {"steps": config["iters"], "w_steps": config["w_steps"]} | (
                 on_unseen(run))

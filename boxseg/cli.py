@@ -421,6 +421,13 @@ def train_primary_cmd(
     weak_boxes: WeakBoxes = False,
     weak_box_weight: WeakBoxWeight = 1.0,
     class_weights: ClassWeights = "none",
+    hard_pixels: Annotated[
+        float,
+        typer.Option(
+            help="Average each loss term over only this fraction of its pixels, those with the "
+            "largest loss (OHEM-style bootstrapped cross-entropy; 1: every pixel)."
+        ),
+    ] = 1.0,
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
     num_full: NumFull = None,
@@ -494,6 +501,7 @@ def train_primary_cmd(
         box_constraint=BoxConstraint(box_constraint, box_prior),
         allow_full_anc=allow_full_anc,
         weak_boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
+        hard_pixels=hard_pixels,
     )
 
 

@@ -68,19 +68,41 @@ def soft_target(
         return torch.softmax(logits.float(), dim=1)
 
 
+def hardest_mean(per_pixel: torch.Tensor, weight: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The mean of the largest `fraction` of the weighted per-pixel losses (N x H x W), over
+    the batch's pixels of nonzero weight (at least one): bootstrapped cross-entropy, the
+    OHEM-style loss of DeepLab's `top_k_percent_pixels`. Pixels the net already gets right
+    stop diluting the gradient of thin and rare structures. No host sync: the count of kept
+    pixels stays a tensor."""
+    losses = (per_pixel * weight).flatten().sort(descending=True).values
+    keep = (fraction * (weight > 0).sum()).ceil().clamp_min(1)
+    ranks = torch.arange(losses.numel(), device=losses.device)
+    return (losses * (ranks < keep).to(losses.dtype)).sum() / keep.to(losses.dtype)
+
+
 def soft_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
     valid: torch.Tensor | None = None,
     class_weights: torch.Tensor | None = None,
+    hard_pixels: float = 1.0,
 ) -> torch.Tensor:
     """Mean over valid pixels of -sum_k target_k log softmax(logits)_k.
 
     logits, target: N x K x H x W (target a distribution over dim 1); valid: N x H x W bool.
     With `class_weights` (K), each class's term is weighted and the mean is over the pixels'
     weights sum_k w_k target_k, so a one-hot target gives torch's weighted cross-entropy.
+    `hard_pixels` < 1: the mean over that fraction of the valid pixels with the largest
+    (weighted) loss instead (`hardest_mean`).
     """
     logp = torch.log_softmax(logits.float(), dim=1)
+    if hard_pixels < 1.0:
+        terms = -(target * logp)
+        if class_weights is not None:
+            terms = terms * class_weights.to(logp.device, logp.dtype).view(1, -1, 1, 1)
+        per_pixel = terms.sum(dim=1)
+        weight = torch.ones_like(per_pixel) if valid is None else valid.to(per_pixel.dtype)
+        return hardest_mean(per_pixel, weight, hard_pixels)
     if class_weights is not None:
         w = class_weights.to(logp.device, logp.dtype).view(1, -1, 1, 1)
         per_pixel = -(w * target * logp).sum(dim=1)
@@ -97,18 +119,22 @@ def soft_cross_entropy(
 
 
 def hard_cross_entropy(
-    logits: torch.Tensor, mask: torch.Tensor, class_weights: torch.Tensor | None = None
+    logits: torch.Tensor, mask: torch.Tensor, class_weights: torch.Tensor | None = None,
+    hard_pixels: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of logits (N x K x H x W) against a class-index mask (VOID ignored), as
-    torch's (weighted) mean; and a 0-d tensor that is 1 when every pixel was void. Such a batch
-    gives a zero loss (still attached to the graph) instead of torch's NaN, without a host
-    sync."""
+    torch's (weighted) mean, or with `hard_pixels` < 1 the mean over that fraction of the
+    valid pixels with the largest loss (`hardest_mean`); and a 0-d tensor that is 1 when every
+    pixel was void. Such a batch gives a zero loss (still attached to the graph) instead of
+    torch's NaN, without a host sync."""
     valid = mask != VOID
     target = torch.where(valid, mask, torch.zeros_like(mask))
     per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
     weight = valid.float()
     if class_weights is not None:
         weight = weight * class_weights.to(logits.device, torch.float32)[target]
+    if hard_pixels < 1.0:
+        return hardest_mean(per_pixel, weight, hard_pixels), (~valid.any()).float()
     loss = (per_pixel * weight).sum() / weight.sum().clamp_min(1e-6)
     return loss, (~valid.any()).float()
 
@@ -232,20 +258,23 @@ class Objective:
     class_weights: torch.Tensor | None
     w_scale: float
     box_terms: BoxTerms | None = None  # --weak-boxes: W's boxes shape p directly too
+    hard_pixels: float = 1.0  # < 1: both terms average their hardest pixels (`hardest_mean`)
 
     def __call__(self, nets: nn.ModuleDict, batch: dict, step: int):
         f, w = batch["f"], batch.get("w")
         nf = f["image"].shape[0]
         images = f["image"] if w is None else torch.cat([f["image"], w["image"]])
         out = nets["primary"](images)
-        loss_f, all_void = hard_cross_entropy(out[:nf], f["mask"], self.class_weights)
+        loss_f, all_void = hard_cross_entropy(out[:nf], f["mask"], self.class_weights,
+                                              self.hard_pixels)  # fmt: skip
         loss_c, logs = self.correction.f_loss(out[:nf], f, self.class_weights)
         loss = loss_f + loss_c
         logs |= {"loss_f": loss_f.detach(), "skipped_f": all_void}
         if w is not None:  # (conv's stage 2 has no W batch)
             l_anc, valid = without_void(self.weak_logits(w), w["valid"])
             q, extra = self.correction.target(l_anc, out[nf:], step)
-            loss_w = soft_cross_entropy(out[nf:], q, valid, self.class_weights)
+            loss_w = soft_cross_entropy(out[nf:], q, valid, self.class_weights,
+                                        self.hard_pixels)  # fmt: skip
             loss = loss + self.w_scale * loss_w
             logs |= {"loss_w": loss_w.detach()} | extra
             if self.box_terms is not None:

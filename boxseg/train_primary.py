@@ -99,17 +99,21 @@ def train_primary(
     weak_batch_size: int | None = None, pretrained: str = "none", val_split: str | None = "val",
     quiet: bool = False, skip_bad: bool = False, class_weights: str = "none",
     box_constraint: BoxConstraint | None = None, allow_full_anc: bool = False,
-    weak_boxes: WeakBoxLoss | None = None) -> dict:  # fmt: skip
+    weak_boxes: WeakBoxLoss | None = None, hard_pixels: float = 1.0) -> dict:  # fmt: skip
     """Train, write RUN/model.pt, config.json, metrics.jsonl; return the val scores (or {}).
 
     `class_weights` (none, median-freq or a file) weights both loss terms per class;
     `box_constraint` (default on) makes the online ancillary logits box-consistent, as every
     reader of a store does. `iters` counts the steps with W; conv's stage 2 (`conv_warmup`,
     F only) comes on top. `allow_full_anc`: let conv use an ancillary net trained on all of F.
-    `weak_boxes` (enabled): the box-supervised terms (box_losses.py) on W's crops as well."""
+    `weak_boxes` (enabled): the box-supervised terms (box_losses.py) on W's crops as well.
+    `hard_pixels` < 1: the F and W terms average only that fraction of their pixels, the ones
+    with the largest loss (OHEM-style bootstrapped cross-entropy, for thin classes)."""
     box_constraint, weak_boxes = box_constraint or BoxConstraint(), weak_boxes or WeakBoxLoss()
     check_options(cfg, box_constraint, self_corr, alpha_start, alpha_end, alpha_decay_fraction,
                   weak_weight, weak_batch_size, logits, anc_model, weak_boxes)  # fmt: skip
+    if not 0.0 < hard_pixels <= 1.0:
+        raise BoxsegError(f"--hard-pixels {hard_pixels}: must be in (0, 1]")
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
     check_val_split(ds, val_split)
@@ -153,14 +157,16 @@ def train_primary(
         w_batches = Batches(weak.dataset, nw, cfg.workers, cfg.seed + 1, offset=warmup)
     w_scale = weak_loss_scale(weak_weight, cfg.batch_size, nw)
     objective = Objective(correction, weak.logits if weak else None, weights, w_scale,
-                          box_terms(weak_boxes, weak, iters, ds.background, anc))  # fmt: skip
+                          box_terms(weak_boxes, weak, iters, ds.background, anc),
+                          hard_pixels)  # fmt: skip
     mode = self_corr if weak else "f_only"
     if distributed.is_main():
         write_config(out, "train-primary", run_config(
             ds, split, full_ids, weak, logits, anc, mode, (alpha_start, alpha_end,
             alpha_decay_fraction), (conv_hidden, warmup, conv_grad_to_primary), weak_weight,
             nw, w_scale, spec, pretrained, model, class_weights, weights, box_constraint, cfg,
-            iters) | {"weak_boxes": weak_boxes.to_dict()}, device)  # fmt: skip
+            iters) | {"weak_boxes": weak_boxes.to_dict(), "hard_pixels": hard_pixels},
+            device)  # fmt: skip
     batches = mixed(f_batches, w_batches, warmup)
     timing = fit(trainable, objective, batches, cfg, iters, device, out,
                  f"train-primary {mode}", quiet)  # fmt: skip

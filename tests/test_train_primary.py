@@ -120,3 +120,17 @@ def test_conv_accepts_a_half_f_ancillary_net(pipeline, tmp_path):
             val_split=None,
             quiet=True,
         )
+
+
+def test_hard_pixels_are_checked_and_recorded(pipeline, tmp_path, capsys):
+    """--hard-pixels outside (0, 1] is one line; a run records the fraction it trained with."""
+    code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "bad",
+                            "--hard-pixels", "0", *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
+    assert code == 2 and "--hard-pixels 0.0: must be in (0, 1]" in err
+    assert len(err.strip().splitlines()) == 1
+    cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu", log_every=1)
+    train_primary(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg,
+                  logits=str(pipeline["store"]), val_split=None, quiet=True,
+                  hard_pixels=0.25)  # fmt: skip
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["hard_pixels"] == 0.25
