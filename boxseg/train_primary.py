@@ -106,14 +106,10 @@ def train_primary(
     `box_constraint` (default on) makes the online ancillary logits box-consistent, as every
     reader of a store does. `iters` counts the steps with W; conv's stage 2 (`conv_warmup`,
     F only) comes on top. `allow_full_anc`: let conv use an ancillary net trained on all of F.
-    `weak_boxes` (enabled): the box-supervised terms (box_losses.py) on W's crops as well.
-    `hard_pixels` < 1: the F and W terms average only that fraction of their pixels, the ones
-    with the largest loss (OHEM-style bootstrapped cross-entropy, for thin classes)."""
+    `weak_boxes`: box-supervised terms (box_losses.py) on W; `hard_pixels` < 1: OHEM-style."""
     box_constraint, weak_boxes = box_constraint or BoxConstraint(), weak_boxes or WeakBoxLoss()
     check_options(cfg, box_constraint, self_corr, alpha_start, alpha_end, alpha_decay_fraction,
-                  weak_weight, weak_batch_size, logits, anc_model, weak_boxes)  # fmt: skip
-    if not 0.0 < hard_pixels <= 1.0:
-        raise BoxsegError(f"--hard-pixels {hard_pixels}: must be in (0, 1]")
+                  weak_weight, weak_batch_size, logits, anc_model, weak_boxes, hard_pixels)
     device = resolve_device(cfg.device)
     ds = open_dataset(data)
     check_val_split(ds, val_split)
@@ -157,16 +153,14 @@ def train_primary(
         w_batches = Batches(weak.dataset, nw, cfg.workers, cfg.seed + 1, offset=warmup)
     w_scale = weak_loss_scale(weak_weight, cfg.batch_size, nw)
     objective = Objective(correction, weak.logits if weak else None, weights, w_scale,
-                          box_terms(weak_boxes, weak, iters, ds.background, anc),
-                          hard_pixels)  # fmt: skip
+                          box_terms(weak_boxes, weak, iters, ds.background, anc), hard_pixels)
     mode = self_corr if weak else "f_only"
     if distributed.is_main():
         write_config(out, "train-primary", run_config(
             ds, split, full_ids, weak, logits, anc, mode, (alpha_start, alpha_end,
             alpha_decay_fraction), (conv_hidden, warmup, conv_grad_to_primary), weak_weight,
             nw, w_scale, spec, pretrained, model, class_weights, weights, box_constraint, cfg,
-            iters) | {"weak_boxes": weak_boxes.to_dict(), "hard_pixels": hard_pixels},
-            device)  # fmt: skip
+            iters) | {"weak_boxes": weak_boxes.to_dict(), "hard_pixels": hard_pixels}, device)
     batches = mixed(f_batches, w_batches, warmup)
     timing = fit(trainable, objective, batches, cfg, iters, device, out,
                  f"train-primary {mode}", quiet)  # fmt: skip
@@ -191,7 +185,8 @@ def primary_meta(spec: ModelSpec, ds: SegDataset, mode: str, merger: nn.Module |
 def check_options(cfg: TrainConfig, box_constraint: BoxConstraint, self_corr: str,
                   alpha_start: float, alpha_end: float, alpha_decay_fraction: float,
                   weak_weight: float, weak_batch_size: int | None, logits,
-                  anc_model, weak_boxes: WeakBoxLoss) -> None:  # fmt: skip
+                  anc_model, weak_boxes: WeakBoxLoss,
+                  hard_pixels: float = 1.0) -> None:  # fmt: skip
     """One-line errors for option values and combinations that cannot work."""
     cfg.validate()
     box_constraint.validate()
@@ -203,6 +198,8 @@ def check_options(cfg: TrainConfig, box_constraint: BoxConstraint, self_corr: st
     check_alpha(alpha_start, alpha_end, alpha_decay_fraction)
     if weak_weight < 0:
         raise BoxsegError(f"--weak-weight {weak_weight}: must be >= 0")
+    if not 0.0 < hard_pixels <= 1.0:
+        raise BoxsegError(f"--hard-pixels {hard_pixels}: must be in (0, 1]")
     if weak_batch_size is not None and weak_batch_size < 1:
         raise BoxsegError(f"--weak-batch-size {weak_batch_size}: must be at least 1")
     if self_corr == "conv" and anc_model is None:
