@@ -96,22 +96,19 @@ def soft_cross_entropy(
     (weighted) loss instead (`hardest_mean`).
     """
     logp = torch.log_softmax(logits.float(), dim=1)
-    if hard_pixels < 1.0:
-        terms = -(target * logp)
-        if class_weights is not None:
-            terms = terms * class_weights.to(logp.device, logp.dtype).view(1, -1, 1, 1)
-        per_pixel = terms.sum(dim=1)
-        weight = torch.ones_like(per_pixel) if valid is None else valid.to(per_pixel.dtype)
-        return hardest_mean(per_pixel, weight, hard_pixels)
+    w = None
     if class_weights is not None:
         w = class_weights.to(logp.device, logp.dtype).view(1, -1, 1, 1)
-        per_pixel = -(w * target * logp).sum(dim=1)
+    per_pixel = -((target * logp) if w is None else (w * target * logp)).sum(dim=1)
+    if hard_pixels < 1.0:
+        weight = torch.ones_like(per_pixel) if valid is None else valid.to(per_pixel.dtype)
+        return hardest_mean(per_pixel, weight, hard_pixels)
+    if w is not None:
         pixel_weight = (w * target).sum(dim=1)
         if valid is not None:
             pixel_weight = pixel_weight * valid.to(pixel_weight.dtype)
             per_pixel = per_pixel * valid.to(per_pixel.dtype)
         return per_pixel.sum() / pixel_weight.sum().clamp_min(1e-6)
-    per_pixel = -(target * logp).sum(dim=1)
     if valid is None:
         return per_pixel.mean()
     valid = valid.to(per_pixel.dtype)
