@@ -15,6 +15,9 @@ K in `--k`, it moves K images of W into F, chosen by:
 and, for every training seed in `--seeds`, retrains the ancillary net on the new F, writes its
 store of the new W (stride 4) and scores it against W's held-back masks, then trains the
 `--self-corr none` primary and scores it in-domain (val, W's footage) and on the unseen drive.
+The report also scores every cell's store, and camvid_table's no-move stores (anc_s*), on one
+set: the W images that no choice in `--choices` moved (`W untouched`), since each choice's own
+remaining W differs (the easier its leftovers, the higher its `W pseudo`).
 Every result is cached in OUT/rows/rank_*.json (with the commit), so a killed run resumes and
 processes can share OUT (`--choices`, `--seeds` split the work).
 
@@ -139,6 +142,14 @@ def choose(rows: list[dict], signals_rows: list[dict], k: int, how: str) -> list
     draw = int(how[len("random"):])
     pick = np.random.default_rng(100 + draw).choice(len(ids), k, replace=False)
     return [ids[i] for i in sorted(pick)]
+
+
+def untouched_ids(weak: list[str], cells: dict[str, list[dict]]) -> list[str]:
+    """W's images that no cell's choice moved into F (`cells`: choice -> its rows, each with
+    "chosen"), in W's order: the one set every cell's store is scored on, since each choice
+    leaves a different W behind."""
+    taken = {i for rows in cells.values() for r in rows for i in r["chosen"]}
+    return [i for i in weak if i not in taken]
 
 
 def main() -> None:
@@ -299,11 +310,19 @@ def main() -> None:
                                lambda r: f"val {r['miou']:.2f}, unseen "
                                f"{r.get('unseen', {}).get('miou', float('nan')):.2f}")  # fmt: skip
 
+    def summarise(values: list[float]) -> dict:
+        return {"mean": statistics.mean(values), "values": values,
+                "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
     table: dict = {}
+    untouched_sizes: dict[str, int] = {}
     for k in ks:
-        for how in choices:
-            runs = [json.loads(p.read_text()) for s in seeds
-                    if (p := rows_dir / f"rank_{how}_k{k}_s{s}.json").is_file()]  # fmt: skip
+        cells = {how: [json.loads(p.read_text()) | {"seed": s} for s in seeds
+                       if (p := rows_dir / f"rank_{how}_k{k}_s{s}.json").is_file()]
+                 for how in choices}  # fmt: skip
+        untouched = untouched_ids(weak, cells)
+        untouched_sizes[str(k)] = len(untouched)
+        for how, runs in cells.items():
             if not runs:
                 continue
             entry = {"seeds": len(runs), "commits": sorted({r["commit"] for r in runs})}
@@ -312,12 +331,22 @@ def main() -> None:
                              ("pseudo_labels", lambda r: r["pseudo_labels"]["miou"])):  # fmt: skip
                 values = [get(r) for r in runs if key != "unseen" or "unseen" in r]
                 if values:
-                    entry[key] = {"mean": statistics.mean(values), "values": values,
-                                  "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+                    entry[key] = summarise(values)
+            stores = [out / "stores" / f"rank_{how}_k{k}_s{r['seed']}.zarr" for r in runs]
+            if untouched and all(p.is_dir() for p in stores):
+                entry["pseudo_untouched"] = summarise(
+                    [evaluate_store(ds, train_split, str(p), quiet=True, only=untouched)["miou"]
+                     for p in stores])  # fmt: skip
             table[f"{how}_k{k}"] = entry
+        base = [out / "stores" / f"anc_s{s}.zarr" for s in seeds]
+        if untouched and all(p.is_dir() for p in base):  # camvid_table's ancillary: no move
+            table[f"no_move_k{k}"] = {"seeds": len(base), "pseudo_untouched": summarise(
+                [evaluate_store(ds, train_split, str(p), quiet=True, only=untouched)["miou"]
+                 for p in base])}  # fmt: skip
     random_rows = {k: [v for n, v in table.items() if n.startswith("random") and
                        n.endswith(f"_k{k}")] for k in ks}  # fmt: skip
     summary = {"table": table, "num_full": len(full), "num_weak": len(weak),
+               "untouched": untouched_sizes,
                "rank_seconds": ranking["rank_seconds"], "gen_logits_seconds": gen_seconds,
                "random_mean": {str(k): {key: statistics.mean(v[key]["mean"] for v in rows)
                                         for key in ("in_domain", "unseen", "pseudo_labels")
@@ -325,11 +354,13 @@ def main() -> None:
                                for k, rows in random_rows.items()}}  # fmt: skip
     print(f"F = {len(full)}, W = {len(weak)}; ranking W {ranking['rank_seconds']:.1f} s, "
           f"writing its store {gen_seconds:.1f} s")  # fmt: skip
-    print(f"{'choice':<14} {'in-domain':>15} {'unseen':>15} {'W pseudo':>15}  seeds")
+    print(f"untouched W images (no choice moved them): {untouched_sizes}")
+    print(f"{'choice':<14} {'in-domain':>15} {'unseen':>15} {'W pseudo':>15} "
+          f"{'W untouched':>15}  seeds")  # fmt: skip
     for name, e in table.items():
         cells = [f"{e[key]['mean']:6.2f} +- {e[key]['sd']:4.2f}" if key in e else f"{'-':>15}"
-                 for key in ("in_domain", "unseen", "pseudo_labels")]  # fmt: skip
-        print(f"{name:<14} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15}  {e['seeds']}")
+                 for key in ("in_domain", "unseen", "pseudo_labels", "pseudo_untouched")]
+        print(f"{name:<14} {' '.join(f'{c:>15}' for c in cells)}  {e['seeds']}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
 

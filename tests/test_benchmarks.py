@@ -227,3 +227,13 @@ def test_peer_ceiling_trains_the_peer_through_boxseg_trainer(tmp_path):
     assert row["network"].startswith("smp") and row["parameters"] > 1e6
     assert 0 <= result["summary"]["in_domain"]["mean"] <= 100
     assert (tmp_path / "o" / "runs" / "peer_smp_s0" / "config.json").is_file()
+
+
+def test_rank_bench_scores_every_store_on_the_images_no_choice_moved(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("rank_bench")
+    weak = [f"w{i}" for i in range(8)]
+    cells = {"rank": [{"chosen": ["w1", "w2"]}, {"chosen": ["w1", "w2"]}],
+             "random0": [{"chosen": ["w2", "w6"]}], "entropy": []}  # fmt: skip
+    assert bench.untouched_ids(weak, cells) == ["w0", "w3", "w4", "w5", "w7"]
+    assert bench.untouched_ids(weak, {}) == weak
