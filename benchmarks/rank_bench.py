@@ -314,6 +314,10 @@ def main() -> None:
         return {"mean": statistics.mean(values), "values": values,
                 "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
+    def on_untouched(stores: list[Path], untouched: list[str]) -> dict:
+        return summarise([evaluate_store(ds, train_split, str(p), quiet=True,
+                                         only=untouched)["miou"] for p in stores])  # fmt: skip
+
     table: dict = {}
     untouched_sizes: dict[str, int] = {}
     for k in ks:
@@ -334,15 +338,12 @@ def main() -> None:
                     entry[key] = summarise(values)
             stores = [out / "stores" / f"rank_{how}_k{k}_s{r['seed']}.zarr" for r in runs]
             if untouched and all(p.is_dir() for p in stores):
-                entry["pseudo_untouched"] = summarise(
-                    [evaluate_store(ds, train_split, str(p), quiet=True, only=untouched)["miou"]
-                     for p in stores])  # fmt: skip
+                entry["pseudo_untouched"] = on_untouched(stores, untouched)
             table[f"{how}_k{k}"] = entry
         base = [out / "stores" / f"anc_s{s}.zarr" for s in seeds]
         if untouched and all(p.is_dir() for p in base):  # camvid_table's ancillary: no move
-            table[f"no_move_k{k}"] = {"seeds": len(base), "pseudo_untouched": summarise(
-                [evaluate_store(ds, train_split, str(p), quiet=True, only=untouched)["miou"]
-                 for p in base])}  # fmt: skip
+            table[f"no_move_k{k}"] = {"seeds": len(base),
+                                      "pseudo_untouched": on_untouched(base, untouched)}
     random_rows = {k: [v for n, v in table.items() if n.startswith("random") and
                        n.endswith(f"_k{k}")] for k in ks}  # fmt: skip
     summary = {"table": table, "num_full": len(full), "num_weak": len(weak),
