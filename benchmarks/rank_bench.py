@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camvid_table import CODE, cached_row, footage_split, resized_copy, scores  # noqa: E402
+from camvid_table import CODE, cached_row, footage_split, mean_sd, resized_copy, scores  # noqa: E402
 
 from boxseg.checkpoint import load_model  # noqa: E402
 from boxseg.data.boxes import BoxSpec  # noqa: E402
@@ -311,8 +311,8 @@ def main() -> None:
                                f"{r.get('unseen', {}).get('miou', float('nan')):.2f}")  # fmt: skip
 
     def summarise(values: list[float]) -> dict:
-        return {"mean": statistics.mean(values), "values": values,
-                "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+        mean, sd = mean_sd(values)
+        return {"mean": mean, "values": values, "sd": sd}
 
     def on_untouched(stores: list[Path], untouched: list[str]) -> dict:
         return summarise([evaluate_store(ds, train_split, str(p), quiet=True,
