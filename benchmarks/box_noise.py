@@ -23,9 +23,10 @@ Rows (cached in OUT/DATASET/rows/*.json, each with the commit, torch version and
 - anc_s{s}: today's ancillary net (its defaults), trained on F's exact boxes;
   anc_robust_s{s}: the same with `--box-noise` augmentation of F's boxes (`--robust-noise`).
 - store_box_{setting}_d{s}, store_grabcut_{setting}_d{s}: the box rules at pixel level
-  (stride 1); store_anc_{setting}_s{s}, store_robust_{setting}_s{s}: the nets' stores
-  (stride 4, the store's box rule from `--robust-constraint` for the robust one); each scored
-  against W's held-back masks.
+  (stride 1); store_{kind}_{setting}_s{s}: the nets' stores (stride 4), kind = anc (today's
+  net, the hard rule), anc_soft (today's net, the graceful rule `--penalty`/`--margin`),
+  robust (the robust net, the graceful rule), robust_hard (the robust net, the hard rule);
+  each scored against W's held-back masks.
 - none_{source}_{setting}_s{s} (camvid): the primary from that store, `--self-corr none`;
   linear_robust_{setting}_s{s}, conv_robust_{setting}_s{s}: self-correction on the robust
   store; every primary scored on val (in-domain) and on the unseen drive.
@@ -55,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camvid_objects import objects_dataset  # noqa: E402
 from camvid_table import cached_row, footage_split, mean_sd, resized_copy, scores  # noqa: E402
 
-from boxseg.box_constraint import BoxConstraint  # noqa: E402
+from boxseg.box_constraint import NEG, BoxConstraint  # noqa: E402
 from boxseg.checkpoint import load_model  # noqa: E402
 from boxseg.data.box_noise import LEVELS, BoxNoise, image_rng, noisy_boxes, parse_box_noise  # noqa: E402
 from boxseg.data.boxes import BoxSpec, boxes_from_mask  # noqa: E402
@@ -71,7 +72,8 @@ from boxseg.train_primary import train_primary  # noqa: E402
 
 SETTINGS = ("exact", "shift10", "shift25", "loose15", "missing20", "mixed")
 STAGES = ("anc", "stores", "box_stores", "primaries")
-SOURCES = ("box", "anc", "robust")  # where a `none` primary's store comes from
+NET_KINDS = ("anc", "anc_soft", "robust", "robust_hard")  # net x rule (hard / graceful)
+SOURCES = ("box", *NET_KINDS)  # where a `none` primary's store comes from
 CORRECTIONS = ("linear", "conv")  # self-correction rows on the robust store
 
 
@@ -198,7 +200,13 @@ def main() -> None:
     ap.add_argument("--sources", default="box,anc", help="primaries: none from these stores "
                     f"({', '.join(SOURCES)}); and/or {', '.join(CORRECTIONS)} (robust store)")
     ap.add_argument("--robust-noise", default="mixed", help="anc_robust: train-anc --box-noise")
-    ap.add_argument("--robust-prior", type=float, default=0.0, help="robust store's box prior")
+    ap.add_argument("--penalty", type=float, default=NEG,
+                    help="the graceful rule (robust, anc_soft stores): --box-penalty")
+    ap.add_argument("--margin", type=float, default=0.0,
+                    help="the graceful rule (robust, anc_soft stores): --box-margin")
+    ap.add_argument("--kinds", default="anc", help="stores stage: net stores to make "
+                    f"({', '.join(NET_KINDS)})")  # fmt: skip
+    ap.add_argument("--tag", default="", help="appended to graceful stores' names (a sweep)")
     ap.add_argument("--iters", type=int, default=1500, help="steps of every primary")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--device", default="auto")
@@ -211,8 +219,10 @@ def main() -> None:
     settings = [s for s in args.settings.split(",") if s]
     stages = [s for s in args.stages.split(",") if s]
     sources = [s for s in args.sources.split(",") if s]
+    kinds = [s for s in args.kinds.split(",") if s]
     for what, got, allowed in (("--settings", settings, SETTINGS), ("--stages", stages, STAGES),
-                               ("--sources", sources, SOURCES + CORRECTIONS)):  # fmt: skip
+                               ("--sources", sources, SOURCES + CORRECTIONS),
+                               ("--kinds", kinds, NET_KINDS)):  # fmt: skip
         if set(got) - set(allowed):
             raise SystemExit(f"{what}: unknown {sorted(set(got) - set(allowed))}; "
                              f"choose from {', '.join(allowed)}")  # fmt: skip
@@ -258,7 +268,8 @@ def main() -> None:
         data = data_for(setting, seed)
         draw = 0 if setting == "exact" else seed
         rule_store = kind in ("box", "grabcut")
-        name = f"store_{kind}_{setting}_" + (f"d{draw}" if rule_store else f"s{seed}")
+        tag = args.tag if kind in ("robust", "anc_soft") else ""
+        name = f"store_{kind}{tag}_{setting}_" + (f"d{draw}" if rule_store else f"s{seed}")
         path = root / "stores" / f"{name[len('store_'):]}.zarr"
 
         def make() -> dict:
@@ -266,8 +277,10 @@ def main() -> None:
                 gen_logits(data, None, str(path), split, 1, device, quiet=True,
                            box_method=BoxMethod(kind, box_min_area=s_["min_area"]))  # fmt: skip
             else:
-                net = anc_net("anc" if kind == "anc" else "anc_robust", seed)
-                rule = BoxConstraint(True, args.robust_prior if kind == "robust" else 0.0)
+                net = anc_net("anc_robust" if kind.startswith("robust") else "anc", seed)
+                graceful = kind in ("robust", "anc_soft")
+                rule = BoxConstraint(True, 0.0, args.penalty, args.margin) if graceful else (
+                    BoxConstraint())  # fmt: skip
                 gen_logits(data, net, str(path), split, 4, device, quiet=True, constraint=rule)
             q = evaluate_store(open_dataset(data), split.split, str(path), quiet=True)
             counts = json.loads((data / "DONE").read_text())
@@ -313,7 +326,8 @@ def main() -> None:
                         store("box", setting, seed)
                         store("grabcut", setting, seed)
                     elif stage == "stores":
-                        store("anc", setting, seed)
+                        for kind in kinds:
+                            store(kind, setting, seed)
                     elif stage == "primaries":
                         for source in sources:
                             if source in CORRECTIONS:
@@ -334,10 +348,10 @@ def summarise(results: dict[str, dict], seeds: list[int]) -> dict:
     stores: dict = {}
     primaries: dict = {}
     for key, r in results.items():
-        m = re.fullmatch(r"store_(\w+?)_(\w+)_[sd](\d+)", key)
+        m = re.fullmatch(rf"store_(\w+)_({'|'.join(SETTINGS)})_[sd](\d+)", key)
         if m and int(m[3]) in seeds:
             stores.setdefault((m[1], m[2]), {})[int(m[3])] = r["miou"]
-        m = re.fullmatch(r"(none|linear|conv)_(\w+?)_(\w+)_s(\d+)", key)
+        m = re.fullmatch(rf"(none|linear|conv)_(\w+)_({'|'.join(SETTINGS)})_s(\d+)", key)
         if m and int(m[4]) in seeds:
             got = primaries.setdefault(f"{m[1]}_{m[2]}_{m[3]}", {"val": {}, "unseen": {}})
             got["val"][int(m[4])] = r["miou"]

@@ -10,8 +10,10 @@ Where boxes of several classes overlap, the net chooses among them; `prior` adds
 the logit of the class of the smallest covering box (the box-fill rule as a soft prior; 0 =
 the net alone).
 
-Which pixels a box covers is `data.boxes.box_pixels`, in the original image's pixels. A pixel
-of a crop (scaled, shifted, mirrored) is judged by the original pixel it shows: the same
+Which pixels a box covers, and which boxes count (those covering at least one), is
+`data.boxes.pixel_boxes`, in the original image's pixels; `BoxEvidence.extents` is the one
+per-pixel test built on it (the constraint, its prior, the weak-box losses and rank use it).
+A pixel of a crop (scaled, shifted, mirrored) is judged by the original pixel it shows: the same
 nearest-pixel lookup its mask gets (`BoxEvidence`: per crop row and column, the source row and
 column, -1 on padding). So the rule is exact at any stride, dtype and augmentation: the store
 keeps what the net said (pooled cells), and the constraint is applied after the cells are
@@ -24,31 +26,54 @@ The rule is an additive bias on the logits: 0 where a class is allowed, -`NEG` w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boxseg.data.boxes import box_pixels
+from boxseg.data.boxes import pixel_boxes
 from boxseg.errors import BoxsegError
 
-NEG = 1e4  # the penalty of a class that no box allows (logits are O(10))
+NEG = 1e4  # the penalty of a class that no box allows (logits are O(10)): never overruled
+
+
+def soft_fields(penalty: float, margin: float) -> dict:
+    """The graceful rule's fields as records hold them: only where they differ from the hard
+    rule, so records (and stores) made before they existed read and compare as they were."""
+    return ({} if penalty == NEG else {"penalty": penalty}) | (
+        {} if margin == 0 else {"margin": margin})  # fmt: skip
 
 
 @dataclass(frozen=True)
 class BoxConstraint:
-    """The user's option: whether logits are made box-consistent, and the smaller-box prior."""
+    """The user's option: whether logits are made box-consistent, the smaller-box prior, and
+    how hard the rule is: `penalty`, the bias of a class no box allows (1e4: certain; a few
+    logits: a confident net, and self-correction, can overrule a missing box), and `margin`,
+    how far beyond its edges (a fraction of its side) a box allows its class (a short or
+    shifted box then does not cut its object)."""
 
     enabled: bool = True
     prior: float = 0.0
+    penalty: float = NEG
+    margin: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"enabled": self.enabled, "prior": self.prior} | soft_fields(
+            self.penalty, self.margin)  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: dict) -> BoxConstraint:
+        return BoxConstraint(bool(d.get("enabled", True)), float(d.get("prior", 0.0)),
+                             float(d.get("penalty", NEG)), float(d.get("margin", 0.0)))  # fmt: skip
 
     def validate(self) -> None:
         if not 0 <= self.prior <= 100:
             raise BoxsegError(f"--box-prior {self.prior}: must be in [0, 100]")
+        if not 0 < self.penalty <= NEG:
+            raise BoxsegError(f"--box-penalty {self.penalty:g}: must be in (0, {NEG:g}]")
+        if not 0 <= self.margin <= 1:
+            raise BoxsegError(f"--box-margin {self.margin:g}: must be in [0, 1]")
 
 
 def free_classes(num_classes: int, background: int | None,
@@ -63,7 +88,7 @@ def free_classes(num_classes: int, background: int | None,
 @dataclass
 class BoxEvidence:
     """A batch's boxes, as the constraint reads them (tensors, on one device):
-    bounds N x B x 4 int64 pixel bounds (x1, y1, x2, y2; `box_pixels`) in each original
+    bounds N x B x 4 int64 pixel bounds (x1, y1, x2, y2; `pixel_boxes`) in each original
     image, labels N x B int64 (-1: padding), rows N x H and cols N x W int64: the original
     image's row / column each output row / column shows (-1: padding, outside every box)."""
 
@@ -95,18 +120,40 @@ class BoxEvidence:
         cols = torch.arange(width).expand(n, width)
         return BoxEvidence(bounds, labs, rows, cols).to(device)
 
+    def extents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N x B x H, N x B x W) bool: the output rows and columns that show each box's rows
+        and columns; output pixel (y, x) lies in box b iff row y and column x both do. The one
+        per-pixel test of "is this pixel in the box" (padding boxes and rows cover nothing)."""
+        real = (self.labels >= 0)[..., None]
+        b = self.bounds[..., None]
+        rows, cols = self.rows[:, None, :], self.cols[:, None, :]
+        in_rows = (rows >= b[:, :, 1]) & (rows < b[:, :, 3]) & (rows >= 0) & real
+        in_cols = (cols >= b[:, :, 0]) & (cols < b[:, :, 2]) & (cols >= 0) & real
+        return in_rows, in_cols
+
+    def grown(self, margin: float) -> BoxEvidence:
+        """The same evidence with each box grown by `margin` of its side beyond every edge
+        (whole pixels, rounded outwards); `margin` 0: itself."""
+        if margin == 0:
+            return self
+        b = self.bounds.double()
+        side = torch.cat([b[..., 2:] - b[..., :2]] * 2, -1) * margin
+        grown = torch.cat([torch.floor(b[..., :2] - side[..., :2]),
+                           torch.ceil(b[..., 2:] + side[..., 2:])], -1)  # fmt: skip
+        return BoxEvidence(grown.long(), self.labels, self.rows, self.cols)
+
 
 def item_evidence(boxes: np.ndarray, labels: np.ndarray, height: int, width: int,
                   rows: np.ndarray | None = None,
                   cols: np.ndarray | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """One training item's share of a `BoxEvidence`: its boxes' pixel bounds in the original
     height x width image (only the boxes the shown rows and columns meet) and the source rows
-    and columns (default: all of them, in order)."""
-    bounds = box_pixels(boxes, height, width)
-    labels = np.asarray(labels, np.int64).reshape(-1)
+    and columns (default: all of them, in order). Boxes covering no pixel are left out."""
+    px = pixel_boxes(boxes, labels, height, width)
+    bounds, labels = px.bounds, px.labels
     rows = np.arange(height) if rows is None else rows
     cols = np.arange(width) if cols is None else cols
-    keep = (bounds[:, 2] > bounds[:, 0]) & (bounds[:, 3] > bounds[:, 1])
+    keep = np.ones(len(labels), bool)
     shown_r, shown_c = rows[rows >= 0], cols[cols >= 0]
     if len(shown_r) and len(shown_c):
         keep &= (bounds[:, 1] <= shown_r.max()) & (bounds[:, 3] > shown_r.min())
@@ -139,30 +186,43 @@ class ConstraintRule:
     free: tuple[int, ...]
     background: int | None
     prior: float = 0.0
+    penalty: float = NEG  # the bias of a class no box allows
+    margin: float = 0.0  # a box allows its class this fraction of its side beyond its edges
 
     def to_dict(self) -> dict:
         return {"num_classes": self.num_classes, "free": list(self.free),
-                "background": self.background, "prior": self.prior}  # fmt: skip
+                "background": self.background, "prior": self.prior} | soft_fields(
+                    self.penalty, self.margin)  # fmt: skip
 
     @staticmethod
     def from_dict(d: dict) -> ConstraintRule:
-        return ConstraintRule(int(d["num_classes"]), tuple(int(k) for k in d["free"]),
-                              d.get("background"), float(d.get("prior", 0.0)))  # fmt: skip
+        return ConstraintRule(
+            int(d["num_classes"]),
+            tuple(int(k) for k in d["free"]),
+            d.get("background"),
+            float(d.get("prior", 0.0)),
+            float(d.get("penalty", NEG)),
+            float(d.get("margin", 0.0)),
+        )
 
     @staticmethod
-    def of(num_classes: int, background: int | None, box_classes: Sequence[int] | None,
-           prior: float = 0.0) -> ConstraintRule:  # fmt: skip
+    def of(
+        num_classes: int,
+        background: int | None,
+        box_classes: Sequence[int] | None,
+        prior: float = 0.0,
+        penalty: float = NEG,
+        margin: float = 0.0,
+    ) -> ConstraintRule:
         free = free_classes(num_classes, background, box_classes)
-        return ConstraintRule(num_classes, tuple(free), background, prior)
+        return ConstraintRule(num_classes, tuple(free), background, prior, penalty, margin)
 
     def allowed(self, ev: BoxEvidence) -> torch.Tensor:
-        """N x K x H x W bool: where each class may be (see the module docstring)."""
-        y1, y2 = ev.bounds[..., 1, None], ev.bounds[..., 3, None]
-        x1, x2 = ev.bounds[..., 0, None], ev.bounds[..., 2, None]
-        rows, cols = ev.rows[:, None, :], ev.cols[:, None, :]
+        """N x K x H x W bool: where each class may be (see the module docstring); a box
+        allows its class up to `margin` of its side beyond its edges."""
+        ev = ev.grown(self.margin)
+        in_rows, in_cols = (x.float() for x in ev.extents())  # N x B x H, N x B x W
         real = ev.labels >= 0
-        in_rows = ((rows >= y1) & (rows < y2) & (rows >= 0) & real[..., None]).float()  # NxBxH
-        in_cols = ((cols >= x1) & (cols < x2) & (cols >= 0)).float()  # N x B x W
         onehot = F.one_hot(ev.labels.clamp_min(0), self.num_classes).float()  # N x B x K
         onehot = onehot * real[..., None]
         allowed = torch.einsum("nbk,nbh,nbw->nkhw", onehot, in_rows, in_cols) > 0
@@ -174,8 +234,8 @@ class ConstraintRule:
         return allowed
 
     def bias(self, ev: BoxEvidence) -> torch.Tensor:
-        """N x K x H x W float32: 0 allowed, -NEG not, +prior on the smallest box's class."""
-        bias = torch.where(self.allowed(ev), 0.0, -NEG)
+        """N x K x H x W float32: 0 allowed, -penalty not, +prior on the smallest box's class."""
+        bias = torch.where(self.allowed(ev), 0.0, -self.penalty)
         if self.prior:
             bias = bias + self.prior * self._smallest(ev)
         return bias
@@ -186,10 +246,8 @@ class ConstraintRule:
         b = ev.bounds.float()
         area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
         area = torch.where(ev.labels >= 0, area, torch.inf)
-        rows, cols = ev.rows[:, None, :, None], ev.cols[:, None, None, :]
-        bb = ev.bounds[..., None, None, :]
-        inside = ((rows >= bb[..., 1]) & (rows < bb[..., 3]) & (cols >= bb[..., 0])
-                  & (cols < bb[..., 2]) & (rows >= 0) & (cols >= 0))  # fmt: skip
+        in_rows, in_cols = ev.extents()
+        inside = in_rows[..., :, None] & in_cols[..., None, :]  # N x B x H x W
         score = torch.where(inside, area[..., None, None], torch.inf).flip(1)  # later first
         best = score.argmin(1)  # N x H x W, index into the flipped boxes
         label = ev.labels.flip(1).gather(1, best.flatten(1)).view_as(best)
@@ -208,7 +266,8 @@ def rule_of(meta: dict | None, option: BoxConstraint | None) -> ConstraintRule |
         return None
     classes = (meta.get("boxes") or {}).get("classes")
     return ConstraintRule.of(len(meta["class_names"]), meta.get("background"),
-                             tuple(classes) if classes else None, option.prior)  # fmt: skip
+                             tuple(classes) if classes else None, option.prior,
+                             option.penalty, option.margin)  # fmt: skip
 
 
 def constrain_whole(logits: torch.Tensor, rule: ConstraintRule | None, boxes: np.ndarray,

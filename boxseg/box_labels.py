@@ -8,6 +8,10 @@
 
 Both become soft logits for the store: log(confidence) for the painted class, the rest of the
 probability spread evenly; void pixels get NaN logits, which training reads as "ignore".
+
+A box covers the pixels `data.boxes.pixel_boxes` says, and "smaller" is fewer such pixels (the
+box constraint's prior compares the same areas); a box covering no pixel paints nothing and is
+no GrabCut fallback.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ import cv2
 import numpy as np
 import torch
 
-from boxseg.data.boxes import box_pixels
+from boxseg.data.boxes import box_pixels, pixel_boxes
 from boxseg.data.sample import VOID
 
 METHODS = ("anc", "box", "grabcut", "sam")
 
 
-def painting_order(boxes: np.ndarray) -> np.ndarray:
-    """Indices of boxes from the largest to the smallest area (so small ones end on top)."""
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+UNBOUNDED = 1 << 30  # an image size no box reaches: boxes read from files are clipped already
+
+
+def painting_order(boxes: np.ndarray, height: int = UNBOUNDED,
+                   width: int = UNBOUNDED) -> np.ndarray:  # fmt: skip
+    """Indices of boxes from the largest to the smallest pixel area (`pixel_boxes`), so small
+    ones end on top; among equal areas the later box ends on top (as the prior chooses)."""
+    b = box_pixels(boxes, height, width)
+    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     return np.argsort(-areas, kind="stable")
 
 
@@ -35,9 +43,10 @@ def box_fill(
 ) -> np.ndarray:
     """HxW uint8 label map: boxes painted largest first; outside them background or VOID."""
     out = np.full((height, width), VOID if background is None else background, np.uint8)
-    for k in painting_order(boxes):
-        x1, y1, x2, y2 = box_pixels(boxes[k][None], height, width)[0]
-        out[y1:y2, x1:x2] = labels[k]
+    px = pixel_boxes(boxes, labels, height, width)
+    for k in painting_order(px.bounds):
+        x1, y1, x2, y2 = px.bounds[k]
+        out[y1:y2, x1:x2] = px.labels[k]
     return out
 
 
@@ -74,11 +83,13 @@ def grabcut_fill(
     boxes that fell back to box-fill."""
     h, w = image.shape[:2]
     out = np.full((h, w), VOID if background is None else background, np.uint8)
+    px = pixel_boxes(boxes, labels, h, w)
+    kept = np.asarray(boxes, np.float32).reshape(-1, 4)[px.keep]
     fallbacks = 0
-    for k in painting_order(boxes):
-        x1, y1, x2, y2 = box_pixels(boxes[k][None], h, w)[0]
+    for k in painting_order(px.bounds):
+        x1, y1, x2, y2 = px.bounds[k]
         try:
-            fg = grabcut_mask(image, boxes[k], iterations, margin)
+            fg = grabcut_mask(image, kept[k], iterations, margin)
             fg[:y1], fg[y2:], fg[:, :x1], fg[:, x2:] = False, False, False, False
             if not fg.any():
                 raise ValueError("no foreground")
@@ -86,7 +97,7 @@ def grabcut_fill(
             fallbacks += 1
             fg = np.zeros((h, w), bool)
             fg[y1:y2, x1:x2] = True
-        out[fg] = labels[k]
+        out[fg] = px.labels[k]
     return out, fallbacks
 
 

@@ -84,18 +84,6 @@ def image_lab(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
     return rgb_to_lab(rgb.clamp(0, 1))
 
 
-def box_extents(ev: BoxEvidence) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N x B x H, N x B x W) bool: the crop rows and columns that show each box's rows and
-    columns (the same pixels the box constraint gives the box)."""
-    real = ev.labels >= 0
-    y1, y2 = ev.bounds[..., 1, None], ev.bounds[..., 3, None]
-    x1, x2 = ev.bounds[..., 0, None], ev.bounds[..., 2, None]
-    rows, cols = ev.rows[:, None, :], ev.cols[:, None, :]
-    in_rows = (rows >= y1) & (rows < y2) & (rows >= 0) & real[..., None]
-    in_cols = (cols >= x1) & (cols < x2) & (cols >= 0) & real[..., None]
-    return in_rows, in_cols
-
-
 def shows_whole(src: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """N x B bool: the crop's source rows (N x H; -1 padding) reach both ends of [lo, hi) (N x
     B), up to the sampling step of a downscaled crop."""
@@ -114,16 +102,16 @@ def _dice_to_ones(pred: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return 1 - 2 * inter / ((pred * pred * w).sum(-1) + w.sum(-1)).clamp_min(1e-6)
 
 
-Extents = tuple[torch.Tensor, torch.Tensor]  # box_extents: (in_rows, in_cols)
+Extents = tuple[torch.Tensor, torch.Tensor]  # BoxEvidence.extents: (in_rows, in_cols)
 
 
 def projection_loss(probs: torch.Tensor, ev: BoxEvidence,
                     extents: Extents | None = None) -> torch.Tensor:  # fmt: skip
     """Tightness: mean over boxes and axes of the dice loss between the max-projection of the
     box class's probability (N x K x H x W) inside the box and the box's extent (all ones).
-    `extents`: `box_extents(ev)` if the caller has them already."""
+    `extents`: `ev.extents()` if the caller has them already (the box constraint's pixels)."""
     n, _, h, w = probs.shape
-    in_rows, in_cols = box_extents(ev) if extents is None else extents
+    in_rows, in_cols = ev.extents() if extents is None else extents
     labels = ev.labels.clamp_min(0)
     p = probs.gather(1, labels[..., None, None].expand(-1, -1, h, w))  # N x B x H x W
     col_max = (p * in_rows[..., :, None]).amax(2)  # per column, over the box's rows
@@ -191,7 +179,7 @@ class BoxTerms:
                  step: int) -> tuple[torch.Tensor, dict]:  # fmt: skip
         ev = BoxEvidence.of_batch(batch).to(logits.device)
         log_probs = F.log_softmax(logits.float(), 1)
-        in_rows, in_cols = box_extents(ev)
+        in_rows, in_cols = ev.extents()
         proj = projection_loss(log_probs.exp(), ev, (in_rows, in_cols))
         valid = batch["valid"].to(logits.device).bool()
         if self.background is None:  # only inside boxes; elsewhere nothing says what is there

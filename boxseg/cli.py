@@ -94,6 +94,20 @@ BoxPrior = Annotated[
         "(0: the net alone decides overlaps)."
     ),
 ]
+BoxPenalty = Annotated[
+    float,
+    typer.Option(
+        help="Box constraint: the logit penalty of a class no box allows (1e4: never; a few "
+        "logits: a confident net, or self-correction, can overrule a missing box)."
+    ),
+]
+BoxMargin = Annotated[
+    float,
+    typer.Option(
+        help="Box constraint: a box allows its class this fraction of its side beyond its "
+        "edges (for short or shifted boxes; 0: exactly inside)."
+    ),
+]
 WeakBoxes = Annotated[
     bool,
     typer.Option(
@@ -218,6 +232,15 @@ def train_anc_cmd(
     weak_batch_size: Annotated[
         int | None, typer.Option(help="--weak-boxes: W images per step (default --batch-size).")
     ] = None,
+    box_noise: Annotated[
+        str,
+        typer.Option(
+            help="Make F's boxes imprecise at every draw, so the net reads W's loose, shifted or "
+            "missing boxes as hints: off, a level (shift10, shift25, loose15, missing20, mixed) "
+            "or pairs such as shift=0.1,grow=0.1,drop=0.1,flip=0.05 (fractions of the side / "
+            "of the boxes)."
+        ),
+    ] = "off",
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
     config: Config = None,
@@ -225,6 +248,7 @@ def train_anc_cmd(
     """Train the ancillary net p_anc(y|x,b) on F, with boxes derived from F's masks (and, with
     --weak-boxes, on W's boxes too)."""
     from boxseg.box_losses import WeakBoxLoss
+    from boxseg.data.box_noise import parse_box_noise
     from boxseg.data.boxes import BoxSpec
     from boxseg.data.formats import open_dataset
     from boxseg.models import BoxPathSpec
@@ -262,6 +286,7 @@ def train_anc_cmd(
         box_constraint_loss,
         WeakBoxLoss(weak_boxes, weak_box_weight),
         weak_batch_size,
+        parse_box_noise(box_noise),
     )
 
 
@@ -320,6 +345,8 @@ def gen_logits_cmd(
     ] = None,
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
+    box_penalty: BoxPenalty = 1e4,
+    box_margin: BoxMargin = 0.0,
     device: Device = "auto",
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
@@ -336,6 +363,7 @@ def gen_logits_cmd(
     painted = method in ("box", "grabcut")
     _refuse_unused({"model": method == "anc", "batch_size": method == "anc",
                     "box_constraint": method == "anc", "box_prior": method == "anc",
+                    "box_penalty": method == "anc", "box_margin": method == "anc",
                     "confidence": painted, "box_min_area": painted,
                     "grabcut_iters": method == "grabcut", "grabcut_margin": method == "grabcut",
                     "sam_checkpoint": method == "sam", "sam_model": method == "sam"},
@@ -358,7 +386,7 @@ def gen_logits_cmd(
         workers,
         skip_bad,
         batch_size,
-        BoxConstraint(box_constraint, box_prior),
+        BoxConstraint(box_constraint, box_prior, box_penalty, box_margin),
         redo=tuple(i.strip() for i in (redo or "").split(",") if i.strip()),
     )
     if not quiet:
@@ -430,6 +458,8 @@ def train_primary_cmd(
     ] = 1.0,
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
+    box_penalty: BoxPenalty = 1e4,
+    box_margin: BoxMargin = 0.0,
     num_full: NumFull = None,
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
@@ -476,6 +506,11 @@ def train_primary_cmd(
                    f"with --self-corr {self_corr}" + ("" if weak else " and no W (--logits or "
                                                            "--anc-model)"))  # fmt: skip
     _refuse_unused({"weak_box_weight": weak_boxes}, "without --weak-boxes")
+    online = anc_model is not None  # the rule applies to logits this run makes itself
+    _refuse_unused(dict.fromkeys(("box_constraint", "box_prior", "box_penalty", "box_margin"),
+                                 online),
+                   "with --logits alone: the store's own box rule applies (set it when running "
+                   "gen-logits)" if logits else "without --anc-model")  # fmt: skip
     train_primary(
         data,
         out,
@@ -498,7 +533,7 @@ def train_primary_cmd(
         quiet=quiet,
         skip_bad=skip_bad,
         class_weights=class_weights,
-        box_constraint=BoxConstraint(box_constraint, box_prior),
+        box_constraint=BoxConstraint(box_constraint, box_prior, box_penalty, box_margin),
         allow_full_anc=allow_full_anc,
         weak_boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
         hard_pixels=hard_pixels,
@@ -536,6 +571,8 @@ def eval_cmd(
     ] = 0,
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
+    box_penalty: BoxPenalty = 1e4,
+    box_margin: BoxMargin = 0.0,
     num_full: Annotated[
         int | None,
         typer.Option(help="With the other stages' split options: score only W's images."),
@@ -557,6 +594,7 @@ def eval_cmd(
     on_model = model is not None
     _refuse_unused({"flip": on_model, "scales": on_model, "window": on_model,
                     "box_constraint": on_model, "box_prior": on_model, "device": on_model,
+                    "box_penalty": on_model, "box_margin": on_model,
                     "save_pred": pred_dir is None, "num_full": pred_dir is None,
                     "full_list": pred_dir is None, "seed_split": pred_dir is None},
                    "with --pred-dir" if pred_dir is not None else "with --logits")  # fmt: skip
@@ -581,9 +619,9 @@ def eval_cmd(
         from boxseg.rank import read_ranking
 
         only = read_ranking(ranking, top)
+    rule = BoxConstraint(box_constraint, box_prior, box_penalty, box_margin)
     run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
-             save_pred, window, BoxConstraint(box_constraint, box_prior), weak_of,
-             only)  # fmt: skip
+             save_pred, window, rule, weak_of, only)  # fmt: skip
 
 
 @app.command("predict")

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -187,20 +187,58 @@ def prepare_nets(nets: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.
     return nets
 
 
-def checked_losses(losses: list[tuple[int, torch.Tensor]], description: str,
-                   state_path: Path) -> float:  # fmt: skip
-    """The last of the losses logged since the last check (one host sync for all of them);
-    a clear error naming the first step whose loss was not finite. Checked before every
-    checkpoint, so RUN/last.pt never holds a state trained through a NaN."""
-    values = torch.stack([v.float() for _, v in losses]).cpu()
-    finite = torch.isfinite(values)
+def checked_losses(
+    losses: list[tuple[int, torch.Tensor]],
+    description: str,
+    state_path: Path,
+    extra: list[torch.Tensor] | None = None,
+) -> tuple[list[float], list[float]]:
+    """The losses logged since the last check, and `extra` (a window's log sums), brought to
+    the host in one sync; a clear error naming the first step whose loss was not finite.
+    Checked before every checkpoint, so RUN/last.pt never holds a state trained through a
+    NaN."""
+    extra = extra or []
+    values = torch.stack([v.float() for _, v in losses] + [v.float() for v in extra]).cpu()
+    losses_at = values[: len(losses)]
+    finite = torch.isfinite(losses_at)
     if not finite.all():
         k = int((~finite).nonzero()[0])
         raise BoxsegError(
             f"{description}: loss became {values[k].item()} at step {losses[k][0]}; try a lower "
             "--lr" + (f" ({state_path} holds the last good state)" if state_path.is_file() else "")
         )
-    return float(values[-1])
+    return losses_at.tolist(), values[len(losses) :].tolist()
+
+
+@dataclass
+class LogWindow:
+    """What one metrics record reports of the steps since the last one: the mean loss, the
+    mean of each tensor log (loss_f, loss_w, ...; over the steps that had it), the sum of the
+    `skipped_*` counts, and plain values (alpha, stage) as the last step left them. Tensor
+    logs are summed on the device; they reach the host with the losses, in the one sync a
+    record already needs."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)  # host values of the checked losses
+
+    def add(self, logs: dict) -> None:
+        """One step's logs (no host sync)."""
+        for k, v in logs.items():
+            if not isinstance(v, torch.Tensor):
+                self.last[k] = float(v)
+                continue
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def record(self, sums: list[float]) -> dict[str, float]:
+        """The window's values, given the host values of `sums` (in their order)."""
+        out = {"loss": sum(self.losses) / max(len(self.losses), 1)}
+        for (k, n), total in zip(self.counts.items(), sums, strict=True):
+            out[k] = total if k.startswith("skipped_") else total / n
+        return out | self.last
 
 
 def fit(
@@ -218,10 +256,12 @@ def fit(
     (loss, logs, n_images).
 
     Under torchrun the step runs through DistributedDataParallel and only rank 0 logs and
-    writes. Logs loss, lr and images/s to RUN/metrics.jsonl every `log_every` steps (logs named
-    `skipped_*`, such as all-void F batches, are summed over those steps); saves
+    writes. Logs loss, lr and images/s to RUN/metrics.jsonl every `log_every` steps: the
+    loss and the step's tensor logs (loss_f, loss_w, ...) as their means over those steps,
+    logs named `skipped_*` (such as all-void F batches) summed (`LogWindow`); saves
     RUN/last.pt every `checkpoint_every` steps (atomically) and continues from it with
-    `resume`; stops with a clear error on a NaN/Inf loss, keeping the last good RUN/last.pt.
+    `resume` (without one, a resumed run starts over, and so does its metrics.jsonl); stops
+    with a clear error on a NaN/Inf loss, keeping the last good RUN/last.pt.
     The losses stay on the device between logged (or saved) steps: one host sync per
     `log_every` steps, not one per step; a non-finite loss is still reported at its step.
     """
@@ -234,10 +274,8 @@ def fit(
     start = 0
     if cfg.resume and state_path.is_file():
         start = load_train_state(state_path, nets, optimizer, scaler, iters)
-        if main:
-            keep_metrics_until(metrics_path, start)
-    elif not cfg.resume and main:
-        metrics_path.unlink(missing_ok=True)
+    if main:  # the lines after `start` (all of them without a checkpoint) will be logged again
+        keep_metrics_until(metrics_path, start)
     train_step: nn.Module = TrainStep(prepare_nets(nets, cfg, device), step_fn)
     if distributed.world() > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -250,8 +288,7 @@ def fit(
         TextColumn("{task.fields[ips]:.1f} img/s"),
         TimeRemainingColumn(),
     )
-    logs: dict = {}
-    counted: dict = {}  # "skipped_*" logs, summed over the steps since the last record
+    window = LogWindow()
     losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) since the last host sync
     mean_loss = float("nan")
     t0, seen = time.perf_counter(), 0
@@ -265,8 +302,7 @@ def fit(
             batch = to_device(next_batch(step), device, cfg.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, logs, n = train_step(batch, step)
-            for k in [k for k in logs if k.startswith("skipped_")]:
-                counted[k] = counted.get(k, 0.0) + logs.pop(k)
+            window.add(logs)
             losses.append((step, distributed.mean_over_ranks(loss.detach())))  # no host sync
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -278,14 +314,16 @@ def fit(
             logging = (step + 1) % cfg.log_every == 0 or step + 1 == iters
             saving = (every and (step + 1) % every == 0) or step + 1 == iters
             if logging or saving:  # the one host sync: losses since the last, checked
-                mean_loss = checked_losses(losses, description, state_path)
-                losses = []
+                sums = list(window.sums.values()) if logging else []
+                checked, sums = checked_losses(losses, description, state_path, sums)
+                window.losses += checked
+                mean_loss, losses = sum(window.losses) / len(window.losses), []
             bar.update(task, advance=1, loss=mean_loss, ips=ips)
-            if main and logging:
-                record = {"step": step + 1, "loss": mean_loss, "lr": lr, "img_per_s": ips}
-                record |= {k: float(v) for k, v in (logs | counted).items()}
-                append_jsonl(metrics_path, record)
-                counted = {}
+            if logging:
+                record = {"step": step + 1} | window.record(sums) | {"lr": lr, "img_per_s": ips}
+                if main:
+                    append_jsonl(metrics_path, record)
+                window = LogWindow()
             if main and saving:
                 save_train_state(state_path, nets, optimizer, scaler, step + 1, iters)
     nets.eval()

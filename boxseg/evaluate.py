@@ -52,7 +52,9 @@ def evaluate_model(
     on: box_constraint.py). `scales`/`flip`: test-time augmentation; `save_pred`: also write
     <id>.png predictions."""
     box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
-    rule = rule_of(meta, BoxConstraint() if constraint is None else constraint)
+    constraint = BoxConstraint() if constraint is None else constraint
+    constraint.validate()
+    rule = rule_of(meta, constraint)
     conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
     model.eval()
     for image_id in track(ds.ids(split) if ids is None else ids, description=f"eval {split}",

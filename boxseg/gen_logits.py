@@ -284,10 +284,11 @@ class PassReader(torch.utils.data.Dataset):
             for i, s in zip(ids, samples, strict=True):
                 if s.image.shape[:2] != self.sizes[i]:
                     (h, w), (sh, sw) = s.image.shape[:2], self.sizes[i]
-                    raise BoxsegError(
-                        f"{self.ds.image_path(self.split, self.image_ids[i])}: the image is "
-                        f"{w}x{h}, the store {self.location} was made for {sw}x{sh}; pass "
-                        "--overwrite to start over"
+                    raise BoxsegError(  # store sizes are this run's header sizes
+                        f"{self.ds.image_path(self.split, self.image_ids[i])}: its pixels are "
+                        f"{w}x{h} but its header said {sw}x{sh} when this run checked it (the "
+                        "file changed during the run, or its header disagrees with its data: "
+                        "re-save the image and run again)"
                     )
         except BoxsegError as e:
             return e

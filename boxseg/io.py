@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from boxseg.errors import BoxsegError
 
@@ -92,16 +94,72 @@ def read_text(path: Path) -> str:
                           f"{e.start}); save it as UTF-8") from e  # fmt: skip
 
 
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the turn from the stored pixels to the displayed frame (the transforms
+# of PIL's ImageOps.exif_transpose and of OpenCV's IMREAD_COLOR; 1 and unknown values: none)
+TO_DISPLAYED = {
+    2: lambda a: cv2.flip(a, 1),
+    3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+    4: lambda a: cv2.flip(a, 0),
+    5: cv2.transpose,
+    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
+    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image, 1 without a valid one. Taken from the
+    EXIF block PIL reads with the header (JPEG APP1, PNG eXIf before the pixels), not from XMP:
+    the tag viewers and labelling tools turn photos by. One rule for `read_image` and every
+    size check, so pixels, sizes, boxes and masks share one frame."""
+    raw = im.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+        value = exif.get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is ignored, as OpenCV ignores it
+        return 1
+    return value if isinstance(value, int) and value in TO_DISPLAYED else 1
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(height, width) of an opened image in its displayed frame: orientations 5-8 turn it
+    a quarter, so width and height swap. Header only."""
+    w, h = im.size
+    return (w, h) if exif_orientation(im) >= 5 else (h, w)
+
+
+def _orientation_of(data: bytes) -> int:
+    """`exif_orientation` of an image file's bytes (1 where PIL cannot parse its header)."""
+    try:
+        with Image.open(BytesIO(data)) as im:
+            return exif_orientation(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 1
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an RGB image as HxWx3 uint8; a clear error for a missing or unreadable file."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Read an RGB image as HxWx3 uint8 in its displayed frame (turned by its EXIF
+    orientation, `exif_orientation`), the frame labelling tools show and export boxes and
+    masks in; a clear error for a missing or unreadable file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # turned below, by our one rule
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if img is None:
         raise BoxsegError(f"{path}: missing or not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    turn = TO_DISPLAYED.get(_orientation_of(data))
+    return cv2.cvtColor(img if turn is None else turn(img), cv2.COLOR_BGR2RGB)
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """Read a single-channel class-index PNG as HxW uint8."""
+    """Read a single-channel class-index PNG as HxW uint8, as stored: IMREAD_UNCHANGED never
+    applies an EXIF orientation (class ids are data, not a photo)."""
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise BoxsegError(f"{path}: missing or not a readable mask image")

@@ -52,7 +52,8 @@ def list_images(source: Path) -> list[Path]:
 
 def run_predict(model_path: Path, source: Path, out: Path, device: str = "auto",
                 quiet: bool = False) -> list[Path]:  # fmt: skip
-    """Write OUT/<stem>.png (class indices) and OUT/<stem>_overlay.png for each image."""
+    """Write OUT/<stem>.png (class indices) and OUT/<stem>_overlay.png for each image, in its
+    displayed frame (EXIF orientation applied, as `read_image` reads it; docs/formats.md)."""
     source = Path(source)
     images = list_images(source)
     output_dir(out, "predict", [source if source.is_dir() else source.parent])

@@ -17,9 +17,10 @@ F lacks) and, with `--model`, the primary net.
   max(0, fill the class has in the median W box - this box's fill), averaged over the boxes.
 - `disagree` (with `--model`): the share of pixels where the primary net's argmax differs from
   the pseudo-label's: the disagreement self-correction works on.
-- `rare`: the mean class weight (median-frequency weights over F's masks, class_weights.py)
-  over what the image holds (`holds`: its boxes' areas; for classes without boxes, the
-  pseudo-label outside the boxes): images of classes F has little of.
+- `rare`: the mean class weight (median-frequency weights over F's masks, class_weights.py;
+  a class F lacks weighs `LACKING` times F's rarest class: `rarity_weights`) over what the
+  image holds (`holds`: its boxes' areas; for classes without boxes, the pseudo-label outside
+  the boxes): images of classes F has little of, or none.
 
 Signals are on different scales, so each becomes its percentile among the W images, and the
 score is their weighted mean (`RankWeights`). Diversity: the order is chosen greedily, each
@@ -45,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from rich.progress import track
 
-from boxseg.box_constraint import NEG, BoxEvidence, ConstraintRule
+from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.checkpoint import load_model
-from boxseg.class_weights import resolve_class_weights
+from boxseg.class_weights import class_pixel_counts, median_frequency
 from boxseg.data.formats import SegDataset, open_dataset
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.engine import resolve_device
@@ -65,6 +66,7 @@ HEADER = ("rank", "id", "score", "gain", *SIGNALS, "boxes", "classes")
 LAYOUT_GRID = 4  # the diversity feature: class probabilities pooled to 4 x 4 cells
 TAU_FRACTION = 0.25  # tau: this fraction of the median pairwise layout distance
 CLASS_SHARE = 0.01  # the CSV lists a class that holds (`holds`) at least 1% of the image
+LACKING = 2.0  # `rare`: a class F's masks lack weighs this many times F's rarest class
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,13 @@ class ImageSignals:
     boxes: int
 
 
-def box_masks(ev: BoxEvidence) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B x H, B x W) float: the rows and the columns each real box of a whole image covers
-    (its pixels are their outer product), the pixels the box constraint uses."""
-    b = ev.bounds[0][ev.labels[0] >= 0]
-    rows, cols = ev.rows[0], ev.cols[0]
-    in_rows = (rows >= b[:, 1, None]) & (rows < b[:, 3, None])
-    in_cols = (cols >= b[:, 0, None]) & (cols < b[:, 2, None])
-    return in_rows.float(), in_cols.float()
+def box_masks(ev: BoxEvidence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B x H, B x W) float and B labels: the rows and the columns each box of a whole image
+    covers (its pixels are their outer product) and its class, for the boxes that count
+    (`pixel_boxes`): the pixels and the boxes the box constraint uses."""
+    real = ev.labels[0] >= 0
+    in_rows, in_cols = ev.extents()
+    return in_rows[0][real].float(), in_cols[0][real].float(), ev.labels[0][real]
 
 
 def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
@@ -129,14 +130,14 @@ def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
     loop over pixels or boxes."""
     raw = store.read_full(i, constrained=False)
     k, h, w = raw.shape
-    boxes, labels = store.read_boxes(i)
     valid = ~torch.isnan(raw).any(0)
     validf = valid.float()
     n_valid = max(float(validf.sum()), 1.0)
     raw = raw.nan_to_num(0.0)
-    ev = BoxEvidence.whole([boxes], [labels], h, w)
-    in_rows, in_cols = box_masks(ev)
-    box_class = F.one_hot(torch.from_numpy(labels), k).float()  # B x K
+    boxes, stored_labels = store.read_boxes(i)
+    ev = BoxEvidence.whole([boxes], [stored_labels], h, w)
+    in_rows, in_cols, labels = box_masks(ev)  # the boxes that count (`pixel_boxes`)
+    box_class = F.one_hot(labels, k).float()  # B x K
     covered = torch.einsum("bk,bh,bw->khw", box_class, in_rows, in_cols) > 0  # by class
     bias = store.rule.bias(ev)[0] if store.rule is not None else None
     logits = raw if bias is None else raw + bias
@@ -145,15 +146,15 @@ def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(0) / math.log(k)
     values: dict[str, float | None] = {"entropy": float((entropy * validf).sum() / n_valid),
                                        "outside": None, "empty": None, "disagree": None}
-    if bias is not None:  # mass on the classes the rule forbids (a bias of -NEG)
-        forbidden = (bias < -NEG / 2).float()
+    if bias is not None:  # mass on the classes the rule forbids
+        forbidden = (~store.rule.allowed(ev)[0]).float()
         values["outside"] = float((torch.softmax(raw, 0) * forbidden).sum(0)[valid].sum()
                                   / n_valid)  # fmt: skip
     if primary_logits is not None:
         other = primary_logits.max(0).indices
         values["disagree"] = float(((other != pred) & valid).sum() / n_valid)
     # each box's fill: the share of its valid pixels whose pseudo-label is the box's class
-    own = (pred[None] == torch.from_numpy(labels)[:, None, None]).float() * validf  # B x H x W
+    own = (pred[None] == labels[:, None, None]).float() * validf  # B x H x W
     hits = torch.einsum("bh,bw,bhw->b", in_rows, in_cols, own)
     area = torch.einsum("bh,bw,hw->b", in_rows, in_cols, validf)
     fills = [(int(c), float(hit / a)) for c, hit, a in zip(labels, hits, area, strict=True)
@@ -186,6 +187,19 @@ def holds(pred: torch.Tensor, valid: torch.Tensor, covered: torch.Tensor,
         if rule.background is not None:
             free[rule.background] = True
     return torch.where(free, from_label, from_boxes) / float(h * w)
+
+
+def rarity_weights(ds: SegDataset, split: str, full_ids: list[str]) -> torch.Tensor:
+    """`rare`'s K class weights: median-frequency over F's masks; a class they lack (weight 1
+    for the losses) gets `LACKING` times the largest weight: no class is rarer to F than one
+    it never shows, and an image holding it is the one a mask would teach most."""
+    masks = (ds.read_mask(split, i) for i in full_ids)
+    pixels, present_in = class_pixel_counts(masks, ds.num_classes)
+    weights = median_frequency(pixels, present_in)
+    lacking = pixels == 0
+    if lacking.any() and not lacking.all():
+        weights[lacking] = LACKING * weights[~lacking].max()
+    return torch.from_numpy(weights)
 
 
 def empty_boxes(fills: list[list[tuple[int, float]]]) -> list[float | None]:
@@ -277,7 +291,7 @@ def rank_store(ds: SegDataset, split: str, full_ids: list[str], store: LogitsSto
                quiet: bool = True) -> list[dict]:  # fmt: skip
     """Rows of the ranking, most useful first (see the module docstring); `primary`: (model,
     meta) of a primary net, for `disagree`."""
-    class_weights = resolve_class_weights("median-freq", ds, split, full_ids)  # over F's masks
+    class_weights = rarity_weights(ds, split, full_ids)
     found: dict[int, ImageSignals] = {}
     # gen-logits' forward passes: same-size images together, a pixel budget on the CPU
     groups = forward_passes(store, list(range(len(store))), 8, device or torch.device("cpu"))

@@ -239,7 +239,9 @@ def f_anc_logits(anc: nn.Module | None, like_store: tuple[int, str] | None,
 def weak_loss_scale(weak_weight: float, f_batch: int, w_batch: int) -> float:
     """The W term's factor. The paper sums the loss over images, (sum_F + sum_W) / n_F =
     mean_F + (n_W / n_F) mean_W; the terms are per-set means, so W's mean is scaled by W images
-    per F image (1 when the batches are equal), times --weak-weight."""
+    per F image (1 when the batches are equal), times --weak-weight. `f_batch` and `w_batch`
+    are the batches a step delivers (`Batches.batch_size`), not those asked for: a set smaller
+    than its batch gives all its images (per process) each step."""
     return weak_weight * w_batch / f_batch
 
 

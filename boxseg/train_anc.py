@@ -11,10 +11,11 @@ from boxseg import distributed
 from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.box_losses import BoxTerms, WeakBoxLoss
 from boxseg.class_weights import resolve_class_weights
+from boxseg.data.box_noise import BoxNoise
 from boxseg.data.boxes import BoxSpec, box_channels
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
-from boxseg.data.sampling import Batches, mixed
+from boxseg.data.sampling import Batches, mixed, warn_if_short
 from boxseg.data.split import SplitSpec, fraction_of, split_dataset
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -44,6 +45,7 @@ def train_anc(
     constraint_loss: bool = False,
     weak_boxes: WeakBoxLoss | None = None,
     weak_batch_size: int | None = None,
+    box_noise: BoxNoise | None = None,
 ) -> dict:
     """Train on F (or a `full_fraction` of it: the conv recipe's stage 1), with the boxes
     entering through `box_path` (default: max-pooled boxes and the direct path) and the loss
@@ -53,6 +55,8 @@ def train_anc(
     `weak_boxes` (enabled): each step also draws `weak_batch_size` W images with their boxes
     (never their masks) and adds the box-supervised terms of box_losses.py on the net's
     box-consistent logits, so W's boxes teach shapes too, not only F's masks.
+    `box_noise`: F's boxes made imprecise at every draw (box_noise.py), for W boxes that are
+    loose, shifted or missing; recorded in model.pt.
 
     Writes RUN/model.pt, config.json, metrics.jsonl; returns the val scores (or {}).
     """
@@ -80,9 +84,12 @@ def train_anc(
     say_pretrained(model, quiet)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     rule = ConstraintRule.of(ds.num_classes, ds.background, box_spec.classes)
+    box_noise = box_noise or BoxNoise()
     train_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, True, IMAGENET_MEAN,
-                             IMAGENET_STD, evidence=constraint_loss)  # fmt: skip
+                             IMAGENET_STD, evidence=constraint_loss,
+                             box_noise=box_noise)  # fmt: skip
     f_batches = Batches(train_set, cfg.batch_size, cfg.workers, cfg.seed)
+    warn_if_short(f_batches, "F", "--batch-size")
     iters = total_iters(cfg, f_batches)
     w_batches, w_ids = None, []
     if weak_boxes.enabled:
@@ -94,6 +101,7 @@ def train_anc(
         w_set = OnlineWeakTrainSet(ds, split.split, w_ids, box_spec, aug, IMAGENET_MEAN,
                                    IMAGENET_STD)  # fmt: skip
         w_batches = Batches(w_set, weak_batch_size or cfg.batch_size, cfg.workers, cfg.seed + 1)
+        warn_if_short(w_batches, "W", "--weak-batch-size" if weak_batch_size else "--batch-size")
     terms = BoxTerms(weak_boxes, iters, ds.background, rule)
     if distributed.is_main():
         write_config(
@@ -108,6 +116,7 @@ def train_anc(
                 "model": spec.to_dict(),
                 "box_path": box_path.to_dict(),
                 "constraint_loss": constraint_loss,
+                "box_noise": box_noise.to_dict(),
                 "weak_boxes": weak_boxes.to_dict() | {
                     "num_images": len(w_ids),
                     "batch_size": w_batches.batch_size if w_batches else None},
@@ -152,6 +161,8 @@ def train_anc(
     meta = model_meta("ancillary", spec, ds, box_spec, channels, IMAGENET_MEAN, IMAGENET_STD)
     # what conv's merger needs to know: did this net see all of F (then it has little to learn)
     meta["trained_on"] = {"split": split.to_dict(), "full_fraction": full_fraction,
-                          "num_images": len(full_ids), "num_full": num_full}  # fmt: skip
+                          "num_images": len(full_ids), "num_full": num_full,
+                          "ids": sorted(full_ids)}  # fmt: skip
+    meta["box_noise"] = box_noise.to_dict()  # the box imprecision it was taught to read
     return finish_run(out, model, meta, ds, val_split, device, timing, iters,
                       "train-anc (boxes given)", quiet)  # fmt: skip

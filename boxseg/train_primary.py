@@ -23,7 +23,7 @@ from boxseg.checkpoint import file_sha256, load_model
 from boxseg.class_weights import resolve_class_weights
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, open_dataset
-from boxseg.data.sampling import Batches, mixed
+from boxseg.data.sampling import Batches, mixed, warn_if_short
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -117,7 +117,8 @@ def train_primary(
     if distributed.is_main():
         out = prepare_run_dir(out, "train-primary", data, cfg.resume, cfg.overwrite)
     out = Path(out)
-    anc = load_ancillary(anc_model, ds, device, self_corr, allow_full_anc, box_constraint)
+    anc = load_ancillary(anc_model, ds, device, self_corr, allow_full_anc, box_constraint,
+                         full_ids)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     weak = weak_source(ds, split.split, weak_ids, logits, anc, box_constraint, skip_bad,
                        Path(out), aug, quiet or not distributed.is_main())  # fmt: skip
@@ -133,10 +134,9 @@ def train_primary(
     f_set = FullTrainSet(ds, split.split, full_ids, box_spec, aug, conv, IMAGENET_MEAN,
                          IMAGENET_STD, evidence=conv and anc.rule is not None)  # fmt: skip
     f_batches = Batches(f_set, cfg.batch_size, cfg.workers, cfg.seed)
+    warn_if_short(f_batches, "F", "--batch-size")
     w_steps = total_iters(cfg, f_batches)  # steps with a W batch (all steps without W)
-    warmup = (w_steps // 3 if conv_warmup is None else conv_warmup) if conv else 0
-    if warmup < 0:
-        raise BoxsegError(f"--conv-warmup {warmup}: must be >= 0")
+    warmup = stage2_steps(conv, conv_warmup, w_steps)
     iters, nw = w_steps + warmup, weak_batch_size or cfg.batch_size
     like_store = None
     if weak is not None and isinstance(weak.store, LogitsStore):
@@ -148,10 +148,9 @@ def train_primary(
     trainable = nn.ModuleDict({"primary": model})
     if correction.merger is not None:
         trainable["merger"] = correction.merger.to(device)
-    w_batches = None  # W joins at step `warmup` (0 unless conv): its stream starts there
-    if weak is not None:
-        w_batches = Batches(weak.dataset, nw, cfg.workers, cfg.seed + 1, offset=warmup)
-    w_scale = weak_loss_scale(weak_weight, cfg.batch_size, nw)
+    w_batches = weak_batches(weak, nw, cfg, warmup, weak_batch_size is not None)
+    sizes = batch_sizes(f_batches, w_batches, nw)
+    w_scale = weak_loss_scale(weak_weight, sizes["batch_size"], sizes["weak_batch_size"])
     objective = Objective(correction, weak.logits if weak else None, weights, w_scale,
                           box_terms(weak_boxes, weak, iters, ds.background, anc), hard_pixels)
     mode = self_corr if weak else "f_only"
@@ -159,7 +158,7 @@ def train_primary(
         write_config(out, "train-primary", run_config(
             ds, split, full_ids, weak, logits, anc, mode, (alpha_start, alpha_end,
             alpha_decay_fraction), (conv_hidden, warmup, conv_grad_to_primary), weak_weight,
-            nw, w_scale, spec, pretrained, model, class_weights, weights, box_constraint, cfg,
+            sizes, w_scale, spec, pretrained, model, class_weights, weights, box_constraint, cfg,
             iters) | {"weak_boxes": weak_boxes.to_dict(), "hard_pixels": hard_pixels}, device)
     batches = mixed(f_batches, w_batches, warmup)
     timing = fit(trainable, objective, batches, cfg, iters, device, out,
@@ -206,6 +205,10 @@ def check_options(cfg: TrainConfig, box_constraint: BoxConstraint, self_corr: st
         raise BoxsegError("--self-corr conv needs --anc-model (g learns on F from its logits)")
     if logits is not None and anc_model is not None and self_corr != "conv":
         raise BoxsegError("give --logits or --anc-model, not both (both only with conv)")
+    if anc_model is None and box_constraint != BoxConstraint():
+        raise BoxsegError(f"box constraint {box_constraint.to_dict()}: not used without "
+                          "--anc-model (a store's targets follow the rule gen-logits wrote "
+                          "them with)")  # fmt: skip
 
 
 def box_terms(weak_boxes: WeakBoxLoss, weak: WeakSource | None, iters: int,
@@ -223,15 +226,15 @@ def box_terms(weak_boxes: WeakBoxLoss, weak: WeakSource | None, iters: int,
 
 
 def load_ancillary(anc_model: Path | None, ds: SegDataset, device: torch.device,
-                   self_corr: str, allow_full_anc: bool,
-                   box_constraint: BoxConstraint) -> Ancillary | None:  # fmt: skip
+                   self_corr: str, allow_full_anc: bool, box_constraint: BoxConstraint,
+                   full_ids: list[str]) -> Ancillary | None:  # fmt: skip
     """The frozen ancillary net at `anc_model` (None without one), checked for this data."""
     if anc_model is None:
         return None
     net, meta = load_model(anc_model, kind="ancillary", device=device)
     check_classes(meta, ds, str(anc_model))
     if self_corr == "conv" and not allow_full_anc:
-        check_anc_for_conv(meta, anc_model)
+        check_anc_for_conv(meta, anc_model, full_ids)
     return Ancillary(frozen(net), meta, Path(anc_model), rule_of(meta, box_constraint))
 
 
@@ -275,7 +278,62 @@ def weak_source(ds: SegDataset, split: str, weak_ids: list[str],
                       constrained(StoredLogits(store.may_hold_void), store.rule), store)
 
 
-def run_config(ds, split, full_ids, weak, logits, anc, mode, alpha, conv, weak_weight, nw,
+def stage2_steps(conv: bool, conv_warmup: int | None, w_steps: int) -> int:
+    """Steps of conv's stage 2 (primary and g on F only): `conv_warmup`, default a third of the
+    steps with W; 0 for the other modes."""
+    if not conv:
+        return 0
+    warmup = w_steps // 3 if conv_warmup is None else conv_warmup
+    if warmup < 0:
+        raise BoxsegError(f"--conv-warmup {warmup}: must be >= 0")
+    return warmup
+
+
+def weak_batches(weak: WeakSource | None, nw: int, cfg: TrainConfig, warmup: int,
+                 own_size: bool) -> Batches | None:  # fmt: skip
+    """W's batches of `nw` images, joining at step `warmup` (0 unless conv: the stream starts
+    there), with a warning when W is smaller than its batch; None without W."""
+    if weak is None:
+        return None
+    batches = Batches(weak.dataset, nw, cfg.workers, cfg.seed + 1, offset=warmup)
+    warn_if_short(batches, "W", "--weak-batch-size" if own_size else "--batch-size")
+    return batches
+
+
+def batch_sizes(f_batches: Batches, w_batches: Batches | None, nw: int) -> dict[str, int]:
+    """The batch sizes each step delivers (per process; a set smaller than the batch asked
+    for gives its whole share), which the W term's weight follows, and those asked for."""
+    return {
+        "batch_size": f_batches.batch_size,
+        "batch_size_requested": f_batches.requested,
+        "weak_batch_size": w_batches.batch_size if w_batches else nw,
+        "weak_batch_size_requested": nw,
+    }
+
+
+def anc_trained_on(anc: Ancillary | None, full_ids: list[str]) -> dict | None:
+    """What the ancillary net trained on, as config.json records it: its model.pt's record with
+    the id list replaced by how many of this run's F images it saw."""
+    if anc is None or anc.meta.get("trained_on") is None:
+        return None
+    record = dict(anc.meta["trained_on"])
+    ids = record.pop("ids", None)
+    record["f_images_seen"] = None if ids is None else len(set(ids) & set(full_ids))
+    return record
+
+
+def applied_rule(weak: WeakSource | None, box_constraint: BoxConstraint) -> dict | None:
+    """The box rule W's targets follow: the store's own (as gen-logits wrote it), or the option
+    for the ancillary net run online; None without W."""
+    if weak is None:
+        return None
+    if weak.kind == "store":
+        attrs = getattr(weak.store, "attrs", None) or {}
+        return attrs.get("box_constraint")
+    return box_constraint.to_dict()
+
+
+def run_config(ds, split, full_ids, weak, logits, anc, mode, alpha, conv, weak_weight, sizes,
                w_scale, spec, pretrained, model, class_weights, weights, box_constraint, cfg,
                iters) -> dict:  # fmt: skip
     """What config.json records of a train-primary run."""
@@ -285,31 +343,38 @@ def run_config(ds, split, full_ids, weak, logits, anc, mode, alpha, conv, weak_w
         "num_weak": len(weak.ids) if weak else 0, "weak_source": weak.kind if weak else None,
         "logits": logits if logits is None else str(logits),
         "anc_model": str(anc.path) if anc else None, "self_corr": mode,
-        "anc_trained_on": anc.meta.get("trained_on") if anc else None,
+        "anc_trained_on": anc_trained_on(anc, full_ids),
         "alpha": {"start": alpha[0], "end": alpha[1], "decay_fraction": alpha[2]},
         "conv": {"hidden": conv[0], "warmup": warmup, "grad_to_primary": conv[2]},
-        "weak_weight": weak_weight, "weak_batch_size": nw, "weak_loss_scale": w_scale,
+        "weak_weight": weak_weight, **sizes, "weak_loss_scale": w_scale,
         "model": spec.to_dict(), "pretrained": pretrained,
         "pretrained_loaded": model.backbone.pretrained,
         "class_weights": {"option": class_weights,
                           "values": None if weights is None else weights.tolist()},
-        "box_constraint": box_constraint.to_dict() if anc else None,
+        "box_constraint": applied_rule(weak, box_constraint),
         "train": cfg.to_dict(), "iters": iters,
         "w_steps": (iters - warmup) if weak else 0, "stage2_steps": warmup,
     }  # fmt: skip
 
 
-def check_anc_for_conv(anc_meta: dict, anc_model: Path) -> None:
-    """Conv's merger learns on F to correct the ancillary logits; an ancillary net trained on
-    all of F is (near) right on F, so g would learn to trust it and correct nothing on W."""
+def check_anc_for_conv(anc_meta: dict, anc_model: Path, full_ids: list[str]) -> None:
+    """Conv's merger learns on F to correct the ancillary logits; an ancillary net that trained
+    on every image of this run's F is (near) right on all of them, so g would learn to trust it
+    and correct nothing on W. Judged by the ids the net trained on (model.pt records them);
+    checkpoints made before boxseg recorded them are judged by their --full-fraction."""
     trained_on = anc_meta.get("trained_on")
-    if trained_on is not None and trained_on.get("full_fraction", 1.0) < 1.0:
+    seen = (trained_on or {}).get("ids")
+    if seen is not None:
+        if set(full_ids) - set(seen):
+            return
+        how = f"on all of F (every one of this run's {len(full_ids)} F images)"
+    elif trained_on is not None and trained_on.get("full_fraction", 1.0) < 1.0:
         return
-    how = "on all of F"
-    if trained_on is None:
-        how += " (its model.pt does not say: made before boxseg recorded it)"
+    else:
+        how = "on all of F" + ("" if trained_on else " (its model.pt does not say: made before "
+                                "boxseg recorded it)")  # fmt: skip
     raise BoxsegError(
         f"{anc_model}: --self-corr conv needs an ancillary net trained on part of F (the "
         f"paper's stage 1), this one was trained {how}; train one with train-anc "
-        "--full-fraction 0.5, or pass --allow-full-anc"
+        "--full-fraction 0.5 (or --full-list a part of F), or pass --allow-full-anc"
     )

@@ -1,6 +1,8 @@
 """`boxseg viz`: one picture per weak image, to judge the pseudo-labels before trusting them.
 
-Panels, left to right: the image with its boxes; the store's argmax (the ancillary net's, or
+Panels, left to right: the image with the store's boxes (those gen-logits used, with the box
+spec it used, less any covering no pixel: the boxes that shaped the pseudo-label); the store's
+argmax (the ancillary net's, or
 box-fill's / GrabCut's, pseudo-label; void black; made box-consistent at pixel level with the
 store's boxes unless gen-logits was told --no-box-constraint, and the title says so); its confidence
 (max softmax probability, dark = unsure); with `--model`, q: the target a primary model would
@@ -17,8 +19,8 @@ import numpy as np
 import torch
 
 from boxseg.checkpoint import load_model
-from boxseg.data.boxes import BoxSpec, box_pixels
-from boxseg.data.formats import load_weak, open_dataset
+from boxseg.data.boxes import pixel_boxes
+from boxseg.data.formats import open_dataset
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_logits
@@ -52,13 +54,14 @@ def panel(picture: np.ndarray, title: str, zoom: int) -> np.ndarray:
 def render(ds, split: str, store: LogitsStore, image_id: str, colours: np.ndarray, zoom: int,
            primary=None, alpha: float = 1.0, device=None) -> np.ndarray:  # fmt: skip
     """The picture of one weak image (see the module docstring)."""
-    s = load_weak(ds, split, image_id, BoxSpec())
+    image = ds.read_image(split, image_id)
     anc = store.read_full(store.index(image_id))
     void = torch.isnan(anc).any(0).numpy()
     anc = anc.nan_to_num(0.0)
     prob = torch.softmax(anc, 0)
-    boxed = s.image.copy()
-    for (x1, y1, x2, y2), label in zip(box_pixels(s.boxes, *s.size), s.labels, strict=True):
+    boxed = image.copy()
+    px = pixel_boxes(*store.read_boxes(store.index(image_id)), *image.shape[:2])
+    for (x1, y1, x2, y2), label in zip(px.bounds.tolist(), px.labels, strict=True):
         cv2.rectangle(boxed, (x1, y1), (x2 - 1, y2 - 1), colours[label].tolist(), 1)
     conf = (prob.max(0).values.numpy() * 255).astype(np.uint8)
     heat = cv2.cvtColor(cv2.applyColorMap(conf, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
@@ -70,7 +73,7 @@ def render(ds, split: str, store: LogitsStore, image_id: str, colours: np.ndarra
               panel(heat, "confidence", zoom)]  # fmt: skip
     if primary is not None:
         model, meta, merger = primary
-        logits = predict_logits(model, meta, s.image, device)
+        logits = predict_logits(model, meta, image, device)
         if merger is not None:
             with torch.no_grad():
                 q = merger(logits[None], anc[None])[0]

@@ -119,6 +119,55 @@ def test_box_pixels_is_one_rule_for_every_consumer():
         assert (raster == cover).all() and (filled == cover).all() and (allowed == cover).all()
 
 
+EDGE_BOXES = [  # (box xyxy, the pixels [x1, x2) x [y1, y2) it covers, or None: no pixel)
+    ([10.6, 3, 10.9, 4], (10, 3, 11, 4)),  # thinner than a pixel: the pixel it lies in
+    ([30.5, 29.2, 32, 32], (30, 29, 32, 32)),  # at the image's bottom-right border
+    ([0, 0, 0.4, 32], (0, 0, 1, 32)),  # sub-pixel wide, at the left border, full height
+    ([5, 5, 5, 9], None),  # zero width: a click
+    ([3, 7, 9, 7], None),  # zero height
+    ([32, 4, 32, 8], None),  # on the right edge: nothing left inside the image
+]
+
+
+@pytest.mark.parametrize("box, pixels", EDGE_BOXES)
+def test_every_consumer_agrees_on_which_pixels_a_box_covers(box, pixels):
+    """The encoder's raster, box-fill, the constraint, its prior, the weak-box losses and rank
+    cover the pixels `pixel_boxes` gives (a box covering none: no pixel, and not counted)."""
+    from boxseg.box_labels import box_fill
+    from boxseg.box_losses import projection_loss
+    from boxseg.data.boxes import pixel_boxes, rasterize_boxes
+    from boxseg.rank import box_masks
+
+    h = w = 32
+    boxes, labels = np.array([box], np.float32), np.array([1])
+    want = np.zeros((h, w), bool)
+    if pixels is not None:
+        x1, y1, x2, y2 = pixels
+        want[y1:y2, x1:x2] = True
+    px = pixel_boxes(boxes, labels, h, w)
+    assert px.keep.tolist() == [pixels is not None] and px.dropped == int(pixels is None)
+    assert px.bounds.tolist() == ([] if pixels is None else [list(pixels)])
+    raster = rasterize_boxes(boxes, labels, 3, h, w, 0)[1] > 0
+    filled = box_fill(h, w, boxes, labels, 0) == 1
+    bias = _bias(boxes, labels, 3, h, w, 0, prior=3.0)
+    allowed, prior = (bias[1] > -NEG / 2).numpy(), (bias[1] == 3.0).numpy()
+    ev = BoxEvidence.whole([boxes], [labels], h, w)
+    in_rows, in_cols, kept = box_masks(ev)
+    ranked = (in_rows.T @ in_cols > 0).numpy() if len(kept) else np.zeros((h, w), bool)
+    for got in (raster, filled, allowed, prior, ranked):
+        np.testing.assert_array_equal(got, want)
+    assert len(kept) == int(pixels is not None)
+    # the tightness term: nothing to ask of a box it leaves out; for the others, zero for a
+    # shape filling the box's pixels, above zero once their last column or first row is empty
+    probs = torch.from_numpy(np.stack([~want, want, np.zeros_like(want)])).float()[None]
+    assert projection_loss(probs, ev) == 0
+    if pixels is not None:
+        for cut in ((slice(None), slice(x2 - 1, x2)), (slice(y1, y1 + 1), slice(None))):
+            part = probs.clone()
+            part[0, 1][cut] = 0
+            assert projection_loss(part, ev) > 0
+
+
 # --- the probe: a confident net ("class 1, logit +10" everywhere) through every read path ---
 
 K = 3
@@ -184,7 +233,8 @@ def _images(seed=0, n=3, h=48, w=64, boxes=12):
         b, lab = _probe_boxes(rng, h, w, boxes)
         # the fixed boxes of the issue: 12x12, a 3x30 pole, a 2x2 speck
         b = np.concatenate([b, [[5, 5, 17, 17], [40, 10, 43, 40], [30, 2, 32, 4]]]).astype(
-            np.float32)
+            np.float32
+        )
         out.append((rng.integers(0, 255, (h, w, 3), dtype=np.uint8), b,
                     np.ones(len(b), np.int64)))  # fmt: skip
     return out
@@ -251,8 +301,10 @@ def test_probe_conv_f_inputs_and_online_targets_are_exact(stride, dtype):
             items = []
             for image, boxes, labels in images:
                 p = draw_params(rng, *image.shape[:2], 40, (0.5, 2.0), True)
-                items.append({"image": torch.zeros(3, 40, 40), "boxes": torch.zeros(1, 40, 40)}
-                             | crop_evidence(boxes, labels, *image.shape[:2], p, 40))
+                items.append(
+                    {"image": torch.zeros(3, 40, 40), "boxes": torch.zeros(1, 40, 40)}
+                    | crop_evidence(boxes, labels, *image.shape[:2], p, 40)
+                )
             batch = collate(items)
             q = source(batch).argmax(1).numpy()
             for k, (image, boxes, _) in enumerate(images):
@@ -432,3 +484,65 @@ def test_eval_logits_save_pred_writes_box_consistent_pseudo_labels(pipeline, tmp
             for b in boxes[labels == c]:
                 own |= _inside(b, *pred.shape)
             assert not ((pred == c) & ~own).any(), (image_id, c)
+
+
+def test_a_graceful_rule_penalises_by_its_penalty_and_allows_a_margin():
+    """--box-penalty: a class no box allows gets -penalty (a net surer than that by more still
+    wins); --box-margin: a box allows its class that fraction of its side beyond its edges."""
+    k, h, w = 3, 20, 40
+    boxes = np.array([[10, 5, 20, 15]], np.float32)  # 10 x 10 pixels, class 1
+    ev = BoxEvidence.whole([boxes], [np.array([1])], h, w)
+    soft = ConstraintRule.of(k, 0, None, penalty=4.0).bias(ev)[0]
+    assert set(soft.unique().tolist()) == {0.0, -4.0}
+    assert (soft[1] == -4.0).sum() == h * w - 100 and (soft[1, 5:15, 10:20] == 0).all()
+    assert (soft[0] == 0).all() and (soft[2] == -4.0).all()  # background free; 2 has no box
+    logits = torch.zeros(k, h, w)
+    logits[1, 0, 0] = 4.5  # surer of class 1 than the penalty: still wins outside its box
+    logits[1, 0, 1] = 3.5  # less sure: the background wins
+    won = (logits + soft).argmax(0)
+    assert won[0, 0] == 1 and won[0, 1] == 0
+    grown = ConstraintRule.of(k, 0, None, margin=0.2).allowed(ev)[0, 1]
+    ys, xs = np.nonzero(grown.numpy())
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (8, 22, 3, 17)
+    # a fractional margin rounds outwards to whole pixels
+    assert ConstraintRule.of(k, 0, None, margin=0.05).allowed(ev)[0, 1].sum() == 12 * 12
+
+
+def test_records_of_the_hard_rule_read_and_compare_as_before():
+    """Stores of 0.2 hold {"enabled", "prior"} and a rule without penalty or margin: they
+    read as the hard rule, and the hard rule writes exactly those records."""
+    assert BoxConstraint().to_dict() == {"enabled": True, "prior": 0.0}
+    old = {"num_classes": 3, "free": [0], "background": 0, "prior": 0.0}
+    assert ConstraintRule.of(3, 0, None).to_dict() == old
+    assert ConstraintRule.from_dict(old) == ConstraintRule.of(3, 0, None)
+    soft = BoxConstraint(True, 0.0, 5.0, 0.1)
+    assert BoxConstraint.from_dict(soft.to_dict()) == soft
+    rule = ConstraintRule.of(3, 0, None, 0.0, 5.0, 0.1)
+    assert ConstraintRule.from_dict(rule.to_dict()) == rule
+    for bad in (BoxConstraint(penalty=0), BoxConstraint(penalty=2e4), BoxConstraint(margin=-1)):
+        with pytest.raises(BoxsegError, match="--box-(penalty|margin)"):
+            bad.validate()
+
+
+def test_gen_logits_records_a_graceful_rule_and_readers_apply_it(pipeline, tmp_path, capsys):
+    from boxseg.store import LogitsStore
+    from tests.conftest import run_cli
+
+    out = tmp_path / "soft.zarr"
+    code, _, err = run_cli(["gen-logits", pipeline["data"], "--model", pipeline["anc"], "--out",
+                            out, "--num-full", "4", "--device", "cpu", "--quiet",
+                            "--box-penalty", "3", "--box-margin", "0.25"], capsys)  # fmt: skip
+    assert code == 0, err
+    store = LogitsStore.open(out)
+    assert store.attrs["box_constraint"] == {"enabled": True, "prior": 0.0, "penalty": 3.0,
+                                             "margin": 0.25}  # fmt: skip
+    assert store.rule.penalty == 3.0 and store.rule.margin == 0.25
+    hard = LogitsStore.open(pipeline["store"])
+    raw = store.read_full(0, constrained=False)
+    np.testing.assert_allclose(raw, hard.read_full(0, constrained=False))  # the same net
+    diff = store.read_full(0) - raw
+    diff = diff[~diff.isnan()]
+    assert diff.min() >= -3.0 - 1e-3 and diff.min() < -2.9  # the penalty, and only it
+    args = ["eval", pipeline["data"], "--model", pipeline["anc"], "--split", "val"]
+    code, _, err = run_cli([*args, "--device", "cpu", "--quiet", "--box-penalty", "0"], capsys)
+    assert code == 2 and "--box-penalty 0: must be in" in err

@@ -28,6 +28,35 @@ def test_box_fill_paints_small_boxes_over_large_ones():
     assert (no_bg[want == 0] == VOID).all() and (no_bg[want != 0] == want[want != 0]).all()
 
 
+def test_box_fill_and_the_prior_agree_on_which_box_is_smaller():
+    """Box-fill and the prior both call the box of fewer covered pixels the smaller: box 0
+    (1.5 x 1.5) and box 1 (2 x 2) cover the same 2 x 2 pixels, so the later box ends on top in
+    box-fill, as the constraint's prior gives it the bonus."""
+    from boxseg.box_constraint import BoxEvidence, ConstraintRule
+
+    boxes = np.array([[0, 0, 1.5, 1.5], [0, 0, 2, 2]], np.float32)
+    labels = np.array([1, 2])
+    assert painting_order(boxes).tolist() == [0, 1]
+    filled = box_fill(4, 4, boxes, labels, background=0)
+    bias = ConstraintRule.of(3, 0, None, prior=3.0).bias(
+        BoxEvidence.whole([boxes], [labels], 4, 4))[0]  # fmt: skip
+    favoured = torch.where(bias.max(0).values == 3.0, bias.argmax(0), 0).numpy()
+    np.testing.assert_array_equal(filled, favoured)
+    assert (filled[:2, :2] == 2).all() and (filled[2:] == 0).all()
+
+
+def test_a_box_covering_no_pixel_paints_nothing_and_is_no_grabcut_fallback():
+    image, _ = _disc_image()
+    boxes = np.array([[15, 15, 66, 66], [70, 10, 70, 30]], np.float32)  # a box; a click
+    labels = np.array([1, 2])
+    out, fallbacks = grabcut_fill(image, boxes, labels, background=0)
+    alone, _ = grabcut_fill(image, boxes[:1], labels[:1], background=0)
+    assert fallbacks == 0
+    np.testing.assert_array_equal(out, alone)
+    np.testing.assert_array_equal(box_fill(80, 80, boxes, labels, 0),
+                                  box_fill(80, 80, boxes[:1], labels[:1], 0))  # fmt: skip
+
+
 def _disc_image():
     rng = np.random.default_rng(0)
     image = (rng.normal(120, 6, (80, 80, 3))).clip(0, 255).astype(np.uint8)  # plain grey

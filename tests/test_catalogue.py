@@ -315,9 +315,9 @@ CASES: list[Case] = [
         ("boxes.json", "outside"),
     ),
     (
-        "box of zero area",
-        lambda c: _folder_with_box(c, [4, 4, 0, 8]),
-        ("boxes.json", "zero or negative size"),
+        "box of negative size",
+        lambda c: _folder_with_box(c, [4, 4, -2, 8]),
+        ("boxes.json", "negative size"),
     ),
     (
         "box with NaN",
@@ -341,7 +341,7 @@ CASES: list[Case] = [
                 "not numbers",
                 "unknown class id",
                 "box outside the image",
-                "box of zero size",
+                "box of negative size",
             ),
             YOLO_BAD,
             strict=True,

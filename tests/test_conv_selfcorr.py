@@ -86,13 +86,57 @@ def test_conv_cli_needs_anc_model(pipeline, tmp_path, capsys):
     assert code == 2 and "--anc-model" in err
 
 
-def test_online_mode_runs(pipeline, tmp_path, capsys):
+def ruled_out(w: dict, rule) -> torch.Tensor:
+    """N x K x H x W: where no box of a boxed class covers the original pixel a crop pixel
+    shows (that class may not be there), from the batch's boxes and source rows / columns."""
+    n, h, wd = w["valid"].shape
+    out = torch.ones(n, rule.num_classes, h, wd, dtype=torch.bool)
+    out[:, list(rule.free)] = False
+    for i in range(n):
+        r, c = w["src_rows"][i][:, None], w["src_cols"][i][None, :]
+        for (x1, y1, x2, y2), k in zip(w["box_bounds"][i].tolist(), w["box_labels"][i].tolist(),
+                                       strict=True):  # fmt: skip
+            if k >= 0:
+                inside = (r >= y1) & (r < y2) & (c >= x1) & (c < x2) & (r >= 0) & (c >= 0)
+                out[i, k] &= ~inside
+    return out
+
+
+def test_online_mode_trains_on_constrained_targets(pipeline, tmp_path, capsys, monkeypatch):
+    """The online ancillary net's targets q: W's loss is logged (finite, non-zero) and q puts
+    ~0 probability on a class where no box of it lies."""
+    from boxseg import selfcorr
+    from boxseg.box_constraint import BoxConstraint, rule_of
+
+    seen = []
+    real_call, real_ce = selfcorr.Objective.__call__, selfcorr.soft_cross_entropy
+
+    def call(self, nets, batch, step):
+        seen.append({"w": batch["w"]})
+        return real_call(self, nets, batch, step)
+
+    def soft_ce(logits, q, *a, **k):
+        seen[-1]["q"] = q
+        return real_ce(logits, q, *a, **k)
+
+    monkeypatch.setattr(selfcorr.Objective, "__call__", call)
+    monkeypatch.setattr(selfcorr, "soft_cross_entropy", soft_ce)
     code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "o",
                             "--anc-model", pipeline["anc"], "--self-corr", "linear",
                             "--num-full", "4", *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
     assert code == 0, err
     config = json.loads((tmp_path / "o" / "config.json").read_text())
     assert config["weak_source"] == "online"
+    lines = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    losses_w = [x["loss_w"] for x in lines if "loss_w" in x]
+    assert losses_w and all(np.isfinite(v) and v > 0.01 for v in losses_w), lines
+    rule = rule_of(read_checkpoint(pipeline["anc"]), BoxConstraint())
+    assert len(seen) == 3 and all("q" in x for x in seen)
+    for x in seen:
+        banned = ruled_out(x["w"], rule)
+        assert banned.float().mean() > 0.1  # the constraint is in play on these crops
+        assert x["q"][banned].max() < 1e-6
+        assert x["q"][~banned].max() > 0.1
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,20 @@ def test_nan_loss_stops_with_the_step(tiny_data, tmp_path):
 
 
 def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path):
-    state = _train(tiny_data, tmp_path / "bf16", amp="bf16")
+    """--amp bf16: the convolutions compute in bfloat16 (seen by a forward hook), the weights
+    stay float32 and finite."""
+    dtypes = []
+
+    def hook(module, args, out):
+        if isinstance(module, torch.nn.Conv2d) and module.training:
+            dtypes.append(out.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        state = _train(tiny_data, tmp_path / "bf16", amp="bf16")
+    finally:
+        handle.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert all(v.dtype != torch.bfloat16 for v in state.values())  # weights stay float32
 
@@ -172,3 +185,54 @@ def test_nan_found_at_a_later_sync_names_its_step_and_keeps_the_good_state(tmp_p
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["step"] == 2  # saved after steps 0-1; the save after step 3 was refused
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def _fit_logged(tmp_path, log_every: int, iters: int = 6, resume: bool = False, die_at=None):
+    """engine.fit on a 2-weight model with fixed weights; the step also logs a share of the
+    loss, a count and a plain value. Returns metrics.jsonl's records."""
+    nets = torch.nn.ModuleDict({"m": torch.nn.Linear(2, 1)})
+    with torch.no_grad():
+        nets["m"].weight.copy_(torch.tensor([[0.5, -0.3]]))
+        nets["m"].bias.fill_(0.2)
+
+    def step_fn(n, batch, i):
+        loss = (n["m"](batch["x"]) - i).pow(2).mean()
+        return loss, {"part": loss.detach() / 2, "skipped_f": torch.tensor(1.0), "alpha": i}, 1
+
+    def next_batch(step):
+        if step == die_at:
+            raise KeyboardInterrupt  # killed before this step
+        return {"x": torch.ones(1, 2)}
+
+    tmp_path.mkdir(exist_ok=True)
+    cfg = TrainConfig(iters=iters, device="cpu", lr=0.01, log_every=log_every,
+                      checkpoint_every=0, resume=resume)  # fmt: skip
+    engine.fit(nets, step_fn, next_batch, cfg, iters, torch.device("cpu"), tmp_path, "fit",
+               quiet=True)  # fmt: skip
+    return [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_logged_losses_are_the_means_of_their_window(tmp_path):
+    """Logged every 2 steps, loss and the tensor logs are the means of the two steps' values
+    (a run logging every step, same weights, gives those); counts are summed; plain values
+    are the window's last."""
+    each = _fit_logged(tmp_path / "each", log_every=1)
+    pairs = _fit_logged(tmp_path / "pairs", log_every=2)
+    assert [r["step"] for r in pairs] == [2, 4, 6]
+    for r, (a, b) in zip(pairs, zip(each[::2], each[1::2], strict=True), strict=True):
+        assert a["loss"] != pytest.approx(b["loss"], rel=1e-3)  # the mean differs from the last
+        assert r["loss"] == pytest.approx((a["loss"] + b["loss"]) / 2, rel=1e-6)
+        assert r["part"] == pytest.approx((a["part"] + b["part"]) / 2, rel=1e-6)
+        assert r["skipped_f"] == 2.0 and r["alpha"] == b["alpha"]
+
+
+def test_resume_before_the_first_checkpoint_starts_a_clean_metrics_file(tmp_path):
+    """Killed before any checkpoint, --resume starts over at step 0: the first run's lines go,
+    so every step is logged once."""
+    with pytest.raises(KeyboardInterrupt):
+        _fit_logged(tmp_path, log_every=1, die_at=3)
+    assert not (tmp_path / "last.pt").exists()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    records = _fit_logged(tmp_path, log_every=1, resume=True)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]

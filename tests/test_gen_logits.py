@@ -97,7 +97,8 @@ def test_an_image_changed_since_the_store_was_made_is_a_clear_error(
     import boxseg.store  # an image changed after that check: the reader says so
 
     monkeypatch.setattr(boxseg.store, "_mismatch", lambda *a: None)
-    with pytest.raises(BoxsegError, match=r"^\S+: the image is 48x40.*made for 32x32") as e:
+    changed = r"^\S+: its pixels are 48x40 but its header said 32x32"
+    with pytest.raises(BoxsegError, match=changed) as e:
         gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
                       workers=workers)  # fmt: skip
     assert "\n" not in str(e.value)

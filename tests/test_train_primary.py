@@ -1,6 +1,7 @@
 """train-primary's composition: per-image loss weighting, self-training targets, fair conv."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from boxseg.checkpoint import read_checkpoint
 from boxseg.data.boxes import BoxSpec
+from boxseg.data.sample import VOID
 from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig
 from boxseg.errors import BoxsegError
@@ -40,6 +42,28 @@ def test_larger_weak_batch_scales_the_logged_loss(pipeline, tmp_path):
     for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
         assert r["loss"] == pytest.approx(r["loss_f"] + 2.0 * r["loss_w"], rel=1e-5)
+
+
+def test_w_weighs_by_the_batches_delivered(pipeline, tmp_path, capsys):
+    """3 F images and --batch-size 8: each step takes 3 F and 8 W images (9 W), so the W term
+    is scaled 8/3 (not 8/8): the logged loss is loss_f + 8/3 loss_w; config.json records the
+    delivered sizes beside the requested ones, and a warning says F is short."""
+    cfg = TrainConfig(iters=2, batch_size=8, crop=32, device="cpu", log_every=1)
+    train_primary(pipeline["data"], tmp_path / "p", SplitSpec("train", 3, 0), SPEC, cfg,
+                  anc_model=pipeline["anc"], val_split=None, quiet=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "boxseg: warning: F has 3 images, fewer than --batch-size 8: each step takes 3 F" in err
+    assert "W has" not in err  # 9 W images fill a batch of 8
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert (config["batch_size"], config["batch_size_requested"]) == (3, 8)
+    assert (config["weak_batch_size"], config["weak_batch_size_requested"]) == (8, 8)
+    assert config["weak_loss_scale"] == pytest.approx(8 / 3)
+    lines = (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["loss_w"] > 0.01  # the two weights would give visibly different losses
+        assert r["loss"] == pytest.approx(r["loss_f"] + 8 / 3 * r["loss_w"], rel=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +158,142 @@ def test_hard_pixels_are_checked_and_recorded(pipeline, tmp_path, capsys):
                   hard_pixels=0.25)  # fmt: skip
     config = json.loads((tmp_path / "p" / "config.json").read_text())
     assert config["hard_pixels"] == 0.25
+
+
+def test_hard_pixels_average_the_hardest_quarter(pipeline, tmp_path, monkeypatch):
+    """The trainer's own objective and first batch: at --hard-pixels 0.25 each term is the mean
+    of the top 25% of its valid pixels' losses (computed here directly), larger than the plain
+    mean the same objective gives at 1.0."""
+    import dataclasses
+
+    import boxseg.train_primary as tp
+    from boxseg.weak_targets import without_void
+
+    seen = {}
+
+    def capture(nets, objective, next_batch, *a, **k):
+        seen.update(nets=nets, objective=objective, batch=next_batch(0))
+        return {"seconds": 0.0, "img_per_s": 0.0}
+
+    monkeypatch.setattr(tp, "fit", capture)
+    cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu")
+    train_primary(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg,
+                  logits=str(pipeline["store"]), val_split=None, quiet=True,
+                  hard_pixels=0.25)  # fmt: skip
+    nets, batch, hard = seen["nets"].eval(), seen["batch"], seen["objective"]
+    assert hard.hard_pixels == 0.25
+    f, w = batch["f"], batch["w"]
+    with torch.no_grad():
+        _, logs_hard, _ = hard(nets, batch, 0)
+        _, logs_all, _ = dataclasses.replace(hard, hard_pixels=1.0)(nets, batch, 0)
+        out = nets["primary"](torch.cat([f["image"], w["image"]]))
+        nf = f["image"].shape[0]
+        valid_f = f["mask"] != VOID
+        target = f["mask"].masked_fill(~valid_f, 0)
+        ce_f = torch.nn.functional.cross_entropy(out[:nf], target, reduction="none")[valid_f]
+        l_anc, valid_w = without_void(hard.weak_logits(w), w["valid"])
+        q = torch.softmax(l_anc, 1)
+        ce_w = -(q * torch.log_softmax(out[nf:], 1)).sum(1)[valid_w]
+
+    def top_quarter(x):
+        return x.topk(math.ceil(0.25 * x.numel())).values.mean()
+
+    for name, ce in (("loss_f", ce_f), ("loss_w", ce_w)):
+        torch.testing.assert_close(logs_hard[name], top_quarter(ce), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logs_all[name], ce.mean(), rtol=1e-5, atol=1e-6)
+        assert logs_hard[name] > logs_all[name] + 0.01, name
+
+
+def test_conv_judges_the_ancillary_net_by_the_f_images_it_saw(pipeline, tmp_path, capsys):
+    """The README's conv recipe (`boxseg split`, train-anc on full_half.txt, conv on full.txt)
+    is accepted; a net that trained on half of a bigger F, which still holds every image of
+    this run's F, is refused; model.pt records the ids and config.json how many it saw."""
+    data, lists = pipeline["data"], tmp_path / "lists"
+    code, _, err = run_cli(["split", data, "--num-full", "8", "--seed-split", "0", "--out",
+                            lists], capsys)  # fmt: skip
+    assert code == 0, err
+    half = (lists / "full_half.txt").read_text().split()
+    run_anc = ["train-anc", data, *TINY_MODEL, *TINY_TRAIN, "--box-min-area", "4"]
+    code, _, err = run_cli([*run_anc, "--out", tmp_path / "a_half", "--full-list",
+                            lists / "full_half.txt"], capsys)  # fmt: skip
+    assert code == 0, err
+    trained_on = read_checkpoint(tmp_path / "a_half" / "model.pt")["trained_on"]
+    assert trained_on["ids"] == sorted(half) and trained_on["full_fraction"] == 1.0
+    conv = ["train-primary", data, *TINY_MODEL, *TINY_TRAIN, "--self-corr", "conv",
+            "--conv-hidden", "8", "--full-list", lists / "full.txt"]  # fmt: skip
+    code, _, err = run_cli([*conv, "--out", tmp_path / "c", "--anc-model",
+                            tmp_path / "a_half" / "model.pt"], capsys)  # fmt: skip
+    assert code == 0, err
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["anc_trained_on"]["f_images_seen"] == len(half)
+    assert "ids" not in config["anc_trained_on"]
+    # half of a 8-image F covers the 4-image F of a run whose F is that half
+    code, _, err = run_cli([*run_anc, "--out", tmp_path / "a_big", "--num-full", "8",
+                            "--full-fraction", "0.5"], capsys)  # fmt: skip
+    assert code == 0, err
+    seen = read_checkpoint(tmp_path / "a_big" / "model.pt")["trained_on"]["ids"]
+    (tmp_path / "seen.txt").write_text("\n".join(seen) + "\n")
+    code, _, err = run_cli([*conv[:-2], "--full-list", tmp_path / "seen.txt", "--out",
+                            tmp_path / "c2", "--anc-model", tmp_path / "a_big" / "model.pt"],
+                           capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "trained on all of F" in err and f"{len(seen)} F images" in err
+
+
+def test_conv_falls_back_to_the_fraction_for_checkpoints_without_ids():
+    from boxseg.train_primary import check_anc_for_conv
+
+    old = {"trained_on": {"full_fraction": 0.5, "num_images": 2}}
+    check_anc_for_conv(old, "anc.pt", ["a", "b", "c"])  # accepted, as before
+    with pytest.raises(BoxsegError, match="does not say"):
+        check_anc_for_conv({}, "anc.pt", ["a"])
+    check_anc_for_conv({"trained_on": {"ids": ["a"], "full_fraction": 1.0}}, "anc.pt", ["a", "b"])
+    with pytest.raises(BoxsegError, match="trained on all of F"):
+        check_anc_for_conv({"trained_on": {"ids": ["a", "b", "c"]}}, "anc.pt", ["a", "b"])
+
+
+def test_a_store_run_refuses_box_rule_options_and_records_the_stores_rule(
+    pipeline, tmp_path, capsys
+):
+    """--no-box-constraint / --box-prior would be ignored with --logits alone (the store's
+    rule applies): refused in one line; config.json records the rule W's targets follow."""
+    base = ["train-primary", pipeline["data"], "--logits", pipeline["store"], "--num-full", "4",
+            *TINY_MODEL, *TINY_TRAIN]  # fmt: skip
+    for flags in (["--no-box-constraint"], ["--box-prior", "2"]):
+        code, _, err = run_cli([*base, "--out", tmp_path / "bad", *flags], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert flags[0].replace("--no-", "--") in err and "store's own box rule" in err
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(BoxsegError, match="not used without --anc-model"):
+        from boxseg.box_constraint import BoxConstraint
+
+        train_primary(pipeline["data"], tmp_path / "api", SPLIT, SPEC,
+                      TrainConfig(iters=1, batch_size=2, crop=32, device="cpu"),
+                      logits=str(pipeline["store"]), box_constraint=BoxConstraint(True, 2.0),
+                      quiet=True)  # fmt: skip
+    code, _, err = run_cli([*base, "--out", tmp_path / "store"], capsys)
+    assert code == 0, err
+    recorded = json.loads((tmp_path / "store" / "config.json").read_text())["box_constraint"]
+    assert recorded == LogitsStore.open(pipeline["store"]).attrs["box_constraint"]
+    assert recorded == {"enabled": True, "prior": 0.0}
+    online = [
+        "train-primary",
+        pipeline["data"],
+        "--anc-model",
+        pipeline["anc"],
+        "--num-full",
+        "4",
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "--box-prior",
+        "2",
+        "--out",
+        tmp_path / "online",
+    ]
+    code, _, err = run_cli(online, capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "online" / "config.json").read_text())
+    assert config["box_constraint"] == {"enabled": True, "prior": 2.0}
+    f_only = ["train-primary", pipeline["data"], "--num-full", "4", *TINY_MODEL, *TINY_TRAIN]
+    code, _, err = run_cli([*f_only, "--out", tmp_path / "f", "--box-prior", "2"], capsys)
+    assert code == 2 and "--box-prior: not used without --anc-model" in err

@@ -50,8 +50,11 @@ def read_yolo(path: Path, num_classes: int, height: int, width: int):
             raise BoxsegError(f"{where}: class id {cls} unknown (the class names have "
                               f"{num_classes}: 0..{num_classes - 1})")  # fmt: skip
         values = np.array([cx, cy, w, h])
-        if not np.isfinite(values).all() or w <= 0 or h <= 0:
-            raise BoxsegError(f"{where}: box {cx:g} {cy:g} {w:g} {h:g} has no area")
+        # w or h 0 (a click) passes: a box covering no pixel, which every consumer leaves out
+        # and the stage's check counts (data.boxes.pixel_boxes)
+        if not np.isfinite(values).all() or w < 0 or h < 0:
+            raise BoxsegError(f"{where}: box {cx:g} {cy:g} {w:g} {h:g} has a negative or "
+                              "non-finite size")  # fmt: skip
         x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
         if min(x1, y1) < -TOLERANCE or max(x2, y2) > 1 + TOLERANCE:
             raise BoxsegError(f"{where}: box {cx:g} {cy:g} {w:g} {h:g} leaves the image "

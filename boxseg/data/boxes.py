@@ -82,13 +82,43 @@ def box_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     (the encoder's raster, the box constraint, box-fill, GrabCut, SAM, crops). A pixel is
     covered if the box overlaps it at all (floor of the near edge, ceiling of the far one), so
     a box thinner than a pixel still covers one; edges within `EDGE_TOL` of a whole pixel are
-    taken as on it. A box left with no pixel has x2 <= x1 or y2 <= y1."""
+    taken as on it. A box of zero width or height, or one clipped away, is left with no pixel
+    (x2 <= x1 or y2 <= y1): `pixel_boxes` says which boxes count."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     near = np.floor(b[:, :2] + EDGE_TOL)
     far = np.maximum(np.ceil(b[:, 2:] - EDGE_TOL), near + (b[:, 2:] > b[:, :2]))
     out = np.concatenate([near, far], 1)
     out = np.clip(out, 0, [width, height, width, height]).astype(np.int64)
     return out
+
+
+@dataclass(frozen=True)
+class PixelBoxes:
+    """Boxes as the pixels they cover (`pixel_boxes`): `bounds` M x 4 int64 [x1, x2) x [y1, y2)
+    and `labels` M int64 of the boxes that count, `keep` N bool over the boxes given."""
+
+    bounds: np.ndarray
+    labels: np.ndarray
+    keep: np.ndarray
+
+    @property
+    def dropped(self) -> int:
+        """How many of the boxes given cover no pixel (left out)."""
+        return int((~self.keep).sum())
+
+
+def pixel_boxes(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) -> PixelBoxes:
+    """The one home of box geometry: each box's pixels (`box_pixels`) and which boxes count.
+
+    A box covering no pixel of the height x width image (a click saved as a zero-width box, a
+    box clipped away at the image's edge) says nothing about any pixel: every consumer (the
+    encoder's raster, the constraint and its prior, the weak-box losses, rank, viz, box-fill,
+    GrabCut) leaves it out, and the stages' checks count it (`data.validate`), rather than
+    refuse a file a labelling tool wrote."""
+    bounds = box_pixels(boxes, height, width)
+    keep = (bounds[:, 2] > bounds[:, 0]) & (bounds[:, 3] > bounds[:, 1])
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    return PixelBoxes(bounds[keep], labels[keep], keep)
 
 
 BOX_SLACK = 1.0  # pixels a box file's corner may lie outside its image (rounding, 1-based files)
@@ -125,13 +155,12 @@ def rasterize_boxes(
 
     The background channel (or, for datasets without a background class, an extra last
     channel) is 1 outside all boxes. Overlapping boxes set several channels. A box covers the
-    pixels `box_pixels` says. Returns CxHxW float32.
+    pixels `pixel_boxes` says (boxes covering none are left out). Returns CxHxW float32.
     """
     out = np.zeros((box_channels(num_classes, background), height, width), dtype=np.float32)
     inside = np.zeros((height, width), dtype=bool)
-    for (x1, y1, x2, y2), k in zip(box_pixels(boxes, height, width), labels, strict=True):
-        if x2 <= x1 or y2 <= y1:
-            continue
+    px = pixel_boxes(boxes, labels, height, width)
+    for (x1, y1, x2, y2), k in zip(px.bounds, px.labels, strict=True):
         out[int(k), y1:y2, x1:x2] = 1.0
         inside[y1:y2, x1:x2] = True
     out[num_classes if background is None else background][~inside] = 1.0

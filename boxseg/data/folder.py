@@ -31,7 +31,7 @@ from boxseg.data.box_files import read_voc_xml, read_yaml_names, read_yolo
 from boxseg.data.boxes import BoxSpec, fit_boxes, keep_classes
 from boxseg.data.reader import ReaderBase, check_mask, find_image, read_class_names, read_id_list
 from boxseg.data.sample import VOID
-from boxseg.data.validate import check_image_file
+from boxseg.data.validate import check_image_file, turned_hint
 from boxseg.errors import BoxsegError
 from boxseg.io import read_label_png, read_text
 
@@ -171,7 +171,7 @@ class FolderDataset(ReaderBase):
 
     def _draw_segmentations(self, image_id: str) -> np.ndarray:
         """A class mask from the image's COCO segmentations, larger objects drawn first."""
-        h, w = self.coco.sizes.get(image_id) or self.read_image("", image_id).shape[:2]
+        h, w = self.coco.sizes.get(image_id) or check_image_file(self.image_path("", image_id))
         mask = np.full((h, w), VOID if self.background is None else self.background, np.uint8)
         anns = sorted(self.coco.boxes[image_id], key=lambda a: -a["bbox"][2] * a["bbox"][3])
         for a in anns:
@@ -206,16 +206,19 @@ class FolderDataset(ReaderBase):
         return keep_classes(boxes, labels, spec.classes)
 
     def _coco_boxes(self, split: str, image_id: str, spec: BoxSpec):
-        """The image's boxes from boxes.json (xywh -> xyxy), checked against the image size."""
+        """The image's boxes from boxes.json (xywh -> xyxy), checked against the image size. A
+        box of zero width or height (a click) is kept as the file has it: it covers no pixel,
+        so every consumer leaves it out and the stage's check counts it (`pixel_boxes`)."""
         path = self.root / BOXES_FILE
         if image_id not in self.coco.boxes:
             raise BoxsegError(f"{path}: image {image_id} is not in the file")
         h, w = check_image_file(self.image_path(split, image_id))
         said = self.coco.sizes.get(image_id)
         if said is not None and said != (h, w):
+            image = self.image_path(split, image_id)
             raise BoxsegError(f"{path}: image {image_id} is {said[1]}x{said[0]} there, but "
-                              f"{self.image_path(split, image_id)} is {w}x{h} (boxes made for "
-                              "other copies of the images?)")  # fmt: skip
+                              f"{image} is {w}x{h} (boxes made for other copies of the "
+                              f"images?){turned_hint(image, said, (h, w))}")  # fmt: skip
         boxes, labels = [], []
         for a in self.coco.boxes[image_id]:
             try:
@@ -226,8 +229,8 @@ class FolderDataset(ReaderBase):
             where = f"{path}: box {[x, y, bw, bh]} of {image_id} (annotation {a.get('id')})"
             if not np.isfinite([x, y, bw, bh]).all():
                 raise BoxsegError(f"{where} is not finite")
-            if bw <= 0 or bh <= 0:
-                raise BoxsegError(f"{where} has zero or negative size")
+            if bw < 0 or bh < 0:
+                raise BoxsegError(f"{where} has negative size")
             if x < -1 or y < -1 or x + bw > w + 1 or y + bh > h + 1:
                 raise BoxsegError(f"{where} lies outside the {w}x{h} image")
             if spec.classes is None or a["label"] in spec.classes:

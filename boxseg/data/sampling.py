@@ -10,6 +10,7 @@ run was interrupted. That is what makes `--resume` exact mid-epoch, which Distri
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from itertools import count
 
@@ -75,15 +76,17 @@ class Batches:
 
     The DataLoader is made on the first call, starting at that step (minus `offset`, for a set
     that joins training later), so a resumed run picks up exactly where it stopped.
+    `batch_size` is what each step delivers (per process): the `requested` size, or this
+    process's whole share of a smaller set (`ShardedBatches`).
     """
 
     def __init__(self, ds: Dataset, batch_size: int, workers: int, seed: int, offset: int = 0):
         if len(ds) == 0:
             raise BoxsegError("nothing to train on: the set is empty")
         self.ds, self.workers, self.seed, self.offset = ds, workers, seed, offset
-        self.batch_size = batch_size
         self.sampler = ShardedBatches(len(ds), batch_size, seed, distributed.rank(),
                                       distributed.world())  # fmt: skip
+        self.requested, self.batch_size = batch_size, self.sampler.batch_size
         self._it: Iterator | None = None
         self._next = 0
 
@@ -110,6 +113,17 @@ class Batches:
             raise RuntimeError(f"batches asked for step {step}, expected {self._next}")
         self._next += 1
         return next(self._it)
+
+
+def warn_if_short(batches: Batches, what: str, option: str) -> None:
+    """A warning on stderr (shown even when quiet; once, from the main process) when `what`'s
+    set is smaller than the batch `option` asked for: each step then takes fewer images."""
+    s = batches.sampler
+    if batches.batch_size >= batches.requested or not distributed.is_main():
+        return
+    held = f"{s.size} images" if s.world == 1 else f"{s.per_rank} images per process"
+    print(f"boxseg: warning: {what} has {held}, fewer than {option} {batches.requested}: each "
+          f"step takes {batches.batch_size} {what} images", file=sys.stderr)  # fmt: skip
 
 
 Stream = Callable[[int], dict]

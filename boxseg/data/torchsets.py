@@ -4,15 +4,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from boxseg.box_constraint import item_evidence
 from boxseg.cells import source_pixels
+from boxseg.data.box_noise import BoxNoise, noisy_boxes
 from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import SegDataset, load_full
 from boxseg.data.transforms import Aligned, AugParams, apply, draw_params, to_tensor, window
+
+
+def noise_rng(key: int | tuple[int, int]) -> np.random.Generator:
+    """The generator of an item's box noise: from its own seed, apart from the augmentation's
+    (so turning box noise on leaves every crop, scale and flip as it was)."""
+    if isinstance(key, tuple):
+        return np.random.default_rng((int(key[1]), 1))
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
 def item_key(key: int | tuple[int, int]) -> tuple[int, np.random.Generator]:
@@ -46,7 +57,9 @@ def crop_evidence(boxes: np.ndarray, labels: np.ndarray, height: int, width: int
 
 class FullTrainSet(Dataset):
     """F: augmented image + mask (+ the box tensor for the ancillary net; with `evidence`, what
-    the box constraint needs of the crop: `crop_evidence`)."""
+    the box constraint needs of the crop: `crop_evidence`). `box_noise`: F's boxes made
+    imprecise afresh at every draw (box_noise.py), so the ancillary net learns that a box is
+    a hint; the mask stays exact."""
 
     def __init__(
         self,
@@ -59,10 +72,12 @@ class FullTrainSet(Dataset):
         mean,
         std,
         evidence: bool = False,
+        box_noise: BoxNoise | None = None,
     ):
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
         self.aug, self.with_boxes, self.mean, self.std = aug, with_boxes, mean, std
-        self.evidence = evidence
+        self.evidence, self.box_noise = evidence, box_noise or BoxNoise()
+        self.flip_classes = tuple(k for k in range(ds.num_classes) if k != ds.background)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,6 +87,10 @@ class FullTrainSet(Dataset):
         s = load_full(self.ds, self.split, self.ids[i], self.box_spec,
                       self.with_boxes or self.evidence)  # fmt: skip
         p = self.aug.draw(rng, *s.size)
+        if self.box_noise.active:
+            boxes, labels = noisy_boxes(s.boxes, s.labels, *s.size, self.box_noise,
+                                        noise_rng(key), self.flip_classes)  # fmt: skip
+            s = dataclasses.replace(s, boxes=boxes, labels=labels)
         a = apply(Aligned(s.image, s.mask, s.boxes, s.labels), p, self.aug.crop)
         out = {
             "image": to_tensor(a.image, self.mean, self.std),

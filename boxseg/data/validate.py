@@ -1,6 +1,8 @@
 """Up-front checks of a dataset's files, before any training starts.
 
-Cheap: image headers and file ends (a truncated JPEG or PNG lacks its end marker), and each
+Each image file once per process: its header (size in the displayed frame, EXIF orientation
+applied as `read_image` applies it) and whether its data decodes to the end (a JPEG decoded at
+1/8 scale, a PNG's chunk checksums up to IEND; bytes after the image's end are fine), and each
 needed mask decoded once (size, channels, class ids). A bad file stops the run at once with a
 one-line error, unless the user passes --skip-bad: then bad images are left out, counted, and
 listed in a JSON report.
@@ -14,53 +16,120 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
-from boxseg.data.boxes import BoxSpec
+from boxseg.data.boxes import BoxSpec, pixel_boxes
 from boxseg.data.reader import SegDataset
 from boxseg.errors import BoxsegError
-from boxseg.io import write_json
+from boxseg.io import displayed_size, exif_orientation, write_json
 
-END_MARKERS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xae\x42\x60\x82",)}
+MAX_CHECKED = 200_000  # files remembered as checked per process (a few hundred bytes each)
+_checked: dict[tuple, tuple[int, int]] = {}
 
 
-def check_image_file(path: Path) -> tuple[int, int]:
-    """(height, width) of a complete, readable image file; BoxsegError naming it otherwise."""
+def check_image_file(path: Path, displayed: bool = True) -> tuple[int, int]:
+    """(height, width) of a readable image file whose data decodes to its end; BoxsegError
+    naming it otherwise. `displayed`: the size in the displayed frame (EXIF orientation
+    applied, as `read_image` reads images); False for masks, read as stored. A file version
+    (path, size, modification time) that passed is remembered in this process: readers call
+    this for every sample, and only the first call decodes."""
     try:
-        with Image.open(path) as im:
-            fmt, (w, h) = im.format, im.size
+        st = Path(path).stat()
     except FileNotFoundError as e:
         raise BoxsegError(f"{path}: file not found") from e
-    except (UnidentifiedImageError, OSError) as e:
+    except OSError as e:
+        raise BoxsegError(f"{path}: cannot read ({e.strerror or e})") from e
+    key = (str(path), displayed, st.st_size, st.st_mtime_ns)
+    size = _checked.get(key)
+    if size is None:
+        size = _check_image(Path(path), displayed)
+        if len(_checked) < MAX_CHECKED:
+            _checked[key] = size
+    return size
+
+
+def _check_image(path: Path, displayed: bool) -> tuple[int, int]:
+    """`check_image_file` without the memory: header, then the decode check."""
+    try:
+        im = Image.open(path)
+    except FileNotFoundError as e:
+        raise BoxsegError(f"{path}: file not found") from e
+    except Image.DecompressionBombError as e:
+        raise BoxsegError(f"{path}: too large to read ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BoxsegError(f"{path}: not a readable image (corrupt or unknown format)") from e
-    if w < 1 or h < 1:
-        raise BoxsegError(f"{path}: empty image ({w}x{h})")
-    markers = END_MARKERS.get(fmt)
-    if markers:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 64))
-            tail = f.read()
-        if not any(m in tail for m in markers):
-            raise BoxsegError(f"{path}: truncated {fmt} file (its end marker is missing)")
+    with im:
+        fmt = "JPEG" if im.format == "MPO" else im.format  # MPO: a JPEG with more pictures
+        h, w = displayed_size(im) if displayed else im.size[::-1]
+        if w < 1 or h < 1:
+            raise BoxsegError(f"{path}: empty image ({w}x{h})")
+        try:
+            _decode(im)
+        except Exception as e:  # noqa: BLE001 - whatever a decoder raises, it does not decode
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "truncated" in reason.lower():
+                msg = f"{path}: truncated {fmt} file (its data ends before the image does)"
+            else:
+                msg = f"{path}: corrupt {fmt} file, it does not decode ({reason})"
+            raise BoxsegError(msg) from e
     return h, w
 
 
-def check_sample(ds: SegDataset, split: str, image_id: str, with_mask: bool) -> int | None:
+def _decode(im: Image.Image) -> None:
+    """Raise (PIL's error) unless the opened image's data is whole. A JPEG is decoded at 1/8
+    scale (libjpeg still reads every coefficient, so a file cut short fails, at half a full
+    decode's cost); a PNG has its chunks' checksums verified up to IEND (no inflate); any
+    other format is decoded. Data after the image's end (a phone's Motion Photo video, maker
+    notes) is never read, so never refused."""
+    if im.format in ("JPEG", "MPO"):
+        im.draft(None, (1, 1))  # the smallest scale libjpeg offers
+        im.load()
+    elif im.format == "PNG":
+        im.verify()
+    else:
+        im.load()
+
+
+def turned_hint(image: Path, got: tuple[int, int], displayed: tuple[int, int]) -> str:
+    """Where a (height, width) `got` for an image (its mask's size, a box file's record) is its
+    `displayed` size turned a quarter and the image carries a quarter-turn EXIF orientation:
+    a note saying boxseg works in the displayed frame; "" otherwise."""
+    if tuple(got) != tuple(displayed)[::-1]:
+        return ""
+    try:
+        with Image.open(image) as im:
+            orientation = exif_orientation(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return ""
+    if orientation < 5:
+        return ""
+    return (
+        f"; the image has EXIF orientation {orientation}: boxseg reads it turned upright, "
+        "as labelling tools show it, so boxes and masks go in that frame (docs/formats.md)"
+    )
+
+
+def check_sample(ds: SegDataset, split: str, image_id: str,
+                 with_mask: bool) -> tuple[int, int] | None:  # fmt: skip
     """The image (and its mask) of one id: present, complete, same size, class ids in range;
-    returns its number of boxes where they come from box files (None: from its mask)."""
+    returns, where boxes come from box files, its number of boxes that count and of boxes
+    covering no pixel (left out everywhere: `pixel_boxes`); None where they come from masks."""
     h, w = check_image_file(ds.image_path(split, image_id))
     n_boxes = None
     if not ds.boxes_from_masks:  # box files: parsed and checked against the image size
-        n_boxes = len(ds.read_boxes(split, image_id, BoxSpec())[1])
+        keep = pixel_boxes(*ds.read_boxes(split, image_id, BoxSpec()), h, w).keep
+        n_boxes = int(keep.sum()), int((~keep).sum())
     if not with_mask:
         return n_boxes
     mask_path = ds.mask_path(split, image_id)
     if mask_path.is_file() or ds.boxes_from_masks:
-        mh, mw = check_image_file(mask_path)
+        mh, mw = check_image_file(mask_path, displayed=False)  # masks are read as stored
         if (mh, mw) != (h, w):
-            raise BoxsegError(f"{mask_path}: mask is {mw}x{mh} but its image is {w}x{h}")
+            hint = turned_hint(ds.image_path(split, image_id), (mh, mw), (h, w))
+            raise BoxsegError(f"{mask_path}: mask is {mw}x{mh} but its image is {w}x{h}{hint}")
     mask = ds.read_mask(split, image_id)  # channels and class ids (or drawn from polygons)
     if mask.shape != (h, w):
+        hint = turned_hint(ds.image_path(split, image_id), mask.shape, (h, w))
         raise BoxsegError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its "
-                          f"image is {w}x{h}")  # fmt: skip
+                          f"image is {w}x{h}{hint}")  # fmt: skip
     return n_boxes
 
 
@@ -100,12 +169,16 @@ def usable_ids(
 
 def say_counts(ds: SegDataset, split: str, what: str, n_images: int, boxes: list,
                quiet: bool) -> None:  # fmt: skip
-    """What a stage found: '<what>: N images of split S, M boxes'; a warning (shown even when
-    quiet) when W's box files hold no box at all."""
+    """What a stage found: '<what>: N images of split S, M boxes' (and how many boxes covering
+    no pixel were left out); a warning (shown even when quiet) when W's box files hold no box
+    at all. `boxes`: `check_sample`'s counts."""
     counted = [n for n in boxes if n is not None]
-    n_boxes = sum(counted)
+    n_boxes = sum(n for n, _ in counted)
+    empty = sum(e for _, e in counted)
     if not quiet:
         source = f"{n_boxes} boxes" if counted else "boxes from their masks"
+        if empty:
+            source += f"; {empty} covering no pixel left out"
         print(f"{what}: {n_images} images of split '{split}' ({source})")
     if what == "W" and counted and n_boxes == 0:
         print(f"boxseg: warning: the {n_images} W images of split '{split}' have no boxes in "

@@ -94,7 +94,7 @@ YOLO_BAD = [
     ("1 0.3 x 0.5 0.25", "line 2: not numbers"),
     ("7 0.3 0.25 0.5 0.25", "line 2: class id 7 unknown"),
     ("1 0.9 0.25 0.5 0.25", "line 2: box 0.9 0.25 0.5 0.25 leaves the image"),
-    ("2 0.3 0.25 0 0.25", "line 2: box 0.3 0.25 0 0.25 has no area"),
+    ("2 0.3 0.25 -0.1 0.25", "line 2: box 0.3 0.25 -0.1 0.25 has a negative or non-finite"),
 ]
 XML_BAD = [
     (XML.format(objects=OBJ.format(name="cat", x1=5, y1=5, x2=20, y2=12)
@@ -123,3 +123,32 @@ def test_two_box_sources_are_refused_naming_both(tmp_path, capsys):
     (root / "annotations").mkdir()
     code, _, err = run_cli(["split", root, "--num-full", "2", "--out", tmp_path / "s"], capsys)
     assert code == 2 and "two box sources, labels/ (yolo) and annotations/ (voc_xml)" in err
+
+
+@pytest.mark.parametrize("source, click", [
+    ("yolo", "2 0.5 0.5 0 0.25"),  # zero width
+    ("voc_xml", OBJ.format(name="dog", x1=0, y1=9, x2=0, y2=16)),  # 0-based, clipped away
+])  # fmt: skip
+def test_a_click_box_is_read_left_out_and_counted_not_refused(tmp_path, capsys, source, click):
+    """A box covering no pixel (what labelling tools export for a click) is no error: the file
+    is read as it is, every consumer leaves the box out (`pixel_boxes`), and the stage's
+    check says how many it left out."""
+    from boxseg.data.boxes import pixel_boxes
+    from boxseg.data.validate import usable_ids
+
+    root = write_box_folder(tmp_path / "d", source)
+    if source == "yolo":  # img4: a cat, then the click
+        (root / "labels" / "img4.txt").write_text(f"{yolo_line(1, CAT)}\n{click}\n")
+    else:  # img4: its cat and dog, then the click
+        path = root / "annotations" / "img4.xml"
+        path.write_text(path.read_text().replace("</annotation>", click + "</annotation>"))
+    ds = open_dataset(root)
+    boxes, labels = ds.read_boxes("train", "img4", BoxSpec())
+    px = pixel_boxes(boxes, labels, 32, 32)
+    assert px.keep.tolist()[-1] is False and px.dropped == 1
+    np.testing.assert_array_equal(px.bounds[0], CAT)
+    weak = [f"img{k}" for k in range(3, 8)]
+    assert usable_ids(ds, "train", weak, False, False, None, "W", quiet=False) == weak
+    out = capsys.readouterr().out
+    assert "W: 5 images of split 'train' (" in out
+    assert f"({9 if source == 'yolo' else 10} boxes; 1 covering no pixel left out)" in out

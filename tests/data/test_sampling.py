@@ -69,3 +69,26 @@ def test_batches_are_a_function_of_the_step(workers):
     torch.testing.assert_close(late(4), expected[0])
     with pytest.raises(RuntimeError, match="expected 5"):
         late(6)
+
+
+def test_a_set_smaller_than_its_batch_delivers_all_of_it_and_says_so(monkeypatch, capsys):
+    """6 images, batches of 8 asked for: each batch holds the 6 (3 a process for 2 processes),
+    `batch_size` says so beside `requested`, and one warning line names the shortfall."""
+    from boxseg.data import sampling
+
+    short = Batches(Keys(), 8, 0, seed=0)
+    assert (short.requested, short.batch_size, len(short(0))) == (8, 6, 6)
+    sampling.warn_if_short(short, "F", "--batch-size")
+    sampling.warn_if_short(Batches(Keys(), 4, 0, seed=0), "W", "--weak-batch-size")
+    err = capsys.readouterr().err
+    assert err == ("boxseg: warning: F has 6 images, fewer than --batch-size 8: each step "
+                   "takes 6 F images\n")  # fmt: skip
+    monkeypatch.setattr(sampling.distributed, "world", lambda: 2)
+    sharded = Batches(Keys(), 8, 0, seed=0)
+    assert (sharded.requested, sharded.batch_size, len(sharded(0))) == (8, 3, 3)
+    sampling.warn_if_short(sharded, "F", "--batch-size")
+    assert "F has 3 images per process, fewer than --batch-size 8" in capsys.readouterr().err
+    monkeypatch.setattr(sampling.distributed, "rank", lambda: 1)
+    monkeypatch.setattr(sampling.distributed, "is_main", lambda: False)
+    sampling.warn_if_short(Batches(Keys(), 8, 0, seed=0), "F", "--batch-size")
+    assert capsys.readouterr().err == ""  # said once, by the main process

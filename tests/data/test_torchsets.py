@@ -84,3 +84,32 @@ def test_weak_items_equal_the_resize_everything_path(tiny_data, tmp_path, stride
         err_old.append((q_old - q_net).abs().mean())
     assert torch.stack(q_diff).mean() < 0.005 and torch.stack(moved).mean() < 0.03
     assert torch.stack(err_new).mean() <= torch.stack(err_old).mean() + 1e-6
+
+
+def test_box_noise_changes_only_the_boxes_and_is_seeded_per_draw(tiny_data):
+    """F's boxes made imprecise (train-anc --box-noise): the crop, its image and mask are those
+    of the same draw without noise; the box tensor differs; the same key gives the same
+    boxes, another key other boxes."""
+    from boxseg.data.box_noise import BoxNoise
+    from boxseg.data.boxes import BoxSpec
+    from boxseg.data.torchsets import FullTrainSet
+
+    ds = open_dataset(tiny_data)
+    ids = ds.ids("train")[:4]
+    aug = AugmentSpec(24, (0.8, 1.2))
+
+    def fset(noise):
+        return FullTrainSet(ds, "train", ids, BoxSpec(4), aug, True, IMAGENET_MEAN,
+                            IMAGENET_STD, box_noise=noise)  # fmt: skip
+
+    exact = fset(None)
+    noisy = fset(BoxNoise(shift=0.25, grow=0.2, drop=0.3))
+    differs = 0
+    for key in [(i, 1000 + i) for i in range(4)]:
+        a, b = exact[key], noisy[key]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        differs += not torch.equal(a["boxes"], b["boxes"])
+        assert torch.equal(noisy[key]["boxes"], b["boxes"])
+    assert differs >= 3
+    other = [not torch.equal(noisy[(i, 1)]["boxes"], noisy[(i, 2)]["boxes"]) for i in range(4)]
+    assert sum(other) >= 3

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -123,12 +125,47 @@ def test_crop_first_from_stored_cells_is_as_faithful_as_the_full_resolution_path
     assert torch.stack(err_new).mean() <= torch.stack(err_old).mean()
 
 
-def test_crop_first_reads_only_the_cells_under_the_crop():
-    """A 64-pixel crop of a 2048x1024 image at scale 1 reads about 64/4 cells a side."""
-    win = window(1024, 2048, AugParams(1.0, top=300, left=1000, flip=False), 64)
-    rows, cols = cells_needed(win, 4)
-    assert rows.stop - rows.start <= 64 // 4 + 2 and cols.stop - cols.start <= 64 // 4 + 2
-    assert rows.start >= 300 // 4 - 1 and cols.start >= 1000 // 4 - 1
+class _BigImage:
+    """A dataset of one 2048x1024 black image (W's masks are never read)."""
+
+    def read_image(self, split, image_id):
+        return np.zeros((1024, 2048, 3), np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weak_train_set_reads_only_the_cells_under_the_crop(seed):
+    """The trainer's W set (`WeakTrainSet`) over a stride-4 store of a 2048x1024 image: a
+    64-pixel crop at scale 1 reads about 64/4 cells a side, the cells under its window, and
+    the item decodes (on the device, as `StoredLogits` does) to the full-resolution path's
+    crop of all the cells."""
+    from boxseg.cells import resample_cells
+    from boxseg.data.torchsets import AugmentSpec
+    from boxseg.store import InMemoryLogits
+    from boxseg.weak_targets import WeakTrainSet
+
+    rng = np.random.default_rng(seed)
+    full = torch.from_numpy(rng.normal(size=(2, 256, 512)).astype(np.float32))
+    store = InMemoryLogits({"big": full}, ["a", "b"])
+    store.stride, store.sizes = 4, np.array([[1024, 2048]], np.int32)  # cells, not pixels
+    reads = []
+    real_read = store.read
+
+    def read(i, rows=None, cols=None):
+        reads.append((i, rows, cols))
+        return real_read(i, rows, cols)
+
+    store.read = read
+    aug = AugmentSpec(64, (1.0, 1.0), hflip=True)
+    ws = WeakTrainSet(_BigImage(), "train", ["big"], store, aug, (0, 0, 0), (1, 1, 1))
+    item = ws[(0, seed)]
+    p = aug.draw(np.random.default_rng(seed), 1024, 2048)  # the item's own draw
+    ((i, rows, cols),) = reads
+    assert i == 0 and rows.stop - rows.start <= 64 // 4 + 2 and cols.stop - cols.start <= 18
+    assert rows.start <= p.top // 4 and rows.stop >= math.ceil((p.top + 64) / 4)
+    assert cols.start <= p.left // 4 and cols.stop >= math.ceil((p.left + 64) / 4)
+    got = resample_cells(item["cells"][None].float(), item["rows"][None], item["cols"][None])
+    want = crop_logits(full, window(1024, 2048, p, 64), 4)
+    torch.testing.assert_close(got[0], want, rtol=0, atol=1e-5)
 
 
 def test_crop_first_void_moves_by_at_most_a_pixel():
