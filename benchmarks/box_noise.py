@@ -199,7 +199,8 @@ def main() -> None:
     ap.add_argument("--stages", default="anc,stores,box_stores", help=", ".join(STAGES))
     ap.add_argument("--sources", default="box,anc", help="primaries: none from these stores "
                     f"({', '.join(SOURCES)}); and/or {', '.join(CORRECTIONS)} (robust store)")
-    ap.add_argument("--robust-noise", default="mixed", help="anc_robust: train-anc --box-noise")
+    ap.add_argument("--robust-noise", default="shift=0.15,grow=0.05,drop=0.2",
+                    help="anc_robust: train-anc --box-noise (broader than any one setting)")
     ap.add_argument("--penalty", type=float, default=NEG,
                     help="the graceful rule (robust, anc_soft stores): --box-penalty")
     ap.add_argument("--margin", type=float, default=0.0,
