@@ -85,11 +85,14 @@ def link_tree(src: Path, dst: Path) -> None:
     """dst/ holds hard links to src/'s files (copies where links are refused)."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if not (dst / f.name).exists():
-            try:
-                os.link(f, dst / f.name)
-            except OSError:
-                shutil.copy(f, dst / f.name)
+        if (dst / f.name).exists():
+            continue
+        try:
+            os.link(f, dst / f.name)
+        except FileExistsError:  # another process of this benchmark linked it just now
+            continue
+        except OSError:
+            shutil.copy(f, dst / f.name)
 
 
 def folder_from_segnet(segnet: Path, dst: Path, splits: list[str], min_area: int) -> Path:
