@@ -1,5 +1,5 @@
 """Do two commits train the same weights? Runs `boxseg demo` (ancillary net, gen-logits, F-only
-and linear self-correction primaries) at each commit, in a temporary git worktree, and compares
+and F + W primaries, --self-corr none) at each commit, in a temporary git worktree, and compares
 the three models' weights bit for bit.
 
     python scripts/same_training.py f47e64b 5f4bb2a HEAD --iters 20
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kill_check import result_of, same
 
-MODELS = ("anc", "f_only", "linear")
+MODELS = ("anc", "f_only", "none")  # the demo's run folders
 ROOT = Path(__file__).resolve().parents[1]
 
 
