@@ -25,11 +25,14 @@ Rows (cached in OUT/DATASET/rows/*.json, each with the commit, torch version and
 - store_box_{setting}_d{s}, store_grabcut_{setting}_d{s}: the box rules at pixel level
   (stride 1); store_{kind}_{setting}_s{s}: the nets' stores (stride 4), kind = anc (today's
   net, the hard rule), anc_soft (today's net, the graceful rule `--penalty`/`--margin`),
-  robust (the robust net, the graceful rule), robust_hard (the robust net, the hard rule);
+  robust (the robust net, the graceful rule), robust_hard (the robust net, the hard rule),
+  robust_half (the robust net trained on half of F, conv's stage 1, the graceful rule);
   each scored against W's held-back masks.
 - none_{source}_{setting}_s{s} (camvid): the primary from that store, `--self-corr none`;
-  linear_robust_{setting}_s{s}, conv_robust_{setting}_s{s}: self-correction on the robust
-  store; every primary scored on val (in-domain) and on the unseen drive.
+  linear_robust_{setting}_s{s} (alpha annealed to 5): self-correction on the robust store;
+  conv_robust_half_{setting}_s{s}: the paper's 3 stages from the robust net on half of F
+  (anc_robust_half_s{s}) and its store; every primary scored on val (in-domain) and on the
+  unseen drive.
 
     grep ^0001TP ../shared/data/camvid/train.txt > F_0001TP.txt
     python benchmarks/box_noise.py ../shared/data/camvid --out box-noise --full-list F_0001TP.txt \\
@@ -72,7 +75,8 @@ from boxseg.train_primary import train_primary  # noqa: E402
 
 SETTINGS = ("exact", "shift10", "shift25", "loose15", "missing20", "mixed")
 STAGES = ("anc", "stores", "box_stores", "primaries")
-NET_KINDS = ("anc", "anc_soft", "robust", "robust_hard")  # net x rule (hard / graceful)
+NET_KINDS = ("anc", "anc_soft", "robust", "robust_hard", "robust_half")  # net x rule
+GRACEFUL = ("anc_soft", "robust", "robust_half")  # stores made with --penalty / --margin
 SOURCES = ("box", *NET_KINDS)  # where a `none` primary's store comes from
 CORRECTIONS = ("linear", "conv")  # self-correction rows on the robust store
 
@@ -253,8 +257,8 @@ def main() -> None:
         cfg = TrainConfig(iters=a["iters"], batch_size=a["batch_size"], crop=a["crop"],
                           scale_min=0.75, scale_max=1.25, lr=a["lr"], optimizer="adamw",
                           seed=seed, device=device, checkpoint_every=250, resume=True)  # fmt: skip
-        extra = {}
-        if kind == "anc_robust":
+        extra = {"full_fraction": 0.5 if kind.endswith("_half") else 1.0}  # conv's stage 1
+        if kind.startswith("anc_robust"):
             extra["box_noise"] = parse_box_noise(args.robust_noise)
 
         def fit() -> dict:
@@ -266,13 +270,19 @@ def main() -> None:
         row(f"{kind}_s{seed}", fit)
         return run / "model.pt"
 
+    def rule_of_kind(kind: str) -> BoxConstraint:
+        """The graceful rule (--penalty, --margin) for the robust and anc_soft stores, the hard
+        rule for the others."""
+        return BoxConstraint(True, 0.0, args.penalty, args.margin) if kind in GRACEFUL else (
+            BoxConstraint())  # fmt: skip
+
     def store(kind: str, setting: str, seed: int) -> Path:
         """A W store of `kind` (box, grabcut: the rules; anc, robust: the nets) on the W boxes
         of (setting, draw seed), scored against W's masks."""
         data = data_for(setting, seed)
         draw = 0 if setting == "exact" else seed
         rule_store = kind in ("box", "grabcut")
-        tag = args.tag if kind in ("robust", "anc_soft") else ""
+        tag = args.tag if kind in GRACEFUL else ""
         name = f"store_{kind}{tag}_{setting}_" + (f"d{draw}" if rule_store else f"s{seed}")
         path = root / "stores" / f"{name[len('store_'):]}.zarr"
 
@@ -281,11 +291,10 @@ def main() -> None:
                 gen_logits(data, None, str(path), split, 1, device, quiet=True,
                            box_method=BoxMethod(kind, box_min_area=s_["min_area"]))  # fmt: skip
             else:
-                net = anc_net("anc_robust" if kind.startswith("robust") else "anc", seed)
-                graceful = kind in ("robust", "anc_soft")
-                rule = BoxConstraint(True, 0.0, args.penalty, args.margin) if graceful else (
-                    BoxConstraint())  # fmt: skip
-                gen_logits(data, net, str(path), split, 4, device, quiet=True, constraint=rule)
+                net = anc_net({"robust_half": "anc_robust_half", "robust": "anc_robust",
+                               "robust_hard": "anc_robust"}.get(kind, "anc"), seed)  # fmt: skip
+                gen_logits(data, net, str(path), split, 4, device, quiet=True,
+                           constraint=rule_of_kind(kind))  # fmt: skip
             q = evaluate_store(open_dataset(data), split.split, str(path), quiet=True)
             counts = json.loads((data / "DONE").read_text())
             return scores(q) | {"coverage": q["coverage"], "setting": setting} | counts
@@ -310,8 +319,9 @@ def main() -> None:
         kw: dict = {"logits": str(store(source, setting, seed)), "self_corr": mode}
         if mode == "linear":
             kw["alpha_end"] = 5.0
-        if mode == "conv":
-            raise SystemExit("conv rows: not built yet (needs an ancillary net on half of F)")
+        if mode == "conv":  # stage 1's net (half of F) and its store; g follows the same rule
+            kw["anc_model"] = anc_net("anc_robust_half", seed)
+            kw["box_constraint"] = rule_of_kind(source)
 
         def fit() -> dict:
             r = train_primary(data, run, split, spec, cfg, val_split=s_["val"], quiet=True, **kw)
@@ -334,8 +344,9 @@ def main() -> None:
                             store(kind, setting, seed)
                     elif stage == "primaries":
                         for source in sources:
-                            if source in CORRECTIONS:
-                                primary(source, "robust", setting, seed)
+                            if source in CORRECTIONS:  # self-correction, robust stores
+                                primary(source, "robust_half" if source == "conv" else
+                                        "robust", setting, seed)  # fmt: skip
                             else:
                                 primary("none", source, setting, seed)
     results = {p.stem: json.loads(p.read_text()) for p in (root / "rows").glob("*.json")}

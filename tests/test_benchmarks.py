@@ -62,7 +62,8 @@ def test_threads_bench_compares_one_process_with_several(tmp_path):
     assert len(result["processes_s"]) == 1 and result["one_process_s"] > 0
     assert result["one_process_steps_per_s"] == pytest.approx(1 / result["one_process_s"])
     assert result["ratio"] == pytest.approx(
-        sum(1 / m for m in result["processes_s"]) * result["one_process_s"])
+        sum(1 / m for m in result["processes_s"]) * result["one_process_s"]
+    )
 
 
 def test_gen_logits_bench_runs(tmp_path):
@@ -237,3 +238,59 @@ def test_rank_bench_scores_every_store_on_the_images_no_choice_moved(monkeypatch
              "random0": [{"chosen": ["w2", "w6"]}], "entropy": []}  # fmt: skip
     assert bench.untouched_ids(weak, cells) == ["w0", "w3", "w4", "w5", "w7"]
     assert bench.untouched_ids(weak, {}) == weak
+
+
+def test_box_noise_copies_keep_f_exact_and_make_w_imprecise(tmp_path):
+    """benchmarks/box_noise.py: the segnet copy in the folder layout reads the boxes the segnet
+    reader derives; a noisy copy changes W's boxes only (the same for the same draw), drops
+    about the asked share, and its summary pairs each store with box-fill of the same draw."""
+    import numpy as np
+
+    from boxseg.data.boxes import BoxSpec
+    from boxseg.data.formats import open_dataset
+    from boxseg.io import write_image, write_label_png
+
+    sys.path.insert(0, str(BENCHMARKS))
+    bench = importlib.import_module("box_noise")
+    src = tmp_path / "camvid"
+    rng = np.random.default_rng(0)
+    (src / "train").mkdir(parents=True)
+    (src / "trainannot").mkdir()
+    ids = [f"f{i}" for i in range(6)]
+    for i in ids:
+        mask = np.zeros((40, 48), np.uint8)
+        for k in range(12):  # twelve car components and a road
+            y, x = 3 * (k // 4) * 4, 2 + (k % 4) * 11
+            mask[y + 1 : y + 8, x : x + 8] = 8
+        mask[-4:] = 3
+        write_image(src / "train" / f"{i}.png", rng.integers(0, 255, (40, 48, 3), np.uint8))
+        write_label_png(src / "trainannot" / f"{i}.png", mask)
+    (src / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    base = bench.folder_from_segnet(src, tmp_path / "base", ["train"], min_area=4)
+    seg, folder = open_dataset(src), open_dataset(base)
+    for i in ids:
+        want = seg.read_boxes("train", i, BoxSpec(4), seg.read_mask("train", i))
+        got = folder.read_boxes("train", i, BoxSpec(4))
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1].tolist() == want[1].tolist()
+    weak = {"f3", "f4", "f5"}
+    noise = bench.noise_of("mixed")
+    counts = bench.noisy_copy(base, tmp_path / "mixed_d0", weak, noise, 0)
+    again = bench.noisy_copy(base, tmp_path / "again", weak, noise, 0)
+    assert counts == again and counts["w_boxes"] == 3 * 14  # 12 cars, road, sky (class 0)
+    assert 0 < counts["w_boxes"] - counts["w_boxes_kept"] < 14  # about 10% of 42 dropped
+    noisy = open_dataset(tmp_path / "mixed_d0")
+    for i in ids:
+        a, b = folder.read_boxes("train", i, BoxSpec()), noisy.read_boxes("train", i, BoxSpec())
+        assert (i in weak) != (a[0].shape == b[0].shape and np.allclose(a[0], b[0]))
+    rows = {
+        "store_box_mixed_d0": {"miou": 40.0},
+        "store_box_mixed_d1": {"miou": 42.0},
+        "store_robust_half_mixed_s0": {"miou": 50.0},
+        "store_robust_half_mixed_s1": {"miou": 51.0},
+        "none_robust_half_mixed_s0": {"miou": 30.0, "unseen": {"miou": 20.0}},
+    }
+    summary = bench.summarise(rows, [0, 1])
+    robust = summary["stores"]["robust_half_mixed"]
+    assert robust["minus_box_fill"] == {0: 10.0, 1: 9.0}
+    assert summary["primaries"]["none_robust_half_mixed"]["unseen"]["miou_mean"] == 20.0
