@@ -24,7 +24,8 @@ Rows (cached in OUT/DATASET/rows/*.json, each with the commit, torch version and
   anc_robust_s{s}: the same with `--box-noise` augmentation of F's boxes (`--robust-noise`).
 - store_box_{setting}_d{s}, store_grabcut_{setting}_d{s}: the box rules at pixel level
   (stride 1); store_{kind}_{setting}_s{s}: the nets' stores (stride 4), kind = anc (today's
-  net, the hard rule), anc_soft (today's net, the graceful rule `--penalty`/`--margin`),
+  net, the hard rule), anc_soft (today's net, the graceful rule: `--penalty`, `--margin`,
+  `--uncovered`, `--prior`),
   robust (the robust net, the graceful rule), robust_hard (the robust net, the hard rule),
   robust_half (the robust net trained on half of F, conv's stage 1, the graceful rule);
   each scored against W's held-back masks.
@@ -212,6 +213,10 @@ def main() -> None:
                     help="the graceful rule (robust, anc_soft stores): --box-penalty")
     ap.add_argument("--margin", type=float, default=0.0,
                     help="the graceful rule (robust, anc_soft stores): --box-margin")
+    ap.add_argument("--uncovered", default="net", choices=("net", "void"),
+                    help="the graceful rule (robust, anc_soft stores): --box-uncovered")
+    ap.add_argument("--prior", type=float, default=0.0,
+                    help="the graceful rule (robust, anc_soft stores): --box-prior")
     ap.add_argument("--kinds", default="anc", help="stores stage: net stores to make "
                     f"({', '.join(NET_KINDS)})")  # fmt: skip
     ap.add_argument("--tag", default="", help="appended to graceful stores' names (a sweep)")
@@ -271,10 +276,11 @@ def main() -> None:
         return run / "model.pt"
 
     def rule_of_kind(kind: str) -> BoxConstraint:
-        """The graceful rule (--penalty, --margin) for the robust and anc_soft stores, the hard
-        rule for the others."""
-        return BoxConstraint(True, 0.0, args.penalty, args.margin) if kind in GRACEFUL else (
-            BoxConstraint())  # fmt: skip
+        """The graceful rule (--penalty, --margin, --uncovered, --prior) for the robust,
+        robust_half and anc_soft stores, the hard rule for the others."""
+        if kind not in GRACEFUL:
+            return BoxConstraint()
+        return BoxConstraint(True, args.prior, args.penalty, args.margin, args.uncovered == "void")
 
     def store(kind: str, setting: str, seed: int) -> Path:
         """A W store of `kind` (box, grabcut: the rules; anc, robust: the nets) on the W boxes

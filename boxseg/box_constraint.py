@@ -38,11 +38,14 @@ from boxseg.errors import BoxsegError
 NEG = 1e4  # the penalty of a class that no box allows (logits are O(10)): never overruled
 
 
-def soft_fields(penalty: float, margin: float) -> dict:
+def soft_fields(penalty: float, margin: float, void_uncovered: bool) -> dict:
     """The graceful rule's fields as records hold them: only where they differ from the hard
     rule, so records (and stores) made before they existed read and compare as they were."""
-    return ({} if penalty == NEG else {"penalty": penalty}) | (
-        {} if margin == 0 else {"margin": margin})  # fmt: skip
+    return (
+        ({} if penalty == NEG else {"penalty": penalty})
+        | ({} if margin == 0 else {"margin": margin})
+        | ({"void_uncovered": True} if void_uncovered else {})
+    )
 
 
 @dataclass(frozen=True)
@@ -51,21 +54,29 @@ class BoxConstraint:
     how hard the rule is: `penalty`, the bias of a class no box allows (1e4: certain; a few
     logits: a confident net, and self-correction, can overrule a missing box), and `margin`,
     how far beyond its edges (a fraction of its side) a box allows its class (a short or
-    shifted box then does not cut its object)."""
+    shifted box then does not cut its object), and `void_uncovered`: in a dataset without a
+    background class every object should have a box, so a pixel no box covers is where one is
+    missing; void there gives it no target instead of the net's unguided guess."""
 
     enabled: bool = True
     prior: float = 0.0
     penalty: float = NEG
     margin: float = 0.0
+    void_uncovered: bool = False
 
     def to_dict(self) -> dict:
         return {"enabled": self.enabled, "prior": self.prior} | soft_fields(
-            self.penalty, self.margin)  # fmt: skip
+            self.penalty, self.margin, self.void_uncovered)  # fmt: skip
 
     @staticmethod
     def from_dict(d: dict) -> BoxConstraint:
-        return BoxConstraint(bool(d.get("enabled", True)), float(d.get("prior", 0.0)),
-                             float(d.get("penalty", NEG)), float(d.get("margin", 0.0)))  # fmt: skip
+        return BoxConstraint(
+            bool(d.get("enabled", True)),
+            float(d.get("prior", 0.0)),
+            float(d.get("penalty", NEG)),
+            float(d.get("margin", 0.0)),
+            bool(d.get("void_uncovered", False)),
+        )
 
     def validate(self) -> None:
         if not 0 <= self.prior <= 100:
@@ -188,11 +199,12 @@ class ConstraintRule:
     prior: float = 0.0
     penalty: float = NEG  # the bias of a class no box allows
     margin: float = 0.0  # a box allows its class this fraction of its side beyond its edges
+    void_uncovered: bool = False  # no background class: pixels no box covers are void (NaN)
 
     def to_dict(self) -> dict:
         return {"num_classes": self.num_classes, "free": list(self.free),
                 "background": self.background, "prior": self.prior} | soft_fields(
-                    self.penalty, self.margin)  # fmt: skip
+                    self.penalty, self.margin, self.void_uncovered)  # fmt: skip
 
     @staticmethod
     def from_dict(d: dict) -> ConstraintRule:
@@ -203,6 +215,7 @@ class ConstraintRule:
             float(d.get("prior", 0.0)),
             float(d.get("penalty", NEG)),
             float(d.get("margin", 0.0)),
+            bool(d.get("void_uncovered", False)),
         )
 
     @staticmethod
@@ -213,9 +226,12 @@ class ConstraintRule:
         prior: float = 0.0,
         penalty: float = NEG,
         margin: float = 0.0,
+        void_uncovered: bool = False,
     ) -> ConstraintRule:
         free = free_classes(num_classes, background, box_classes)
-        return ConstraintRule(num_classes, tuple(free), background, prior, penalty, margin)
+        return ConstraintRule(
+            num_classes, tuple(free), background, prior, penalty, margin, void_uncovered
+        )
 
     def allowed(self, ev: BoxEvidence) -> torch.Tensor:
         """N x K x H x W bool: where each class may be (see the module docstring); a box
@@ -229,15 +245,22 @@ class ConstraintRule:
         if self.free:
             allowed[:, list(self.free)] = True
         if self.background is None:  # no box here and no background class: the net decides
-            covered = torch.einsum("nbh,nbw->nhw", in_rows, in_cols) > 0
-            allowed |= ~covered[:, None]
+            allowed |= ~self.covered(ev)[:, None]
         return allowed
 
+    def covered(self, ev: BoxEvidence) -> torch.Tensor:
+        """N x H x W bool: the pixels some box covers (grown by `margin`)."""
+        in_rows, in_cols = (x.float() for x in ev.grown(self.margin).extents())
+        return torch.einsum("nbh,nbw->nhw", in_rows, in_cols) > 0
+
     def bias(self, ev: BoxEvidence) -> torch.Tensor:
-        """N x K x H x W float32: 0 allowed, -penalty not, +prior on the smallest box's class."""
+        """N x K x H x W float32: 0 allowed, -penalty not, +prior on the smallest box's class;
+        NaN (void) where no box covers a pixel, with `void_uncovered` and no background class."""
         bias = torch.where(self.allowed(ev), 0.0, -self.penalty)
         if self.prior:
             bias = bias + self.prior * self._smallest(ev)
+        if self.void_uncovered and self.background is None:
+            bias = bias.masked_fill(~self.covered(ev)[:, None], torch.nan)
         return bias
 
     def _smallest(self, ev: BoxEvidence) -> torch.Tensor:
@@ -267,7 +290,7 @@ def rule_of(meta: dict | None, option: BoxConstraint | None) -> ConstraintRule |
     classes = (meta.get("boxes") or {}).get("classes")
     return ConstraintRule.of(len(meta["class_names"]), meta.get("background"),
                              tuple(classes) if classes else None, option.prior,
-                             option.penalty, option.margin)  # fmt: skip
+                             option.penalty, option.margin, option.void_uncovered)  # fmt: skip
 
 
 def constrain_whole(logits: torch.Tensor, rule: ConstraintRule | None, boxes: np.ndarray,

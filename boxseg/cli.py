@@ -108,6 +108,13 @@ BoxMargin = Annotated[
         "edges (for short or shifted boxes; 0: exactly inside)."
     ),
 ]
+BoxUncovered = Annotated[
+    str,
+    typer.Option(
+        help="Box constraint, datasets without a background class: pixels no box covers are "
+        "left to the net (net) or given no target (void: a box may be missing there)."
+    ),
+]
 WeakBoxes = Annotated[
     bool,
     typer.Option(
@@ -161,6 +168,15 @@ def _refuse_unused(uses: dict[str, bool], mode: str) -> None:
     for name, used in uses.items():
         if not used and ctx.get_parameter_source(name) in given:
             raise BoxsegError(f"--{name.replace('_', '-')}: not used {mode}")
+
+
+def _box_rule(enabled: bool, prior: float, penalty: float, margin: float, uncovered: str):
+    """The box constraint the options ask for (`--box-uncovered` net or void)."""
+    from boxseg.box_constraint import BoxConstraint
+
+    if uncovered not in ("net", "void"):
+        raise BoxsegError(f"--box-uncovered {uncovered}: choose net or void")
+    return BoxConstraint(enabled, prior, penalty, margin, uncovered == "void")
 
 
 Overwrite = Annotated[
@@ -347,6 +363,7 @@ def gen_logits_cmd(
     box_prior: BoxPrior = BOX_PRIOR,
     box_penalty: BoxPenalty = 1e4,
     box_margin: BoxMargin = 0.0,
+    box_uncovered: BoxUncovered = "net",
     device: Device = "auto",
     skip_bad: SkipBad = False,
     quiet: Quiet = False,
@@ -354,7 +371,6 @@ def gen_logits_cmd(
 ) -> None:
     """Fill the logits store for W: the ancillary net's logits (images + boxes), or box-fill /
     GrabCut pseudo-labels; resumes if killed."""
-    from boxseg.box_constraint import BoxConstraint
     from boxseg.box_labels import METHODS
     from boxseg.gen_logits import BoxMethod, gen_logits
 
@@ -364,6 +380,7 @@ def gen_logits_cmd(
     _refuse_unused({"model": method == "anc", "batch_size": method == "anc",
                     "box_constraint": method == "anc", "box_prior": method == "anc",
                     "box_penalty": method == "anc", "box_margin": method == "anc",
+                    "box_uncovered": method == "anc",
                     "confidence": painted, "box_min_area": painted,
                     "grabcut_iters": method == "grabcut", "grabcut_margin": method == "grabcut",
                     "sam_checkpoint": method == "sam", "sam_model": method == "sam"},
@@ -386,7 +403,7 @@ def gen_logits_cmd(
         workers,
         skip_bad,
         batch_size,
-        BoxConstraint(box_constraint, box_prior, box_penalty, box_margin),
+        _box_rule(box_constraint, box_prior, box_penalty, box_margin, box_uncovered),
         redo=tuple(i.strip() for i in (redo or "").split(",") if i.strip()),
     )
     if not quiet:
@@ -460,6 +477,7 @@ def train_primary_cmd(
     box_prior: BoxPrior = BOX_PRIOR,
     box_penalty: BoxPenalty = 1e4,
     box_margin: BoxMargin = 0.0,
+    box_uncovered: BoxUncovered = "net",
     num_full: NumFull = None,
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
@@ -493,7 +511,6 @@ def train_primary_cmd(
     config: Config = None,
 ) -> None:
     """Train the primary net p(y|x) on F (masks) + W (stored ancillary logits, self-corrected)."""
-    from boxseg.box_constraint import BoxConstraint
     from boxseg.box_losses import WeakBoxLoss
     from boxseg.train_primary import train_primary
 
@@ -507,8 +524,8 @@ def train_primary_cmd(
                                                            "--anc-model)"))  # fmt: skip
     _refuse_unused({"weak_box_weight": weak_boxes}, "without --weak-boxes")
     online = anc_model is not None  # the rule applies to logits this run makes itself
-    _refuse_unused(dict.fromkeys(("box_constraint", "box_prior", "box_penalty", "box_margin"),
-                                 online),
+    _refuse_unused(dict.fromkeys(("box_constraint", "box_prior", "box_penalty", "box_margin",
+                                  "box_uncovered"), online),
                    "with --logits alone: the store's own box rule applies (set it when running "
                    "gen-logits)" if logits else "without --anc-model")  # fmt: skip
     train_primary(
@@ -533,7 +550,8 @@ def train_primary_cmd(
         quiet=quiet,
         skip_bad=skip_bad,
         class_weights=class_weights,
-        box_constraint=BoxConstraint(box_constraint, box_prior, box_penalty, box_margin),
+        box_constraint=_box_rule(box_constraint, box_prior, box_penalty, box_margin,
+                                 box_uncovered),
         allow_full_anc=allow_full_anc,
         weak_boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
         hard_pixels=hard_pixels,

@@ -130,16 +130,19 @@ def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
     loop over pixels or boxes."""
     raw = store.read_full(i, constrained=False)
     k, h, w = raw.shape
+    boxes, stored_labels = store.read_boxes(i)
+    ev = BoxEvidence.whole([boxes], [stored_labels], h, w)
+    bias = store.rule.bias(ev)[0] if store.rule is not None else None
     valid = ~torch.isnan(raw).any(0)
+    if bias is not None:  # the rule's void pixels (`void_uncovered`) are no target either
+        valid &= ~torch.isnan(bias).any(0)
+        bias = bias.nan_to_num(0.0)
     validf = valid.float()
     n_valid = max(float(validf.sum()), 1.0)
     raw = raw.nan_to_num(0.0)
-    boxes, stored_labels = store.read_boxes(i)
-    ev = BoxEvidence.whole([boxes], [stored_labels], h, w)
     in_rows, in_cols, labels = box_masks(ev)  # the boxes that count (`pixel_boxes`)
     box_class = F.one_hot(labels, k).float()  # B x K
     covered = torch.einsum("bk,bh,bw->khw", box_class, in_rows, in_cols) > 0  # by class
-    bias = store.rule.bias(ev)[0] if store.rule is not None else None
     logits = raw if bias is None else raw + bias
     probs = torch.softmax(logits, 0) * validf
     pred = class_map(probs)

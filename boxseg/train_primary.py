@@ -9,7 +9,7 @@ then F and W together. The loss is selfcorr.Objective; this module only assemble
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -117,14 +117,14 @@ def train_primary(
     if distributed.is_main():
         out = prepare_run_dir(out, "train-primary", data, cfg.resume, cfg.overwrite)
     out = Path(out)
+    full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad,
+                          Path(out) / "skipped_full.json", "F",
+                          quiet or not distributed.is_main())  # fmt: skip
     anc = load_ancillary(anc_model, ds, device, self_corr, allow_full_anc, box_constraint,
                          full_ids)
     aug = AugmentSpec(cfg.crop, (cfg.scale_min, cfg.scale_max))
     weak = weak_source(ds, split.split, weak_ids, logits, anc, box_constraint, skip_bad,
                        Path(out), aug, quiet or not distributed.is_main())  # fmt: skip
-    full_ids = usable_ids(ds, split.split, full_ids, True, skip_bad,
-                          Path(out) / "skipped_full.json", "F",
-                          quiet or not distributed.is_main())  # fmt: skip
     weights = resolve_class_weights(class_weights, ds, split.split, full_ids)
     torch.manual_seed(cfg.seed)
     model = build_model(spec, ds.num_classes, None, pretrained).to(device)
@@ -141,7 +141,7 @@ def train_primary(
     like_store = None
     if weak is not None and isinstance(weak.store, LogitsStore):
         like_store = (weak.store.stride, weak.store.dtype)
-    f_anc = f_anc_logits(anc.net, like_store, anc.rule) if anc else None
+    f_anc = f_anc_logits(anc.net, like_store, f_rule(anc.rule)) if anc else None
     correction = make_correction(self_corr, ds.num_classes, iters, alpha_start, alpha_end,
                                  alpha_decay_fraction, conv_hidden, conv_grad_to_primary,
                                  f_anc)  # fmt: skip
@@ -322,15 +322,25 @@ def anc_trained_on(anc: Ancillary | None, full_ids: list[str]) -> dict | None:
     return record
 
 
-def applied_rule(weak: WeakSource | None, box_constraint: BoxConstraint) -> dict | None:
-    """The box rule W's targets follow: the store's own (as gen-logits wrote it), or the option
-    for the ancillary net run online; None without W."""
+def f_rule(rule: ConstraintRule | None) -> ConstraintRule | None:
+    """The rule for conv's F inputs: W's, but never void (F's pixels all have a mask to learn
+    g on; `void_uncovered` only withholds W targets where a box may be missing)."""
+    return None if rule is None else replace(rule, void_uncovered=False)
+
+
+def applied_rule(weak: WeakSource | None, anc: Ancillary | None,
+                 box_constraint: BoxConstraint) -> dict | None:  # fmt: skip
+    """The box rule W's targets follow (`rule`: what readers apply; None: none) and the option
+    it came from (`option`: gen-logits' record for a net's store, none for a box rule's, this
+    run's for the ancillary net run online); None without W."""
     if weak is None:
         return None
     if weak.kind == "store":
-        attrs = getattr(weak.store, "attrs", None) or {}
-        return attrs.get("box_constraint")
-    return box_constraint.to_dict()
+        rule, option = weak.store.rule, (getattr(weak.store, "attrs", None) or {}).get(
+            "box_constraint")  # fmt: skip
+    else:
+        rule, option = anc.rule, box_constraint.to_dict()
+    return {"rule": None if rule is None else rule.to_dict(), "option": option}
 
 
 def run_config(ds, split, full_ids, weak, logits, anc, mode, alpha, conv, weak_weight, sizes,
@@ -351,7 +361,7 @@ def run_config(ds, split, full_ids, weak, logits, anc, mode, alpha, conv, weak_w
         "pretrained_loaded": model.backbone.pretrained,
         "class_weights": {"option": class_weights,
                           "values": None if weights is None else weights.tolist()},
-        "box_constraint": applied_rule(weak, box_constraint),
+        "box_constraint": applied_rule(weak, anc, box_constraint),
         "train": cfg.to_dict(), "iters": iters,
         "w_steps": (iters - warmup) if weak else 0, "stage2_steps": warmup,
     }  # fmt: skip

@@ -546,3 +546,41 @@ def test_gen_logits_records_a_graceful_rule_and_readers_apply_it(pipeline, tmp_p
     args = ["eval", pipeline["data"], "--model", pipeline["anc"], "--split", "val"]
     code, _, err = run_cli([*args, "--device", "cpu", "--quiet", "--box-penalty", "0"], capsys)
     assert code == 2 and "--box-penalty 0: must be in" in err
+
+
+def test_void_uncovered_gives_no_target_where_no_box_covers_a_pixel(pipeline, tmp_path, capsys):
+    """--box-uncovered void (no background class): a pixel no box covers is void in the store's
+    pseudo-labels (NaN targets, which the W term leaves out) and nowhere else; with a
+    background class it changes nothing; conv's F inputs are never void."""
+    from boxseg.evaluate import pseudo_labels
+    from boxseg.store import LogitsStore
+    from boxseg.train_primary import f_rule
+    from tests.conftest import run_cli
+
+    boxes = np.array([[0, 0, 10, 10]], np.float32)
+    ev = BoxEvidence.whole([boxes], [np.array([1])], 12, 16)
+    rule = ConstraintRule.of(3, None, None, void_uncovered=True)
+    bias = rule.bias(ev)[0]
+    assert bias[:, :10, :10].isnan().sum() == 0 and bias[:, 10:, :].isnan().all()
+    assert bias[:, :, 10:].isnan().all() and (rule.covered(ev)[0] == ~bias[0].isnan()).all()
+    logits = rule.apply(torch.randn(1, 3, 12, 16), ev)  # what a store's reader gives
+    from boxseg.weak_targets import without_void
+
+    _, valid = without_void(logits, torch.ones(1, 12, 16, dtype=torch.bool))
+    assert valid[0].sum() == 100 and valid[0, :10, :10].all()
+    assert not ConstraintRule.of(3, 0, None, void_uncovered=True).bias(ev).isnan().any()
+    assert f_rule(ConstraintRule.of(3, None, None, void_uncovered=True)).void_uncovered is False
+    out = tmp_path / "void.zarr"
+    code, _, err = run_cli(["gen-logits", pipeline["data"], "--model", pipeline["anc"], "--out",
+                            out, "--num-full", "4", "--device", "cpu", "--quiet",
+                            "--box-uncovered", "void"], capsys)  # fmt: skip
+    assert code == 0, err
+    store, hard = LogitsStore.open(out), LogitsStore.open(pipeline["store"])
+    assert store.attrs["box_constraint"]["void_uncovered"] is True
+    assert store.rule.void_uncovered and store.rule.background is not None  # this set has one
+    for i in range(len(store)):  # background may be anywhere: nothing is left void
+        np.testing.assert_array_equal(pseudo_labels(store, i), pseudo_labels(hard, i))
+    code, _, err = run_cli(["gen-logits", pipeline["data"], "--model", pipeline["anc"], "--out",
+                            tmp_path / "x.zarr", "--num-full", "4", "--quiet",
+                            "--box-uncovered", "maybe"], capsys)  # fmt: skip
+    assert code == 2 and "--box-uncovered maybe: choose net or void" in err

@@ -274,8 +274,19 @@ def test_a_store_run_refuses_box_rule_options_and_records_the_stores_rule(
     code, _, err = run_cli([*base, "--out", tmp_path / "store"], capsys)
     assert code == 0, err
     recorded = json.loads((tmp_path / "store" / "config.json").read_text())["box_constraint"]
-    assert recorded == LogitsStore.open(pipeline["store"]).attrs["box_constraint"]
-    assert recorded == {"enabled": True, "prior": 0.0}
+    store = LogitsStore.open(pipeline["store"])
+    assert recorded == {"rule": store.rule.to_dict(), "option": store.attrs["box_constraint"]}
+    assert recorded["option"] == {"enabled": True, "prior": 0.0}
+    # a box rule's store applies a rule too (boxes painted, the net's rule for readers)
+    box = tmp_path / "box.zarr"
+    code, _, err = run_cli(["gen-logits", pipeline["data"], "--method", "box", "--out", box,
+                            "--num-full", "4", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli([*base[:3], box, *base[4:], "--out", tmp_path / "boxrun"], capsys)
+    assert code == 0, err
+    recorded = json.loads((tmp_path / "boxrun" / "config.json").read_text())["box_constraint"]
+    assert recorded == {"rule": LogitsStore.open(box).rule.to_dict(), "option": None}
+    assert recorded["rule"] is not None
     online = [
         "train-primary",
         pipeline["data"],
@@ -293,7 +304,8 @@ def test_a_store_run_refuses_box_rule_options_and_records_the_stores_rule(
     code, _, err = run_cli(online, capsys)
     assert code == 0, err
     config = json.loads((tmp_path / "online" / "config.json").read_text())
-    assert config["box_constraint"] == {"enabled": True, "prior": 2.0}
+    assert config["box_constraint"]["option"] == {"enabled": True, "prior": 2.0}
+    assert config["box_constraint"]["rule"]["prior"] == 2.0
     f_only = ["train-primary", pipeline["data"], "--num-full", "4", *TINY_MODEL, *TINY_TRAIN]
     code, _, err = run_cli([*f_only, "--out", tmp_path / "f", "--box-prior", "2"], capsys)
     assert code == 2 and "--box-prior: not used without --anc-model" in err
