@@ -316,7 +316,7 @@ def main() -> None:
         return {"unseen": scores(r)}
 
     def primary(mode: str, source: str, setting: str, seed: int) -> None:
-        name = f"{mode}_{source}_{setting}_s{seed}"
+        name = f"{mode}_{source}{args.tag if source in GRACEFUL else ''}_{setting}_s{seed}"
         run = root / "runs" / name
         data = data_for(setting, seed)
         cfg = TrainConfig(iters=args.iters, batch_size=4, crop=96, scale_min=0.75,

@@ -26,15 +26,13 @@ from boxseg.data.sample import VOID
 METHODS = ("anc", "box", "grabcut", "sam")
 
 
-UNBOUNDED = 1 << 30  # an image size no box reaches: boxes read from files are clipped already
-
-
-def painting_order(boxes: np.ndarray, height: int = UNBOUNDED,
-                   width: int = UNBOUNDED) -> np.ndarray:  # fmt: skip
-    """Indices of boxes from the largest to the smallest pixel area (`pixel_boxes`), so small
-    ones end on top; among equal areas the later box ends on top (as the prior chooses)."""
-    b = box_pixels(boxes, height, width)
-    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+def painting_order(bounds: np.ndarray) -> np.ndarray:
+    """Indices of boxes from the most to the fewest pixels covered, so small ones end on top;
+    among equal counts the later box ends on top (as the prior chooses). `bounds`: the pixel
+    bounds `pixel_boxes` gives (box-fill, GrabCut and SAM paint in this one order)."""
+    if not np.issubdtype(bounds.dtype, np.integer):
+        raise TypeError("painting_order takes pixel_boxes(...).bounds, not float boxes")
+    areas = (bounds[:, 2] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 1])
     return np.argsort(-areas, kind="stable")
 
 

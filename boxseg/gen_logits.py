@@ -41,7 +41,7 @@ from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import SegDataset, load_weak, open_dataset
 from boxseg.data.sample import Sample
 from boxseg.data.split import SplitSpec, split_dataset
-from boxseg.data.validate import check_image_file, usable_ids
+from boxseg.data.validate import image_size, usable_ids
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
@@ -165,7 +165,7 @@ def gen_logits(
     provenance["skipped_ids"] = sorted(set(all_weak) - set(weak_ids))
     if distributed.is_main():  # one rank creates (or checks) the store, then all open it
         paths = [ds.image_path(split.split, i) for i in weak_ids]
-        sizes = np.array([check_image_file(p) for p in paths], np.int32).reshape(-1, 2)
+        sizes = np.array([image_size(p) for p in paths], np.int32).reshape(-1, 2)
         attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()},
                               "image_file_sizes": [p.stat().st_size for p in paths]}  # fmt: skip
         store = open_or_create(out, weak_ids, list(ds.class_names), stride, dtype, attrs, rule,

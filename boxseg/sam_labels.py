@@ -4,7 +4,8 @@ The `segment-anything` package (`pip install "boxseg[sam]"`) and a checkpoint fi
 (`--sam-checkpoint`, e.g. sam_vit_b_01ec64.pth from the segment-anything releases; boxseg
 never downloads one) give a `SamPredictor`. Per image: the image is embedded once, all of its
 boxes go through one batched prompt call (one mask per box, single-mask output), and the masks
-are painted as box-fill paints boxes: larger boxes first, so a smaller object stays on top;
+are painted as box-fill paints boxes: larger boxes first (by the pixels they cover), so a
+smaller object stays on top; a box covering no pixel (a click) is not sent to SAM;
 pixels in no mask are background, or void where the dataset has no background class. The
 label map then becomes soft logits like `--method box` (`--confidence`), so train-primary,
 `eval --logits` and `viz` take the store unchanged.
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from boxseg.box_labels import painting_order
-from boxseg.data.boxes import box_pixels
+from boxseg.data.boxes import pixel_boxes
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
 
@@ -65,16 +66,18 @@ def sam_masks(predictor, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def sam_fill(predictor, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
              background: int | None) -> tuple[np.ndarray, int]:  # fmt: skip
-    """HxW uint8 label map from SAM's masks, each clipped to its box (`box_pixels`, as GrabCut's
-    are), painted larger boxes first; also the number of boxes whose mask came back empty
-    (their box is left as SAM left it: unpainted)."""
+    """HxW uint8 label map from SAM's masks, each clipped to its box's pixels (`pixel_boxes`,
+    as GrabCut's are), painted in box-fill's order (`painting_order`); also the number of
+    boxes whose mask came back empty (their box is left as SAM left it: unpainted). A box
+    covering no pixel is never sent to SAM, paints nothing and is not counted as empty."""
     h, w = image.shape[:2]
     out = np.full((h, w), VOID if background is None else background, np.uint8)
-    masks = sam_masks(predictor, image, boxes)
-    for k, (x1, y1, x2, y2) in enumerate(box_pixels(boxes, h, w)):  # a mask stays in its box
+    px = pixel_boxes(boxes, labels, h, w)
+    masks = sam_masks(predictor, image, np.asarray(boxes, np.float32).reshape(-1, 4)[px.keep])
+    for k, (x1, y1, x2, y2) in enumerate(px.bounds):  # a mask stays in its box
         inside = np.zeros((h, w), bool)
         inside[y1:y2, x1:x2] = True
         masks[k] &= inside
-    for k in painting_order(boxes):
-        out[masks[k]] = labels[k]
+    for k in painting_order(px.bounds):
+        out[masks[k]] = px.labels[k]
     return out, int(sum(not m.any() for m in masks))

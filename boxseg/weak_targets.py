@@ -34,7 +34,7 @@ from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import SegDataset, load_weak
 from boxseg.data.torchsets import AugmentSpec, crop_evidence, item_key
 from boxseg.data.transforms import Aligned, apply, to_tensor, window
-from boxseg.data.validate import check_image_file
+from boxseg.data.validate import image_size
 from boxseg.errors import BoxsegError
 from boxseg.store import InMemoryLogits, LogitsStore
 
@@ -190,7 +190,7 @@ def check_sizes(ds: SegDataset, split: str, store, weak_ids: list[str], location
     """Every W image has the size its logits were made for (another dataset with the same ids
     would not); image headers only."""
     for image_id in weak_ids:
-        h, w = check_image_file(ds.image_path(split, image_id))
+        h, w = image_size(ds.image_path(split, image_id))
         sh, sw = (int(v) for v in store.sizes[store.index(image_id)])
         if (sh, sw) != (h, w):
             raise BoxsegError(f"{location}: logits of {image_id} are for a {sw}x{sh} image, "

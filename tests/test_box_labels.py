@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from boxseg.box_labels import box_fill, grabcut_fill, labels_to_logits, painting_order
+from boxseg.data.boxes import pixel_boxes
 from boxseg.data.sample import VOID
 from boxseg.store import LogitsStore
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
@@ -17,7 +18,8 @@ from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 def test_box_fill_paints_small_boxes_over_large_ones():
     boxes = np.array([[5, 5, 10, 10], [0, 0, 15, 15], [12, 12, 20, 20]], np.float32)
     labels = np.array([2, 1, 3])
-    assert painting_order(boxes).tolist() == [1, 2, 0]  # 225, 64, 25 pixels
+    order = painting_order(pixel_boxes(boxes, labels, 20, 20).bounds)
+    assert order.tolist() == [1, 2, 0]  # 225, 64, 25 pixels
     out = box_fill(20, 20, boxes, labels, background=0)
     want = np.zeros((20, 20), np.uint8)
     want[0:15, 0:15] = 1
@@ -36,7 +38,9 @@ def test_box_fill_and_the_prior_agree_on_which_box_is_smaller():
 
     boxes = np.array([[0, 0, 1.5, 1.5], [0, 0, 2, 2]], np.float32)
     labels = np.array([1, 2])
-    assert painting_order(boxes).tolist() == [0, 1]
+    assert painting_order(pixel_boxes(boxes, labels, 4, 4).bounds).tolist() == [0, 1]
+    with pytest.raises(TypeError, match="pixel_boxes"):  # float boxes: areas it would misjudge
+        painting_order(boxes)
     filled = box_fill(4, 4, boxes, labels, background=0)
     bias = ConstraintRule.of(3, 0, None, prior=3.0).bias(
         BoxEvidence.whole([boxes], [labels], 4, 4))[0]  # fmt: skip

@@ -150,3 +150,31 @@ def test_sam_masks_are_clipped_to_their_box(monkeypatch):
     want[3:12, 2:10] = 1
     want[1:19, 20:23] = 2
     assert empty == 0 and np.array_equal(out, want)
+
+
+def test_sam_gets_only_boxes_covering_pixels_and_paints_in_box_fills_order(monkeypatch):
+    """SAM goes through the one home of box geometry, as GrabCut does: a click box (no pixel)
+    is never prompted, paints nothing and is no empty-mask fallback; boxes are painted in
+    box-fill's order by the pixels they cover, not by their float size: box 2 (1.5 x 1.5)
+    covers the same 2 x 2 pixels as box 3, so the later box 3 ends on top; box 4 reaches
+    past the image (70 square units, 20 pixels in it), so it goes on top of box 5 (24)."""
+    import boxseg.sam_labels as sl
+    from boxseg.box_labels import box_fill
+
+    prompted = []
+
+    def whole_box(predictor, image, boxes):  # SAM answering "the whole image" per prompt
+        prompted.append(np.asarray(boxes).tolist())
+        return np.ones((len(boxes), *image.shape[:2]), bool)
+
+    monkeypatch.setattr(sl, "sam_masks", whole_box)
+    image = np.zeros((20, 30, 3), np.uint8)
+    boxes = np.array(
+        [[2, 3, 10, 12], [5, 5, 5, 9], [0, 0, 1.5, 1.5], [0, 0, 2, 2], [26, 0, 40, 5],
+         [24, 0, 30, 4]], np.float32)  # fmt: skip
+    labels = np.array([1, 2, 3, 1, 2, 3])
+    out, empty = sl.sam_fill(None, image, boxes, labels, 0)
+    assert len(prompted) == 1 and len(prompted[0]) == 5 and [5, 5, 5, 9] not in prompted[0]
+    assert empty == 0
+    np.testing.assert_array_equal(out, box_fill(20, 30, boxes, labels, 0))
+    assert (out[:2, :2] == 1).all() and (out[:4, 26:30] == 2).all()

@@ -31,7 +31,7 @@ from boxseg.data.box_files import read_voc_xml, read_yaml_names, read_yolo
 from boxseg.data.boxes import BoxSpec, fit_boxes, keep_classes
 from boxseg.data.reader import ReaderBase, check_mask, find_image, read_class_names, read_id_list
 from boxseg.data.sample import VOID
-from boxseg.data.validate import check_image_file, turned_hint
+from boxseg.data.validate import image_size, turned_hint
 from boxseg.errors import BoxsegError
 from boxseg.io import read_label_png, read_text
 
@@ -171,7 +171,7 @@ class FolderDataset(ReaderBase):
 
     def _draw_segmentations(self, image_id: str) -> np.ndarray:
         """A class mask from the image's COCO segmentations, larger objects drawn first."""
-        h, w = self.coco.sizes.get(image_id) or check_image_file(self.image_path("", image_id))
+        h, w = self.coco.sizes.get(image_id) or image_size(self.image_path("", image_id))
         mask = np.full((h, w), VOID if self.background is None else self.background, np.uint8)
         anns = sorted(self.coco.boxes[image_id], key=lambda a: -a["bbox"][2] * a["bbox"][3])
         for a in anns:
@@ -195,13 +195,13 @@ class FolderDataset(ReaderBase):
         if self.box_source == "coco":
             return self._coco_boxes(split, image_id, spec)
         if self.box_source == "yolo":
-            h, w = check_image_file(self.image_path(split, image_id))
+            h, w = image_size(self.image_path(split, image_id))
             path = self.root / "labels" / f"{image_id}.txt"
             boxes, labels = read_yolo(path, self.num_classes, h, w)
         else:
             path = self.root / "annotations" / f"{image_id}.xml"
             boxes, labels = read_voc_xml(path, self.class_names)
-            h, w = check_image_file(self.image_path(split, image_id))
+            h, w = image_size(self.image_path(split, image_id))
             boxes = fit_boxes(boxes, h, w, path)
         return keep_classes(boxes, labels, spec.classes)
 
@@ -212,7 +212,7 @@ class FolderDataset(ReaderBase):
         path = self.root / BOXES_FILE
         if image_id not in self.coco.boxes:
             raise BoxsegError(f"{path}: image {image_id} is not in the file")
-        h, w = check_image_file(self.image_path(split, image_id))
+        h, w = image_size(self.image_path(split, image_id))
         said = self.coco.sizes.get(image_id)
         if said is not None and said != (h, w):
             image = self.image_path(split, image_id)

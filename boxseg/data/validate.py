@@ -3,14 +3,16 @@
 Each image file once per process: its header (size in the displayed frame, EXIF orientation
 applied as `read_image` applies it) and whether its data decodes to the end (a JPEG decoded at
 1/8 scale, a PNG's chunk checksums up to IEND; bytes after the image's end are fine), and each
-needed mask decoded once (size, channels, class ids). A bad file stops the run at once with a
-one-line error, unless the user passes --skip-bad: then bad images are left out, counted, and
-listed in a JSON report.
+needed mask decoded once (size, channels, class ids). Readers later read only headers
+(`image_size`): the decode check is made here, not per sample. A bad file stops the run at
+once with a one-line error, unless the user passes --skip-bad: then bad images are left out,
+counted, and listed in a JSON report.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -21,46 +23,71 @@ from boxseg.data.reader import SegDataset
 from boxseg.errors import BoxsegError
 from boxseg.io import displayed_size, exif_orientation, write_json
 
-MAX_CHECKED = 200_000  # files remembered as checked per process (a few hundred bytes each)
-_checked: dict[tuple, tuple[int, int]] = {}
+MAX_CHECKED = 200_000  # file versions remembered as decoded per process (~200 bytes each)
+_decoded: set[tuple] = set()
+
+
+def image_size(path: Path, displayed: bool = True) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone: no pixel is decoded, so
+    readers (every sample, in every loader process and rank) and size comparisons pay a
+    header read, remembered per file version (path, size, modification time). `displayed`:
+    the size in the displayed frame (EXIF orientation applied, as `read_image` reads images);
+    False for masks, read as stored. BoxsegError naming the file where its header is not a
+    readable image's. Whether the data decodes is `check_image_file`'s, run up front."""
+    return _header_size(str(path), displayed, *_version(Path(path)))
 
 
 def check_image_file(path: Path, displayed: bool = True) -> tuple[int, int]:
-    """(height, width) of a readable image file whose data decodes to its end; BoxsegError
-    naming it otherwise. `displayed`: the size in the displayed frame (EXIF orientation
-    applied, as `read_image` reads images); False for masks, read as stored. A file version
-    (path, size, modification time) that passed is remembered in this process: readers call
-    this for every sample, and only the first call decodes."""
+    """`image_size` of a file whose data also decodes to its end; BoxsegError naming it
+    otherwise. The up-front check (`check_sample`); a file version that passed is remembered
+    in this process, so a second stage checking the same files decodes none again."""
+    version = _version(Path(path))
+    size = _header_size(str(path), displayed, *version)
+    key = (str(path), *version)
+    if key not in _decoded:
+        _check_decodes(Path(path))
+        if len(_decoded) < MAX_CHECKED:
+            _decoded.add(key)
+    return size
+
+
+def _version(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a file; BoxsegError naming it if it cannot be read."""
     try:
-        st = Path(path).stat()
+        st = path.stat()
     except FileNotFoundError as e:
         raise BoxsegError(f"{path}: file not found") from e
     except OSError as e:
         raise BoxsegError(f"{path}: cannot read ({e.strerror or e})") from e
-    key = (str(path), displayed, st.st_size, st.st_mtime_ns)
-    size = _checked.get(key)
-    if size is None:
-        size = _check_image(Path(path), displayed)
-        if len(_checked) < MAX_CHECKED:
-            _checked[key] = size
-    return size
+    return st.st_size, st.st_mtime_ns
 
 
-def _check_image(path: Path, displayed: bool) -> tuple[int, int]:
-    """`check_image_file` without the memory: header, then the decode check."""
+def _open(path: Path) -> Image.Image:
+    """The image file opened by PIL (its header read, no pixels); BoxsegError naming it."""
     try:
-        im = Image.open(path)
+        return Image.open(path)
     except FileNotFoundError as e:
         raise BoxsegError(f"{path}: file not found") from e
     except Image.DecompressionBombError as e:
         raise BoxsegError(f"{path}: too large to read ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BoxsegError(f"{path}: not a readable image (corrupt or unknown format)") from e
-    with im:
-        fmt = "JPEG" if im.format == "MPO" else im.format  # MPO: a JPEG with more pictures
+
+
+@lru_cache(maxsize=1 << 16)
+def _header_size(path: str, displayed: bool, nbytes: int, mtime_ns: int) -> tuple[int, int]:
+    """`image_size` of one file version (the version only keys the cache)."""
+    with _open(Path(path)) as im:
         h, w = displayed_size(im) if displayed else im.size[::-1]
-        if w < 1 or h < 1:
-            raise BoxsegError(f"{path}: empty image ({w}x{h})")
+    if w < 1 or h < 1:
+        raise BoxsegError(f"{path}: empty image ({w}x{h})")
+    return h, w
+
+
+def _check_decodes(path: Path) -> None:
+    """BoxsegError naming the file unless its data decodes to the image's end (`_decode`)."""
+    with _open(path) as im:
+        fmt = "JPEG" if im.format == "MPO" else im.format  # MPO: a JPEG with more pictures
         try:
             _decode(im)
         except Exception as e:  # noqa: BLE001 - whatever a decoder raises, it does not decode
@@ -70,7 +97,6 @@ def _check_image(path: Path, displayed: bool) -> tuple[int, int]:
             else:
                 msg = f"{path}: corrupt {fmt} file, it does not decode ({reason})"
             raise BoxsegError(msg) from e
-    return h, w
 
 
 def _decode(im: Image.Image) -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 from boxseg.data.box_files import read_voc_xml
 from boxseg.data.boxes import BoxSpec, fit_boxes, keep_classes
 from boxseg.data.reader import ReaderBase, check_mask, find_image, read_id_list
-from boxseg.data.validate import check_image_file
+from boxseg.data.validate import image_size
 from boxseg.errors import BoxsegError
 
 VOC_CLASSES = (
@@ -97,5 +97,5 @@ class VocDataset(ReaderBase):
         corners -> 0-based xyxy, x2/y2 exclusive); `spec.classes` filters them."""
         path = self.root / "Annotations" / f"{image_id}.xml"
         boxes, labels = read_voc_xml(path, self.class_names)
-        h, w = check_image_file(self.image_path(split, image_id))
+        h, w = image_size(self.image_path(split, image_id))
         return keep_classes(fit_boxes(boxes, h, w, path), labels, spec.classes)
