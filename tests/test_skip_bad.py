@@ -41,8 +41,13 @@ def test_skip_bad_through_the_pipeline(pipeline, tmp_path, capsys):
     assert s.attrs["skipped_ids"] == [store_ids[1]] and store_ids[1] not in s.image_ids
 
     primary = ["train-primary", data, "--out", tmp_path / "p", "--logits", store, *common]
-    code, _, err = run_cli(primary, capsys)
-    assert code == 2 and "left out 1 bad images" in err
+    code, _, err = run_cli(primary, capsys)  # F is checked first (conv judges usable F)
+    assert code == 2 and "not a readable image" in err and "--skip-bad" in err
+    bad_f = data / "train" / f"{full_ids[0]}.png"
+    shutil.copy(pipeline["data"] / "train" / bad_f.name, bad_f)
+    code, _, err = run_cli([*primary[:3], tmp_path / "p0", *primary[4:]], capsys)
+    assert code == 2 and "left out 1 bad images" in err  # then the store's own record
+    bad_f.write_bytes(b"broken")
     code, _, err = run_cli([*primary, "--skip-bad"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "p" / "skipped_full.json").read_text())["skipped"]
