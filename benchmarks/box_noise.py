@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--report", action="store_true", help="only print the tables from the cache")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -357,7 +358,7 @@ def main() -> None:
                                 primary("none", source, setting, seed)
     results = {p.stem: json.loads(p.read_text()) for p in (root / "rows").glob("*.json")}
     summary = summarise(results, seeds)
-    print_tables(summary, args.dataset)
+    (markdown_tables if args.markdown else print_tables)(summary, args.dataset)
     if args.json:
         write_json(args.json, {"summary": summary, "rows": results, "dataset": args.dataset,
                                "num_full": len(full_ids), "num_weak": len(weak_ids)})  # fmt: skip
@@ -414,6 +415,41 @@ def print_tables(summary: dict, dataset: str) -> None:
             cells = [f"{e[k]['miou_mean']:6.2f} +- {e[k]['miou_sd']:4.2f}" if k in e else "-"
                      for k in ("val", "unseen")]  # fmt: skip
             print(f"{name:<26} {cells[0]:>16} {cells[1]:>16}")
+
+
+def cell(e: dict | None, key: str = "miou") -> str:
+    """'mean +- sd (per-seed values)' of one summary entry, or '-'."""
+    if not e:
+        return "-"
+    seeds = ", ".join(f"{v:.2f}" for _, v in sorted(e[f"{key}_seeds"].items()))
+    return f"{e[f'{key}_mean']:.2f} +- {e[f'{key}_sd']:.2f} ({seeds})"
+
+
+def markdown_tables(summary: dict, dataset: str) -> None:
+    """The stores table (a row per setting, a column per kind, and each net's lead over box-fill
+    paired by seed) and the primaries table, as docs/results.md shows them."""
+    stores = summary["stores"]
+    kinds = sorted({k.rsplit("_", 1)[0] for k in stores} - {"box"}, key=lambda k: (
+        k not in ("grabcut", "anc"), k))  # fmt: skip
+    print(f"| W's boxes ({dataset}) | box-fill | " + " | ".join(kinds) + " |")
+    print("|---" * (len(kinds) + 2) + "|")
+    for setting in SETTINGS:
+        row = [cell(stores.get(f"{k}_{setting}")) for k in ["box", *kinds]]
+        print(f"| {setting} | " + " | ".join(row) + " |")
+    print(f"\n| lead over box-fill, paired by seed ({dataset}) | " + " | ".join(kinds) + " |")
+    print("|---" * (len(kinds) + 1) + "|")
+    for setting in SETTINGS:
+        lead = []
+        for k in kinds:
+            e = stores.get(f"{k}_{setting}")
+            paired = e is not None and "minus_box_fill_mean" in e
+            lead.append(f"{e['minus_box_fill_mean']:+.2f} +- {e['minus_box_fill_sd']:.2f}"
+                        if paired else "-")  # fmt: skip
+        print(f"| {setting} | " + " | ".join(lead) + " |")
+    if summary["primaries"]:
+        print("\n| primary, --self-corr and store | val (in-domain) | unseen |\n|---|---|---|")
+        for name, e in summary["primaries"].items():
+            print(f"| {name} | {cell(e.get('val'))} | {cell(e.get('unseen'))} |")
 
 
 if __name__ == "__main__":
