@@ -24,8 +24,8 @@ Rows (cached in OUT/DATASET/rows/*.json, each with the commit, torch version and
   anc_robust_s{s}: the same with `--box-noise` augmentation of F's boxes (`--robust-noise`).
 - store_box_{setting}_d{s}, store_grabcut_{setting}_d{s}: the box rules at pixel level
   (stride 1); store_{kind}_{setting}_s{s}: the nets' stores (stride 4), kind = anc (today's
-  net, the hard rule), anc_soft (today's net, the graceful rule: `--penalty`, `--margin`,
-  `--uncovered`, `--prior`),
+  net, the hard rule), anc_soft (today's net, the graceful rule: `--penalty`, `--uncovered`,
+  `--prior`),
   robust (the robust net, the graceful rule), robust_hard (the robust net, the hard rule),
   robust_half (the robust net trained on half of F, conv's stage 1, the graceful rule);
   each scored against W's held-back masks.
@@ -77,7 +77,7 @@ from boxseg.train_primary import train_primary  # noqa: E402
 SETTINGS = ("exact", "shift10", "shift25", "loose15", "missing20", "mixed")
 STAGES = ("anc", "stores", "box_stores", "primaries")
 NET_KINDS = ("anc", "anc_soft", "robust", "robust_hard", "robust_half")  # net x rule
-GRACEFUL = ("anc_soft", "robust", "robust_half")  # stores made with --penalty / --margin
+GRACEFUL = ("anc_soft", "robust", "robust_half")  # stores made with the graceful rule
 SOURCES = ("box", *NET_KINDS)  # where a `none` primary's store comes from
 CORRECTIONS = ("linear", "conv")  # self-correction rows on the robust store
 
@@ -211,8 +211,6 @@ def main() -> None:
                     help="anc_robust: train-anc --box-noise (broader than any one setting)")
     ap.add_argument("--penalty", type=float, default=NEG,
                     help="the graceful rule (robust, anc_soft stores): --box-penalty")
-    ap.add_argument("--margin", type=float, default=0.0,
-                    help="the graceful rule (robust, anc_soft stores): --box-margin")
     ap.add_argument("--uncovered", default="net", choices=("net", "void"),
                     help="the graceful rule (robust, anc_soft stores): --box-uncovered")
     ap.add_argument("--prior", type=float, default=0.0,
@@ -271,17 +269,19 @@ def main() -> None:
             r = train_anc(s_["base"], run, split, BoxSpec(s_["min_area"]), spec, cfg,
                           val_split=s_["val"], quiet=True, class_weights=a["class_weights"],
                           **extra)  # fmt: skip
-            return (scores(r) if r else {}) | {"steps": a["iters"]}
+            noise = extra.get("box_noise")
+            return (scores(r) if r else {}) | {"steps": a["iters"],
+                                               "box_noise": noise and noise.to_dict()}  # fmt: skip
 
         row(f"{kind}_s{seed}", fit)
         return run / "model.pt"
 
     def rule_of_kind(kind: str) -> BoxConstraint:
-        """The graceful rule (--penalty, --margin, --uncovered, --prior) for the robust,
+        """The graceful rule (--penalty, --uncovered, --prior) for the robust,
         robust_half and anc_soft stores, the hard rule for the others."""
         if kind not in GRACEFUL:
             return BoxConstraint()
-        return BoxConstraint(True, args.prior, args.penalty, args.margin, args.uncovered == "void")
+        return BoxConstraint(True, args.prior, args.penalty, args.uncovered == "void")
 
     def store(kind: str, setting: str, seed: int) -> Path:
         """A W store of `kind` (box, grabcut: the rules; anc, robust: the nets) on the W boxes

@@ -38,12 +38,11 @@ from boxseg.errors import BoxsegError
 NEG = 1e4  # the penalty of a class that no box allows (logits are O(10)): never overruled
 
 
-def soft_fields(penalty: float, margin: float, void_uncovered: bool) -> dict:
+def soft_fields(penalty: float, void_uncovered: bool) -> dict:
     """The graceful rule's fields as records hold them: only where they differ from the hard
     rule, so records (and stores) made before they existed read and compare as they were."""
     return (
         ({} if penalty == NEG else {"penalty": penalty})
-        | ({} if margin == 0 else {"margin": margin})
         | ({"void_uncovered": True} if void_uncovered else {})
     )
 
@@ -52,21 +51,19 @@ def soft_fields(penalty: float, margin: float, void_uncovered: bool) -> dict:
 class BoxConstraint:
     """The user's option: whether logits are made box-consistent, the smaller-box prior, and
     how hard the rule is: `penalty`, the bias of a class no box allows (1e4: certain; a few
-    logits: a confident net, and self-correction, can overrule a missing box), and `margin`,
-    how far beyond its edges (a fraction of its side) a box allows its class (a short or
-    shifted box then does not cut its object), and `void_uncovered`: in a dataset without a
+    logits: a confident net, and self-correction, can overrule a missing or short box), and
+    `void_uncovered`: in a dataset without a
     background class every object should have a box, so a pixel no box covers is where one is
     missing; void there gives it no target instead of the net's unguided guess."""
 
     enabled: bool = True
     prior: float = 0.0
     penalty: float = NEG
-    margin: float = 0.0
     void_uncovered: bool = False
 
     def to_dict(self) -> dict:
         return {"enabled": self.enabled, "prior": self.prior} | soft_fields(
-            self.penalty, self.margin, self.void_uncovered)  # fmt: skip
+            self.penalty, self.void_uncovered)  # fmt: skip
 
     @staticmethod
     def from_dict(d: dict) -> BoxConstraint:
@@ -74,7 +71,6 @@ class BoxConstraint:
             bool(d.get("enabled", True)),
             float(d.get("prior", 0.0)),
             float(d.get("penalty", NEG)),
-            float(d.get("margin", 0.0)),
             bool(d.get("void_uncovered", False)),
         )
 
@@ -83,8 +79,6 @@ class BoxConstraint:
             raise BoxsegError(f"--box-prior {self.prior}: must be in [0, 100]")
         if not 0 < self.penalty <= NEG:
             raise BoxsegError(f"--box-penalty {self.penalty:g}: must be in (0, {NEG:g}]")
-        if not 0 <= self.margin <= 1:
-            raise BoxsegError(f"--box-margin {self.margin:g}: must be in [0, 1]")
 
 
 def free_classes(num_classes: int, background: int | None,
@@ -142,16 +136,6 @@ class BoxEvidence:
         in_cols = (cols >= b[:, :, 0]) & (cols < b[:, :, 2]) & (cols >= 0) & real
         return in_rows, in_cols
 
-    def grown(self, margin: float) -> BoxEvidence:
-        """The same evidence with each box grown by `margin` of its side beyond every edge
-        (whole pixels, rounded outwards); `margin` 0: itself."""
-        if margin == 0:
-            return self
-        b = self.bounds.double()
-        side = torch.cat([b[..., 2:] - b[..., :2]] * 2, -1) * margin
-        grown = torch.cat([torch.floor(b[..., :2] - side[..., :2]),
-                           torch.ceil(b[..., 2:] + side[..., 2:])], -1)  # fmt: skip
-        return BoxEvidence(grown.long(), self.labels, self.rows, self.cols)
 
 
 def item_evidence(boxes: np.ndarray, labels: np.ndarray, height: int, width: int,
@@ -198,13 +182,12 @@ class ConstraintRule:
     background: int | None
     prior: float = 0.0
     penalty: float = NEG  # the bias of a class no box allows
-    margin: float = 0.0  # a box allows its class this fraction of its side beyond its edges
     void_uncovered: bool = False  # no background class: pixels no box covers are void (NaN)
 
     def to_dict(self) -> dict:
         return {"num_classes": self.num_classes, "free": list(self.free),
                 "background": self.background, "prior": self.prior} | soft_fields(
-                    self.penalty, self.margin, self.void_uncovered)  # fmt: skip
+                    self.penalty, self.void_uncovered)  # fmt: skip
 
     @staticmethod
     def from_dict(d: dict) -> ConstraintRule:
@@ -214,7 +197,6 @@ class ConstraintRule:
             d.get("background"),
             float(d.get("prior", 0.0)),
             float(d.get("penalty", NEG)),
-            float(d.get("margin", 0.0)),
             bool(d.get("void_uncovered", False)),
         )
 
@@ -225,18 +207,15 @@ class ConstraintRule:
         box_classes: Sequence[int] | None,
         prior: float = 0.0,
         penalty: float = NEG,
-        margin: float = 0.0,
         void_uncovered: bool = False,
     ) -> ConstraintRule:
         free = free_classes(num_classes, background, box_classes)
         return ConstraintRule(
-            num_classes, tuple(free), background, prior, penalty, margin, void_uncovered
+            num_classes, tuple(free), background, prior, penalty, void_uncovered
         )
 
     def allowed(self, ev: BoxEvidence) -> torch.Tensor:
-        """N x K x H x W bool: where each class may be (see the module docstring); a box
-        allows its class up to `margin` of its side beyond its edges."""
-        ev = ev.grown(self.margin)
+        """N x K x H x W bool: where each class may be (see the module docstring)."""
         in_rows, in_cols = (x.float() for x in ev.extents())  # N x B x H, N x B x W
         real = ev.labels >= 0
         onehot = F.one_hot(ev.labels.clamp_min(0), self.num_classes).float()  # N x B x K
@@ -249,17 +228,18 @@ class ConstraintRule:
         return allowed
 
     def covered(self, ev: BoxEvidence) -> torch.Tensor:
-        """N x H x W bool: the pixels some box covers (grown by `margin`)."""
-        in_rows, in_cols = (x.float() for x in ev.grown(self.margin).extents())
+        """N x H x W bool: the pixels some box covers."""
+        in_rows, in_cols = (x.float() for x in ev.extents())
         return torch.einsum("nbh,nbw->nhw", in_rows, in_cols) > 0
 
     def bias(self, ev: BoxEvidence) -> torch.Tensor:
         """N x K x H x W float32: 0 allowed, -penalty not, +prior on the smallest box's class;
-        NaN (void) where no box covers a pixel, with `void_uncovered` and no background class."""
+        NaN (void) where no box covers a pixel, with `void_uncovered` (no background class and
+        every class boxed: `rule_of` refuses it otherwise)."""
         bias = torch.where(self.allowed(ev), 0.0, -self.penalty)
         if self.prior:
             bias = bias + self.prior * self._smallest(ev)
-        if self.void_uncovered and self.background is None:
+        if self.void_uncovered and self.background is None and not self.free:
             bias = bias.masked_fill(~self.covered(ev)[:, None], torch.nan)
         return bias
 
@@ -288,9 +268,17 @@ def rule_of(meta: dict | None, option: BoxConstraint | None) -> ConstraintRule |
     if meta is None or option is None or not option.enabled or meta.get("kind") != "ancillary":
         return None
     classes = (meta.get("boxes") or {}).get("classes")
-    return ConstraintRule.of(len(meta["class_names"]), meta.get("background"),
+    rule = ConstraintRule.of(len(meta["class_names"]), meta.get("background"),
                              tuple(classes) if classes else None, option.prior,
-                             option.penalty, option.margin, option.void_uncovered)  # fmt: skip
+                             option.penalty, option.void_uncovered)  # fmt: skip
+    if rule.void_uncovered and (rule.background is not None or rule.free):
+        free = [meta["class_names"][k] for k in rule.free]
+        raise BoxsegError(
+            "--box-uncovered void: only for data where every class gets boxes and none is "
+            f"the background (here {', '.join(free)} may be anywhere, without a box); a pixel "
+            "no box covers is then not a missing box"
+        )
+    return rule
 
 
 def constrain_whole(logits: torch.Tensor, rule: ConstraintRule | None, boxes: np.ndarray,

@@ -101,13 +101,6 @@ BoxPenalty = Annotated[
         "logits: a confident net, or self-correction, can overrule a missing box)."
     ),
 ]
-BoxMargin = Annotated[
-    float,
-    typer.Option(
-        help="Box constraint: a box allows its class this fraction of its side beyond its "
-        "edges (for short or shifted boxes; 0: exactly inside)."
-    ),
-]
 BoxUncovered = Annotated[
     str,
     typer.Option(
@@ -170,13 +163,13 @@ def _refuse_unused(uses: dict[str, bool], mode: str) -> None:
             raise BoxsegError(f"--{name.replace('_', '-')}: not used {mode}")
 
 
-def _box_rule(enabled: bool, prior: float, penalty: float, margin: float, uncovered: str):
+def _box_rule(enabled: bool, prior: float, penalty: float, uncovered: str):
     """The box constraint the options ask for (`--box-uncovered` net or void)."""
     from boxseg.box_constraint import BoxConstraint
 
     if uncovered not in ("net", "void"):
         raise BoxsegError(f"--box-uncovered {uncovered}: choose net or void")
-    return BoxConstraint(enabled, prior, penalty, margin, uncovered == "void")
+    return BoxConstraint(enabled, prior, penalty, uncovered == "void")
 
 
 Overwrite = Annotated[
@@ -362,7 +355,6 @@ def gen_logits_cmd(
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
     box_penalty: BoxPenalty = 1e4,
-    box_margin: BoxMargin = 0.0,
     box_uncovered: BoxUncovered = "net",
     device: Device = "auto",
     skip_bad: SkipBad = False,
@@ -379,7 +371,7 @@ def gen_logits_cmd(
     painted = method in ("box", "grabcut")
     _refuse_unused({"model": method == "anc", "batch_size": method == "anc",
                     "box_constraint": method == "anc", "box_prior": method == "anc",
-                    "box_penalty": method == "anc", "box_margin": method == "anc",
+                    "box_penalty": method == "anc",
                     "box_uncovered": method == "anc",
                     "confidence": painted, "box_min_area": painted,
                     "grabcut_iters": method == "grabcut", "grabcut_margin": method == "grabcut",
@@ -403,7 +395,7 @@ def gen_logits_cmd(
         workers,
         skip_bad,
         batch_size,
-        _box_rule(box_constraint, box_prior, box_penalty, box_margin, box_uncovered),
+        _box_rule(box_constraint, box_prior, box_penalty, box_uncovered),
         redo=tuple(i.strip() for i in (redo or "").split(",") if i.strip()),
     )
     if not quiet:
@@ -476,7 +468,6 @@ def train_primary_cmd(
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
     box_penalty: BoxPenalty = 1e4,
-    box_margin: BoxMargin = 0.0,
     box_uncovered: BoxUncovered = "net",
     num_full: NumFull = None,
     seed_split: SplitSeed = 0,
@@ -524,8 +515,8 @@ def train_primary_cmd(
                                                            "--anc-model)"))  # fmt: skip
     _refuse_unused({"weak_box_weight": weak_boxes}, "without --weak-boxes")
     online = anc_model is not None  # the rule applies to logits this run makes itself
-    _refuse_unused(dict.fromkeys(("box_constraint", "box_prior", "box_penalty", "box_margin",
-                                  "box_uncovered"), online),
+    _refuse_unused(dict.fromkeys(("box_constraint", "box_prior", "box_penalty", "box_uncovered"),
+                                 online),
                    "with --logits alone: the store's own box rule applies (set it when running "
                    "gen-logits)" if logits else "without --anc-model")  # fmt: skip
     train_primary(
@@ -550,8 +541,7 @@ def train_primary_cmd(
         quiet=quiet,
         skip_bad=skip_bad,
         class_weights=class_weights,
-        box_constraint=_box_rule(box_constraint, box_prior, box_penalty, box_margin,
-                                 box_uncovered),
+        box_constraint=_box_rule(box_constraint, box_prior, box_penalty, box_uncovered),
         allow_full_anc=allow_full_anc,
         weak_boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
         hard_pixels=hard_pixels,
@@ -590,7 +580,6 @@ def eval_cmd(
     box_constraint: BoxConstraintOpt = True,
     box_prior: BoxPrior = BOX_PRIOR,
     box_penalty: BoxPenalty = 1e4,
-    box_margin: BoxMargin = 0.0,
     num_full: Annotated[
         int | None,
         typer.Option(help="With the other stages' split options: score only W's images."),
@@ -612,7 +601,7 @@ def eval_cmd(
     on_model = model is not None
     _refuse_unused({"flip": on_model, "scales": on_model, "window": on_model,
                     "box_constraint": on_model, "box_prior": on_model, "device": on_model,
-                    "box_penalty": on_model, "box_margin": on_model,
+                    "box_penalty": on_model,
                     "save_pred": pred_dir is None, "num_full": pred_dir is None,
                     "full_list": pred_dir is None, "seed_split": pred_dir is None},
                    "with --pred-dir" if pred_dir is not None else "with --logits")  # fmt: skip
@@ -637,7 +626,7 @@ def eval_cmd(
         from boxseg.rank import read_ranking
 
         only = read_ranking(ranking, top)
-    rule = BoxConstraint(box_constraint, box_prior, box_penalty, box_margin)
+    rule = BoxConstraint(box_constraint, box_prior, box_penalty)
     run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
              save_pred, window, rule, weak_of, only)  # fmt: skip
 

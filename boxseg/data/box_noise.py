@@ -40,8 +40,8 @@ class BoxNoise:
         for f in fields(self):
             v = getattr(self, f.name)
             if not (np.isfinite(v) and v >= 0) or (f.name in ("drop", "flip") and v > 1):
-                top = "1" if f.name in ("drop", "flip") else "any positive number"
-                raise BoxsegError(f"box noise {f.name}={v}: must be between 0 and {top}")
+                limits = "between 0 and 1" if f.name in ("drop", "flip") else "0 or more"
+                raise BoxsegError(f"box noise {f.name}={v}: must be {limits}")
         if self.shift >= 0.5:
             raise BoxsegError(f"box noise shift={self.shift}: must be below 0.5 (two edges "
                               "moving half the side towards each other leave no box)")  # fmt: skip

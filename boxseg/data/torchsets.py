@@ -77,7 +77,8 @@ class FullTrainSet(Dataset):
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
         self.aug, self.with_boxes, self.mean, self.std = aug, with_boxes, mean, std
         self.evidence, self.box_noise = evidence, box_noise or BoxNoise()
-        self.flip_classes = tuple(k for k in range(ds.num_classes) if k != ds.background)
+        boxed = box_spec.classes if box_spec.classes else range(ds.num_classes)
+        self.flip_classes = tuple(k for k in boxed if k != ds.background)  # a flip's choices
 
     def __len__(self) -> int:
         return len(self.ids)
