@@ -122,14 +122,20 @@ def folder_from_segnet(segnet: Path, dst: Path, splits: list[str], min_area: int
             images.append({"id": len(images) + 1, "file_name": path.name, "height": h, "width": w})
             boxes, labels = boxes_from_mask(mask, src.num_classes, min_area, None, src.background)
             for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist(), strict=True):
-                annotations.append({"id": len(annotations) + 1, "image_id": images[-1]["id"],
-                                    "category_id": int(label),
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1]})  # fmt: skip
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": images[-1]["id"],
+                        "category_id": int(label),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    }
+                )
         (dst / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
     (dst / "classes.txt").write_text("".join(f"{n}\n" for n in src.class_names))
     categories = [{"id": k, "name": n} for k, n in enumerate(src.class_names)]
-    write_json(dst / "boxes.json", {"images": images, "annotations": annotations,
-                                    "categories": categories})  # fmt: skip
+    write_json(
+        dst / "boxes.json", {"images": images, "annotations": annotations, "categories": categories}
+    )
     (dst / "DONE").write_text("")
     return dst
 
@@ -161,14 +167,19 @@ def noisy_copy(base: Path, dst: Path, weak_ids: set[str], noise: BoxNoise, draw:
         xywh = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
         labels = [cat_of[a["category_id"]] for a in anns]
-        nb, nl = noisy_boxes(boxes, labels, im["height"], im["width"], noise,
-                             image_rng(draw, stem), classes)  # fmt: skip
+        nb, nl = noisy_boxes(
+            boxes, labels, im["height"], im["width"], noise, image_rng(draw, stem), classes
+        )
         before, after = before + len(anns), after + len(nb)
         for (x1, y1, x2, y2), label in zip(nb.tolist(), nl.tolist(), strict=True):
-            annotations.append({"id": len(annotations) + 10**6, "image_id": im["id"],
-                                "category_id": int(label),
-                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2),
-                                         round(y2 - y1, 2)]})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 10**6,
+                    "image_id": im["id"],
+                    "category_id": int(label),
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                }
+            )
     write_json(dst / "boxes.json", doc | {"annotations": annotations})
     counts = {"noise": noise.to_dict(), "draw": draw, "w_boxes": before, "w_boxes_kept": after}
     write_json(done, counts)
@@ -186,14 +197,30 @@ def setup(args) -> dict:
             raise SystemExit("--full-list: the camvid setting needs F's list (F_0001TP.txt)")
         split = SplitSpec(seen, None, 0, args.full_list.resolve())
         anc = dict(iters=1500, batch_size=8, crop=96, lr=2e-3, class_weights="median-freq")
-        return dict(root=root, base=base, split=split, unseen=unseen, val="val", anc=anc,
-                    spec=ModelSpec("resnet18", 16, 64, 64), min_area=4)  # fmt: skip
+        return dict(
+            root=root,
+            base=base,
+            split=split,
+            unseen=unseen,
+            val="val",
+            anc=anc,
+            spec=ModelSpec("resnet18", 16, 64, 64),
+            min_area=4,
+        )
     half = resized_copy(args.data, root / "camvid_half", ["train", "val"], 0.5)
     base = objects_dataset(half, root / "base", ["train", "val"])
     split = SplitSpec("train", round(0.25 * len(open_dataset(base).ids("train"))), 0)
     anc = dict(iters=1200, batch_size=4, crop=160, lr=1e-3, class_weights="median-freq")
-    return dict(root=root, base=base, split=split, unseen=None, val=None, anc=anc,
-                spec=ModelSpec("resnet18", 16, 64, 64), min_area=16)  # fmt: skip
+    return dict(
+        root=root,
+        base=base,
+        split=split,
+        unseen=None,
+        val=None,
+        anc=anc,
+        spec=ModelSpec("resnet18", 16, 64, 64),
+        min_area=16,
+    )
 
 
 def main() -> None:
@@ -205,18 +232,38 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--stages", default="anc,stores,box_stores", help=", ".join(STAGES))
-    ap.add_argument("--sources", default="box,anc", help="primaries: none from these stores "
-                    f"({', '.join(SOURCES)}); and/or {', '.join(CORRECTIONS)} (robust store)")
-    ap.add_argument("--robust-noise", default="shift=0.15,grow=0.05,drop=0.2",
-                    help="anc_robust: train-anc --box-noise (broader than any one setting)")
-    ap.add_argument("--penalty", type=float, default=NEG,
-                    help="the graceful rule (robust, anc_soft stores): --box-penalty")
-    ap.add_argument("--uncovered", default="net", choices=("net", "void"),
-                    help="the graceful rule (robust, anc_soft stores): --box-uncovered")
-    ap.add_argument("--prior", type=float, default=0.0,
-                    help="the graceful rule (robust, anc_soft stores): --box-prior")
-    ap.add_argument("--kinds", default="anc", help="stores stage: net stores to make "
-                    f"({', '.join(NET_KINDS)})")  # fmt: skip
+    ap.add_argument(
+        "--sources",
+        default="box,anc",
+        help="primaries: none from these stores "
+        f"({', '.join(SOURCES)}); and/or {', '.join(CORRECTIONS)} (robust store)",
+    )
+    ap.add_argument(
+        "--robust-noise",
+        default="shift=0.15,grow=0.05,drop=0.2",
+        help="anc_robust: train-anc --box-noise (broader than any one setting)",
+    )
+    ap.add_argument(
+        "--penalty",
+        type=float,
+        default=NEG,
+        help="the graceful rule (robust, anc_soft stores): --box-penalty",
+    )
+    ap.add_argument(
+        "--uncovered",
+        default="net",
+        choices=("net", "void"),
+        help="the graceful rule (robust, anc_soft stores): --box-uncovered",
+    )
+    ap.add_argument(
+        "--prior",
+        type=float,
+        default=0.0,
+        help="the graceful rule (robust, anc_soft stores): --box-prior",
+    )
+    ap.add_argument(
+        "--kinds", default="anc", help=f"stores stage: net stores to make ({', '.join(NET_KINDS)})"
+    )
     ap.add_argument("--tag", default="", help="appended to graceful stores' names (a sweep)")
     ap.add_argument("--iters", type=int, default=1500, help="steps of every primary")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
@@ -232,12 +279,17 @@ def main() -> None:
     stages = [s for s in args.stages.split(",") if s]
     sources = [s for s in args.sources.split(",") if s]
     kinds = [s for s in args.kinds.split(",") if s]
-    for what, got, allowed in (("--settings", settings, SETTINGS), ("--stages", stages, STAGES),
-                               ("--sources", sources, SOURCES + CORRECTIONS),
-                               ("--kinds", kinds, NET_KINDS)):  # fmt: skip
+    for what, got, allowed in (
+        ("--settings", settings, SETTINGS),
+        ("--stages", stages, STAGES),
+        ("--sources", sources, SOURCES + CORRECTIONS),
+        ("--kinds", kinds, NET_KINDS),
+    ):
         if set(got) - set(allowed):
-            raise SystemExit(f"{what}: unknown {sorted(set(got) - set(allowed))}; "
-                             f"choose from {', '.join(allowed)}")  # fmt: skip
+            raise SystemExit(
+                f"{what}: unknown {sorted(set(got) - set(allowed))}; "
+                f"choose from {', '.join(allowed)}"
+            )
     s_ = setup(args)
     root, split, spec = s_["root"], s_["split"], s_["spec"]
     (root / "rows").mkdir(parents=True, exist_ok=True)
@@ -246,8 +298,9 @@ def main() -> None:
     device = args.device
 
     def row(name: str, fn) -> dict:
-        return cached_row(root / "rows", name, fn,
-                          lambda r: f"mIoU {r.get('miou', float('nan')):.2f}")  # fmt: skip
+        return cached_row(
+            root / "rows", name, fn, lambda r: f"mIoU {r.get('miou', float('nan')):.2f}"
+        )
 
     def data_for(setting: str, draw: int) -> Path:
         draw = 0 if setting == "exact" else draw
@@ -258,20 +311,41 @@ def main() -> None:
     def anc_net(kind: str, seed: int) -> Path:
         run = root / "runs" / f"{kind}_s{seed}"
         a = s_["anc"]
-        cfg = TrainConfig(iters=a["iters"], batch_size=a["batch_size"], crop=a["crop"],
-                          scale_min=0.75, scale_max=1.25, lr=a["lr"], optimizer="adamw",
-                          seed=seed, device=device, checkpoint_every=250, resume=True)  # fmt: skip
+        cfg = TrainConfig(
+            iters=a["iters"],
+            batch_size=a["batch_size"],
+            crop=a["crop"],
+            scale_min=0.75,
+            scale_max=1.25,
+            lr=a["lr"],
+            optimizer="adamw",
+            seed=seed,
+            device=device,
+            checkpoint_every=250,
+            resume=True,
+        )
         extra = {"full_fraction": 0.5 if kind.endswith("_half") else 1.0}  # conv's stage 1
         if kind.startswith("anc_robust"):
             extra["box_noise"] = parse_box_noise(args.robust_noise)
 
         def fit() -> dict:
-            r = train_anc(s_["base"], run, split, BoxSpec(s_["min_area"]), spec, cfg,
-                          val_split=s_["val"], quiet=True, class_weights=a["class_weights"],
-                          **extra)  # fmt: skip
+            r = train_anc(
+                s_["base"],
+                run,
+                split,
+                BoxSpec(s_["min_area"]),
+                spec,
+                cfg,
+                val_split=s_["val"],
+                quiet=True,
+                class_weights=a["class_weights"],
+                **extra,
+            )
             noise = extra.get("box_noise")
-            return (scores(r) if r else {}) | {"steps": a["iters"],
-                                               "box_noise": noise and noise.to_dict()}  # fmt: skip
+            return (scores(r) if r else {}) | {
+                "steps": a["iters"],
+                "box_noise": noise and noise.to_dict(),
+            }
 
         row(f"{kind}_s{seed}", fit)
         return run / "model.pt"
@@ -291,17 +365,39 @@ def main() -> None:
         rule_store = kind in ("box", "grabcut")
         tag = args.tag if kind in GRACEFUL else ""
         name = f"store_{kind}{tag}_{setting}_" + (f"d{draw}" if rule_store else f"s{seed}")
-        path = root / "stores" / f"{name[len('store_'):]}.zarr"
+        path = root / "stores" / f"{name[len('store_') :]}.zarr"
 
         def make() -> dict:
             if rule_store:
-                gen_logits(data, None, str(path), split, 1, device, quiet=True,
-                           box_method=BoxMethod(kind, box_min_area=s_["min_area"]))  # fmt: skip
+                gen_logits(
+                    data,
+                    None,
+                    str(path),
+                    split,
+                    1,
+                    device,
+                    quiet=True,
+                    box_method=BoxMethod(kind, box_min_area=s_["min_area"]),
+                )
             else:
-                net = anc_net({"robust_half": "anc_robust_half", "robust": "anc_robust",
-                               "robust_hard": "anc_robust"}.get(kind, "anc"), seed)  # fmt: skip
-                gen_logits(data, net, str(path), split, 4, device, quiet=True,
-                           constraint=rule_of_kind(kind))  # fmt: skip
+                net = anc_net(
+                    {
+                        "robust_half": "anc_robust_half",
+                        "robust": "anc_robust",
+                        "robust_hard": "anc_robust",
+                    }.get(kind, "anc"),
+                    seed,
+                )
+                gen_logits(
+                    data,
+                    net,
+                    str(path),
+                    split,
+                    4,
+                    device,
+                    quiet=True,
+                    constraint=rule_of_kind(kind),
+                )
             q = evaluate_store(open_dataset(data), split.split, str(path), quiet=True)
             counts = json.loads((data / "DONE").read_text())
             return scores(q) | {"coverage": q["coverage"], "setting": setting} | counts
@@ -320,9 +416,19 @@ def main() -> None:
         name = f"{mode}_{source}{args.tag if source in GRACEFUL else ''}_{setting}_s{seed}"
         run = root / "runs" / name
         data = data_for(setting, seed)
-        cfg = TrainConfig(iters=args.iters, batch_size=4, crop=96, scale_min=0.75,
-                          scale_max=1.25, lr=2e-3, optimizer="adamw", seed=seed, device=device,
-                          checkpoint_every=250, resume=True)  # fmt: skip
+        cfg = TrainConfig(
+            iters=args.iters,
+            batch_size=4,
+            crop=96,
+            scale_min=0.75,
+            scale_max=1.25,
+            lr=2e-3,
+            optimizer="adamw",
+            seed=seed,
+            device=device,
+            checkpoint_every=250,
+            resume=True,
+        )
         kw: dict = {"logits": str(store(source, setting, seed)), "self_corr": mode}
         if mode == "linear":
             kw["alpha_end"] = 5.0
@@ -352,16 +458,28 @@ def main() -> None:
                     elif stage == "primaries":
                         for source in sources:
                             if source in CORRECTIONS:  # self-correction, robust stores
-                                primary(source, "robust_half" if source == "conv" else
-                                        "robust", setting, seed)  # fmt: skip
+                                primary(
+                                    source,
+                                    "robust_half" if source == "conv" else "robust",
+                                    setting,
+                                    seed,
+                                )
                             else:
                                 primary("none", source, setting, seed)
     results = {p.stem: json.loads(p.read_text()) for p in (root / "rows").glob("*.json")}
     summary = summarise(results, seeds)
     (markdown_tables if args.markdown else print_tables)(summary, args.dataset)
     if args.json:
-        write_json(args.json, {"summary": summary, "rows": results, "dataset": args.dataset,
-                               "num_full": len(full_ids), "num_weak": len(weak_ids)})  # fmt: skip
+        write_json(
+            args.json,
+            {
+                "summary": summary,
+                "rows": results,
+                "dataset": args.dataset,
+                "num_full": len(full_ids),
+                "num_weak": len(weak_ids),
+            },
+        )
 
 
 def summarise(results: dict[str, dict], seeds: list[int]) -> dict:
@@ -412,8 +530,10 @@ def print_tables(summary: dict, dataset: str) -> None:
     if summary["primaries"]:
         print(f"\n{'primary':<26} {'val (in-domain)':>16} {'unseen':>16}")
         for name, e in summary["primaries"].items():
-            cells = [f"{e[k]['miou_mean']:6.2f} +- {e[k]['miou_sd']:4.2f}" if k in e else "-"
-                     for k in ("val", "unseen")]  # fmt: skip
+            cells = [
+                f"{e[k]['miou_mean']:6.2f} +- {e[k]['miou_sd']:4.2f}" if k in e else "-"
+                for k in ("val", "unseen")
+            ]
             print(f"{name:<26} {cells[0]:>16} {cells[1]:>16}")
 
 
@@ -429,8 +549,10 @@ def markdown_tables(summary: dict, dataset: str) -> None:
     """The stores table (a row per setting, a column per kind, and each net's lead over box-fill
     paired by seed) and the primaries table, as docs/results.md shows them."""
     stores = summary["stores"]
-    kinds = sorted({k.rsplit("_", 1)[0] for k in stores} - {"box"}, key=lambda k: (
-        k not in ("grabcut", "anc"), k))  # fmt: skip
+    kinds = sorted(
+        {k.rsplit("_", 1)[0] for k in stores} - {"box"},
+        key=lambda k: (k not in ("grabcut", "anc"), k),
+    )
     print(f"| W's boxes ({dataset}) | box-fill | " + " | ".join(kinds) + " |")
     print("|---" * (len(kinds) + 2) + "|")
     for setting in SETTINGS:
@@ -443,8 +565,11 @@ def markdown_tables(summary: dict, dataset: str) -> None:
         for k in kinds:
             e = stores.get(f"{k}_{setting}")
             paired = e is not None and "minus_box_fill_mean" in e
-            lead.append(f"{e['minus_box_fill_mean']:+.2f} +- {e['minus_box_fill_sd']:.2f}"
-                        if paired else "-")  # fmt: skip
+            lead.append(
+                f"{e['minus_box_fill_mean']:+.2f} +- {e['minus_box_fill_sd']:.2f}"
+                if paired
+                else "-"
+            )
         print(f"| {setting} | " + " | ".join(lead) + " |")
     if summary["primaries"]:
         print("\n| primary, --self-corr and store | val (in-domain) | unseen |\n|---|---|---|")
