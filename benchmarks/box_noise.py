@@ -51,6 +51,7 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,21 @@ def noisy_copy(base: Path, dst: Path, weak_ids: set[str], noise: BoxNoise, draw:
     return counts
 
 
-def setup(args) -> dict:
+@dataclass(frozen=True)
+class Setup:
+    """One dataset's folder base, F/W split, evaluation splits and training settings."""
+
+    root: Path
+    base: Path
+    split: SplitSpec
+    unseen: str | None  # the split only evaluated (footage no set has seen)
+    val: str | None
+    anc: dict  # the ancillary nets' steps, batch, crop, lr, class weights
+    min_area: int
+    spec: ModelSpec = ModelSpec("resnet18", 16, 64, 64)
+
+
+def setup(args) -> Setup:
     """The dataset's folder base, split and training settings."""
     root = args.out / args.dataset
     if args.dataset == "camvid":
@@ -197,30 +212,12 @@ def setup(args) -> dict:
             raise SystemExit("--full-list: the camvid setting needs F's list (F_0001TP.txt)")
         split = SplitSpec(seen, None, 0, args.full_list.resolve())
         anc = dict(iters=1500, batch_size=8, crop=96, lr=2e-3, class_weights="median-freq")
-        return dict(
-            root=root,
-            base=base,
-            split=split,
-            unseen=unseen,
-            val="val",
-            anc=anc,
-            spec=ModelSpec("resnet18", 16, 64, 64),
-            min_area=4,
-        )
+        return Setup(root, base, split, unseen, "val", anc, min_area=4)
     half = resized_copy(args.data, root / "camvid_half", ["train", "val"], 0.5)
     base = objects_dataset(half, root / "base", ["train", "val"])
     split = SplitSpec("train", round(0.25 * len(open_dataset(base).ids("train"))), 0)
     anc = dict(iters=1200, batch_size=4, crop=160, lr=1e-3, class_weights="median-freq")
-    return dict(
-        root=root,
-        base=base,
-        split=split,
-        unseen=None,
-        val=None,
-        anc=anc,
-        spec=ModelSpec("resnet18", 16, 64, 64),
-        min_area=16,
-    )
+    return Setup(root, base, split, None, None, anc, min_area=16)
 
 
 def main() -> None:
@@ -291,9 +288,9 @@ def main() -> None:
                 f"choose from {', '.join(allowed)}"
             )
     s_ = setup(args)
-    root, split, spec = s_["root"], s_["split"], s_["spec"]
+    root, split, spec = s_.root, s_.split, s_.spec
     (root / "rows").mkdir(parents=True, exist_ok=True)
-    base_ds = open_dataset(s_["base"])
+    base_ds = open_dataset(s_.base)
     full_ids, weak_ids = split_dataset(base_ds, split)
     device = args.device
 
@@ -305,12 +302,12 @@ def main() -> None:
     def data_for(setting: str, draw: int) -> Path:
         draw = 0 if setting == "exact" else draw
         dst = root / "noisy" / f"{setting}_d{draw}"
-        noisy_copy(s_["base"], dst, set(weak_ids), noise_of(setting), draw)
+        noisy_copy(s_.base, dst, set(weak_ids), noise_of(setting), draw)
         return dst
 
     def anc_net(kind: str, seed: int) -> Path:
         run = root / "runs" / f"{kind}_s{seed}"
-        a = s_["anc"]
+        a = s_.anc
         cfg = TrainConfig(
             iters=a["iters"],
             batch_size=a["batch_size"],
@@ -330,13 +327,13 @@ def main() -> None:
 
         def fit() -> dict:
             r = train_anc(
-                s_["base"],
+                s_.base,
                 run,
                 split,
-                BoxSpec(s_["min_area"]),
+                BoxSpec(s_.min_area),
                 spec,
                 cfg,
-                val_split=s_["val"],
+                val_split=s_.val,
                 quiet=True,
                 class_weights=a["class_weights"],
                 **extra,
@@ -377,7 +374,7 @@ def main() -> None:
                     1,
                     device,
                     quiet=True,
-                    box_method=BoxMethod(kind, box_min_area=s_["min_area"]),
+                    box_method=BoxMethod(kind, box_min_area=s_.min_area),
                 )
             else:
                 net = anc_net(
@@ -406,10 +403,10 @@ def main() -> None:
         return path
 
     def on_unseen(run: Path) -> dict:
-        if s_["unseen"] is None:
+        if s_.unseen is None:
             return {}
         model, meta = load_model(run / "model.pt", device=resolve_device(device))
-        r = evaluate_model(model, meta, base_ds, s_["unseen"], resolve_device(device), quiet=True)
+        r = evaluate_model(model, meta, base_ds, s_.unseen, resolve_device(device), quiet=True)
         return {"unseen": scores(r)}
 
     def primary(mode: str, source: str, setting: str, seed: int) -> None:
@@ -437,7 +434,7 @@ def main() -> None:
             kw["box_constraint"] = rule_of_kind(source)
 
         def fit() -> dict:
-            r = train_primary(data, run, split, spec, cfg, val_split=s_["val"], quiet=True, **kw)
+            r = train_primary(data, run, split, spec, cfg, val_split=s_.val, quiet=True, **kw)
             config = json.loads((run / "config.json").read_text())
             return scores(r) | {"steps": config["iters"], "setting": setting} | on_unseen(run)
 
