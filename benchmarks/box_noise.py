@@ -27,13 +27,14 @@ Rows (cached in OUT/DATASET/rows/*.json, each with the commit, torch version and
   net, the hard rule), anc_soft (today's net, the graceful rule: `--penalty`, `--uncovered`,
   `--prior`),
   robust (the robust net, the graceful rule), robust_hard (the robust net, the hard rule),
-  robust_half (the robust net trained on half of F, conv's stage 1, the graceful rule);
+  robust_half (the robust net trained on half of F, the graceful rule), anc_half (today's
+  recipe on half of F, conv's stage 1, the graceful rule);
   each scored against W's held-back masks.
 - none_{source}_{setting}_s{s} (camvid): the primary from that store, `--self-corr none`;
-  linear_robust_{setting}_s{s} (alpha annealed to 5): self-correction on the robust store;
-  conv_robust_half_{setting}_s{s}: the paper's 3 stages from the robust net on half of F
-  (anc_robust_half_s{s}) and its store; every primary scored on val (in-domain) and on the
-  unseen drive.
+  linear_anc_soft{tag}_{setting}_s{s} (alpha annealed to 5): self-correction on today's
+  net's graceful store; conv_anc_half{tag}_{setting}_s{s}: the paper's 3 stages from today's
+  recipe on half of F (anc_half_s{s}, conv's stage 1) and its graceful store; every primary
+  scored on val (in-domain) and on the unseen drive.
 
     grep ^0001TP ../shared/data/camvid/train.txt > F_0001TP.txt
     python benchmarks/box_noise.py ../shared/data/camvid --out box-noise --full-list F_0001TP.txt \\
@@ -77,10 +78,12 @@ from boxseg.train_primary import train_primary  # noqa: E402
 
 SETTINGS = ("exact", "shift10", "shift25", "loose15", "missing20", "mixed")
 STAGES = ("anc", "stores", "box_stores", "primaries")
-NET_KINDS = ("anc", "anc_soft", "robust", "robust_hard", "robust_half")  # net x rule
-GRACEFUL = ("anc_soft", "robust", "robust_half")  # stores made with the graceful rule
+NET_KINDS = ("anc", "anc_soft", "anc_half", "robust", "robust_hard", "robust_half")  # net x rule
+GRACEFUL = ("anc_soft", "anc_half", "robust", "robust_half")  # stores made with the graceful rule
 SOURCES = ("box", *NET_KINDS)  # where a `none` primary's store comes from
-CORRECTIONS = ("linear", "conv")  # self-correction rows on the robust store
+# self-correction rows on the graceful store of today's net (the table's best store): linear on
+# anc_soft, conv from stage 1's net (today's recipe on half of F) and its anc_half store
+CORRECTIONS = {"linear": "anc_soft", "conv": "anc_half"}
 
 
 def noise_of(setting: str) -> BoxNoise:
@@ -233,7 +236,7 @@ def main() -> None:
         "--sources",
         default="box,anc",
         help="primaries: none from these stores "
-        f"({', '.join(SOURCES)}); and/or {', '.join(CORRECTIONS)} (robust store)",
+        f"({', '.join(SOURCES)}); and/or {', '.join(CORRECTIONS)} (graceful stores of today's net)",
     )
     ap.add_argument(
         "--robust-noise",
@@ -279,7 +282,7 @@ def main() -> None:
     for what, got, allowed in (
         ("--settings", settings, SETTINGS),
         ("--stages", stages, STAGES),
-        ("--sources", sources, SOURCES + CORRECTIONS),
+        ("--sources", sources, SOURCES + tuple(CORRECTIONS)),
         ("--kinds", kinds, NET_KINDS),
     ):
         if set(got) - set(allowed):
@@ -380,6 +383,7 @@ def main() -> None:
                 net = anc_net(
                     {
                         "robust_half": "anc_robust_half",
+                        "anc_half": "anc_half",
                         "robust": "anc_robust",
                         "robust_hard": "anc_robust",
                     }.get(kind, "anc"),
@@ -430,7 +434,9 @@ def main() -> None:
         if mode == "linear":
             kw["alpha_end"] = 5.0
         if mode == "conv":  # stage 1's net (half of F) and its store; g follows the same rule
-            kw["anc_model"] = anc_net("anc_robust_half", seed)
+            kw["anc_model"] = anc_net(
+                "anc_half" if source == "anc_half" else "anc_robust_half", seed
+            )
             kw["box_constraint"] = rule_of_kind(source)
 
         def fit() -> dict:
@@ -454,13 +460,8 @@ def main() -> None:
                             store(kind, setting, seed)
                     elif stage == "primaries":
                         for source in sources:
-                            if source in CORRECTIONS:  # self-correction, robust stores
-                                primary(
-                                    source,
-                                    "robust_half" if source == "conv" else "robust",
-                                    setting,
-                                    seed,
-                                )
+                            if source in CORRECTIONS:  # self-correction, graceful stores
+                                primary(source, CORRECTIONS[source], setting, seed)
                             else:
                                 primary("none", source, setting, seed)
     results = {p.stem: json.loads(p.read_text()) for p in (root / "rows").glob("*.json")}
