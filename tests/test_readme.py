@@ -1,8 +1,9 @@
-"""The README's command blocks run as written: each block goes through bash (its variables
-expanded exactly as a user's shell would), with `boxseg` and `torchrun` recording the command
-lines; each is then run in-process on a generated tree of the layout the block expects, with
-tiny settings appended (last flag wins) and option values too big for a tiny tree (--num-full)
-scaled down. A block that uses a variable it does not define fails here."""
+"""The command blocks of the README and of the docs pages its commands moved to (PAGES) run as
+written: each block goes through bash (its variables expanded exactly as a user's shell would),
+with `boxseg` and `torchrun` recording the command lines; each is then run in-process on a
+generated tree of the layout the block expects, with tiny settings appended (last flag wins)
+and option values too big for a tiny tree (--num-full) scaled down. A block that uses a
+variable it does not define fails here."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 from boxseg.data.synthetic import write_synthetic
 from tests.conftest import run_cli
 from tests.data.test_cityscapes import write_cityscapes
+from tests.data.test_folder import write_folder
 from tests.data.test_voc import write_voc
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ("README.md", "docs/datasets.md", "docs/training.md")  # in reading order
 TINY_NET = ["--backbone", "resnet18", "--pretrained", "none", "--aspp-channels", "16",
             "--decoder-channels", "16", "--iters", "2", "--crop", "32", "--batch-size", "2",
             "--workers", "0", "--amp", "off", "--device", "cpu", "--quiet"]  # fmt: skip
@@ -32,9 +35,9 @@ pip() { :; }
 """
 
 
-def blocks() -> list[tuple[int, str]]:
-    """(line, text) of every ```bash block of the README."""
-    found, lines = [], README.read_text(encoding="utf-8").splitlines()
+def blocks(page: str = "README.md") -> list[tuple[int, str]]:
+    """(line, text) of every ```bash block of `page` (a path from the repository root)."""
+    found, lines = [], (ROOT / page).read_text(encoding="utf-8").splitlines()
     start = None
     for n, line in enumerate(lines, 1):
         if line.strip() == "```bash":
@@ -88,6 +91,9 @@ def _layout(text: str, root: Path) -> int:
         write_cityscapes(root / "CS", per_city=2, split="train")
         write_cityscapes(root / "CS", per_city=1, split="val")
         return 2
+    if "DATA=mydata" in text:  # the README's own-data folder: F = the images with a mask
+        write_folder(root / "mydata", with_png=(0, 1, 6, 7))  # val's two masked too
+        return 3
     if "shared/data/camvid" in text:
         write_synthetic(root / "project" / ".." / "shared" / "data" / "camvid", 12, 4, size=32,
                         seed=1)  # fmt: skip
@@ -99,23 +105,24 @@ CONTINUED = re.compile(r"^\s*boxseg [a-z-]+ \$D\b")  # blocks that go on from th
 
 
 def runnable() -> list[tuple[str, str]]:
-    """(name, script) of the blocks that run the pipeline; a block that only continues the
-    CamVid block (it uses its D, S, M, T, as the text around it says) runs after it, in one
-    script."""
+    """(name, script) of the blocks that run the pipeline, PAGES in order; a block that only
+    continues the CamVid block (it uses its D, S, M, T, as the text around it says), on its
+    page or a later one, runs after it, in one script."""
     out: list[list[str]] = []
     camvid = None
-    for line, text in blocks():
-        if not re.search(r"\bboxseg (train-anc|gen-logits|train-primary|eval)\b", text):
-            continue
-        if " DATA " in text:  # the GPU flags sketch (DATA, ...): not a runnable block
-            continue
-        if CONTINUED.match(text) and camvid is not None and "D=" not in text:
-            camvid[0] += f" + line {line}"
-            camvid[1] += "\n" + text
-            continue
-        out.append([f"README line {line}", text])
-        if "shared/data/camvid" in text:
-            camvid = out[-1]
+    for page in PAGES:
+        for line, text in blocks(page):
+            if not re.search(r"\bboxseg (train-anc|gen-logits|train-primary|eval)\b", text):
+                continue
+            if " DATA " in text:  # the GPU flags sketch (DATA, ...): not a runnable block
+                continue
+            if CONTINUED.match(text) and camvid is not None and "D=" not in text:
+                camvid[0] += f" + {page} line {line}"
+                camvid[1] += "\n" + text
+                continue
+            out.append([f"{page} line {line}", text])
+            if "shared/data/camvid" in text:
+                camvid = out[-1]
     return [(name, text) for name, text in out]
 
 
@@ -138,5 +145,7 @@ def test_readme_block_runs_as_written(name, script, tmp_path, capsys, monkeypatc
 
 def test_the_blocks_are_found():
     names = " ".join(text for _, text in BLOCKS)
-    assert len(BLOCKS) >= 4 and "VOCdevkit" in names and " CS " in names and "demo" in names
-    assert any("+ line" in name for name, _ in BLOCKS)  # the CamVid continuations ran
+    assert len(BLOCKS) >= 5 and "VOCdevkit" in names and " CS " in names and "demo" in names
+    assert "DATA=mydata" in names  # the README's own-data commands
+    camvid = next(name for name, text in BLOCKS if "shared/data/camvid" in text)
+    assert camvid.count(" + ") >= 3, camvid  # the continuations ran: self-training, box, rank
