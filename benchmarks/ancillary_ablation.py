@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,11 +30,17 @@ from boxseg.data.boxes import BoxSpec  # noqa: E402
 from boxseg.data.formats import open_dataset  # noqa: E402
 from boxseg.data.split import SplitSpec  # noqa: E402
 from boxseg.engine import TrainConfig  # noqa: E402
-from boxseg.evaluate import evaluate_model, evaluate_store  # noqa: E402
-from boxseg.gen_logits import BoxMethod, gen_logits  # noqa: E402
+from boxseg.evaluate import TestTime, evaluate_model, evaluate_store  # noqa: E402
+from boxseg.gen_logits import BoxMethod, GenLogitsOptions, gen_logits  # noqa: E402
 from boxseg.io import write_json  # noqa: E402
 from boxseg.models import BoxPathSpec, ModelSpec  # noqa: E402
-from boxseg.train_anc import train_anc  # noqa: E402
+from boxseg.primary_options import (  # noqa: E402
+    CorrectionOptions,
+    LossOptions,
+    PrimaryOptions,
+    WeakOptions,
+)
+from boxseg.train_anc import AncOptions, train_anc  # noqa: E402
 from boxseg.train_primary import train_primary  # noqa: E402
 
 
@@ -139,9 +145,19 @@ def main() -> None:
             cfg = TrainConfig(iters=n.iters, batch_size=4, crop=n.crop, scale_min=0.75,
                               scale_max=1.25, lr=n.lr, optimizer="adamw", seed=n.seed,
                               device=args.device, checkpoint_every=100, resume=True)  # fmt: skip
-            train_anc(data, run, split, box_spec, spec, cfg, val_split=None, quiet=True,
-                      class_weights=n.class_weights, box_path=n.box_path,
-                      constraint_loss=n.constraint_loss)  # fmt: skip
+            opts = AncOptions(
+                data,
+                run,
+                split,
+                spec,
+                cfg,
+                box_spec,
+                box_path=n.box_path,
+                class_weights=n.class_weights,
+                constraint_loss=n.constraint_loss,
+                val_split=None,
+            )
+            train_anc(opts, quiet=True)
             return {"iters": float(n.iters)}
 
         cached(f"net_{name}", train)
@@ -156,12 +172,12 @@ def main() -> None:
 
         def run() -> dict:
             store = out / "stores" / f"{name}.zarr"
-            gen_logits(data, model_path, str(store), split, 4, args.device, quiet=True,
-                       overwrite=True, constraint=r.constraint)  # fmt: skip
+            opts = GenLogitsOptions(data, str(store), split, model_path, constraint=r.constraint)
+            gen_logits(replace(opts, device=args.device, overwrite=True), quiet=True)
             w = evaluate_store(ds, "train", str(store), quiet=True)
             model, meta = load_model(model_path, device=torch.device("cpu"))
-            val = evaluate_model(model, meta, ds, "val", torch.device("cpu"), quiet=True,
-                                 constraint=r.constraint)  # fmt: skip
+            how = TestTime(constraint=r.constraint)
+            val = evaluate_model(model, meta, ds, "val", torch.device("cpu"), True, how)
             return {"w_miou": w["miou"], "w_per_class_iou": w["per_class_iou"],
                     "val_miou": val["miou"], "val_per_class_iou": val["per_class_iou"],
                     "net": r.net, "note": r.note, "constraint": r.constraint.to_dict()}  # fmt: skip
@@ -171,8 +187,9 @@ def main() -> None:
     def baseline(method: str) -> dict:
         def run() -> dict:
             store = out / "stores" / f"{method}.zarr"
-            gen_logits(data, None, str(store), split, 4, args.device, quiet=True, overwrite=True,
-                       box_method=BoxMethod(method, box_min_area=box_spec.min_area))  # fmt: skip
+            boxes = BoxMethod(method, box_min_area=box_spec.min_area)
+            opts = GenLogitsOptions(data, str(store), split, box_method=boxes, device=args.device)
+            gen_logits(replace(opts, overwrite=True), quiet=True)
             w = evaluate_store(ds, "train", str(store), quiet=True)
             return {"w_miou": w["miou"], "w_per_class_iou": w["per_class_iou"]}
 
@@ -190,10 +207,11 @@ def main() -> None:
         cfg = TrainConfig(iters=200, batch_size=4, crop=160, scale_min=0.75, scale_max=1.25,
                           lr=1e-3, optimizer="adamw", seed=seed, device=args.device,
                           checkpoint_every=50, resume=True)  # fmt: skip
-        r = train_primary(data, out / "primary" / f"{store_row}_{mode}{tag}_s{seed}", split,
-                          spec, cfg, logits=str(store), self_corr=mode, val_split="val",
-                          quiet=True, class_weights=args.primary_class_weights)  # fmt: skip
-        return scores(r)
+        run = out / "primary" / f"{store_row}_{mode}{tag}_s{seed}"
+        weak, correction = WeakOptions(logits=str(store)), CorrectionOptions(mode)
+        losses = LossOptions(class_weights=args.primary_class_weights)
+        opts = PrimaryOptions(data, run, split, spec, cfg, weak, correction, losses)
+        return scores(train_primary(opts, quiet=True))
 
     tag = "" if args.primary_class_weights == "none" else "_mf"
     for store_row in [s for s in args.primary.split(",") if s]:

@@ -34,11 +34,11 @@ from boxseg.data.formats import open_dataset  # noqa: E402
 from boxseg.data.split import SplitSpec, split_dataset  # noqa: E402
 from boxseg.engine import TrainConfig  # noqa: E402
 from boxseg.evaluate import evaluate_model, evaluate_store  # noqa: E402
-from boxseg.gen_logits import BoxMethod, gen_logits  # noqa: E402
+from boxseg.gen_logits import BoxMethod, GenLogitsOptions, gen_logits  # noqa: E402
 from boxseg.io import write_json  # noqa: E402
 from boxseg.models import ModelSpec  # noqa: E402
 from boxseg.run_dir import code_version  # noqa: E402
-from boxseg.train_anc import train_anc  # noqa: E402
+from boxseg.train_anc import AncOptions, train_anc  # noqa: E402
 
 SEEDS = ("long1200", "long1200_s1", "long1200_s2")  # the ablation's nets, seeds 0 / 1 / 2
 THIN = ("pole", "sign_symbol", "pedestrian")
@@ -79,16 +79,35 @@ def main() -> None:
             cfg = TrainConfig(iters=n.iters, batch_size=4, crop=n.crop, scale_min=0.75,
                               scale_max=1.25, lr=n.lr, optimizer="adamw", seed=n.seed,
                               device=args.device, checkpoint_every=100, resume=True)  # fmt: skip
-            train_anc(data, run, split, box_spec, spec, cfg, val_split=None, quiet=True,
-                      class_weights=n.class_weights, box_path=n.box_path)  # fmt: skip
+            opts = AncOptions(
+                data,
+                run,
+                split,
+                spec,
+                cfg,
+                box_spec,
+                box_path=n.box_path,
+                class_weights=n.class_weights,
+                val_split=None,
+            )
+            train_anc(opts, quiet=True)
         return run / "model.pt"
 
     def store_row(name: str, stride: int, model: Path | None, method: str | None) -> dict:
         def run() -> dict:
             store = out / "stores" / f"evidence_{name}_s{stride}.zarr"
             bm = None if method is None else BoxMethod(method, box_min_area=16)
-            gen_logits(data, model, str(store), split, stride, args.device, overwrite=True,
-                       quiet=True, box_method=bm)  # fmt: skip
+            opts = GenLogitsOptions(
+                data,
+                str(store),
+                split,
+                model,
+                box_method=bm,
+                stride=stride,
+                device=args.device,
+                overwrite=True,
+            )
+            gen_logits(opts, quiet=True)
             return {"w": scored(evaluate_store(ds, "train", str(store), quiet=True))}
 
         return cached(f"{name}_stride{stride}", run)

@@ -52,7 +52,7 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +70,11 @@ from boxseg.data.formats import open_dataset  # noqa: E402
 from boxseg.data.split import SplitSpec, split_dataset  # noqa: E402
 from boxseg.engine import TrainConfig, resolve_device  # noqa: E402
 from boxseg.evaluate import evaluate_model, evaluate_store  # noqa: E402
-from boxseg.gen_logits import BoxMethod, gen_logits  # noqa: E402
+from boxseg.gen_logits import BoxMethod, GenLogitsOptions, gen_logits  # noqa: E402
 from boxseg.io import write_json, write_label_png  # noqa: E402
 from boxseg.models import ModelSpec  # noqa: E402
-from boxseg.train_anc import train_anc  # noqa: E402
+from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions  # noqa: E402
+from boxseg.train_anc import AncOptions, train_anc  # noqa: E402
 from boxseg.train_primary import train_primary  # noqa: E402
 
 SETTINGS = ("exact", "shift10", "shift25", "loose15", "missing20", "mixed")
@@ -329,18 +330,18 @@ def main() -> None:
             extra["box_noise"] = parse_box_noise(args.robust_noise)
 
         def fit() -> dict:
-            r = train_anc(
+            opts = AncOptions(
                 s_.base,
                 run,
                 split,
-                BoxSpec(s_.min_area),
                 spec,
                 cfg,
-                val_split=s_.val,
-                quiet=True,
+                BoxSpec(s_.min_area),
                 class_weights=a["class_weights"],
+                val_split=s_.val,
                 **extra,
             )
+            r = train_anc(opts, quiet=True)
             noise = extra.get("box_noise")
             return (scores(r) if r else {}) | {
                 "steps": a["iters"],
@@ -369,16 +370,11 @@ def main() -> None:
 
         def make() -> dict:
             if rule_store:
-                gen_logits(
-                    data,
-                    None,
-                    str(path),
-                    split,
-                    1,
-                    device,
-                    quiet=True,
-                    box_method=BoxMethod(kind, box_min_area=s_.min_area),
+                boxes = BoxMethod(kind, box_min_area=s_.min_area)
+                opts = GenLogitsOptions(
+                    data, str(path), split, box_method=boxes, stride=1, device=device
                 )
+                gen_logits(opts, quiet=True)
             else:
                 net = anc_net(
                     {
@@ -389,16 +385,9 @@ def main() -> None:
                     }.get(kind, "anc"),
                     seed,
                 )
-                gen_logits(
-                    data,
-                    net,
-                    str(path),
-                    split,
-                    4,
-                    device,
-                    quiet=True,
-                    constraint=rule_of_kind(kind),
-                )
+                rule = rule_of_kind(kind)
+                opts = GenLogitsOptions(data, str(path), split, net, constraint=rule, device=device)
+                gen_logits(opts, quiet=True)
             q = evaluate_store(open_dataset(data), split.split, str(path), quiet=True)
             counts = json.loads((data / "DONE").read_text())
             return scores(q) | {"coverage": q["coverage"], "setting": setting} | counts
@@ -430,17 +419,17 @@ def main() -> None:
             checkpoint_every=250,
             resume=True,
         )
-        kw: dict = {"logits": str(store(source, setting, seed)), "self_corr": mode}
+        weak = WeakOptions(logits=str(store(source, setting, seed)))
+        correction = CorrectionOptions(mode)
         if mode == "linear":
-            kw["alpha_end"] = 5.0
+            correction = replace(correction, alpha_end=5.0)
         if mode == "conv":  # stage 1's net (half of F) and its store; g follows the same rule
-            kw["anc_model"] = anc_net(
-                "anc_half" if source == "anc_half" else "anc_robust_half", seed
-            )
-            kw["box_constraint"] = rule_of_kind(source)
+            anc_model = anc_net("anc_half" if source == "anc_half" else "anc_robust_half", seed)
+            weak = replace(weak, anc_model=anc_model, constraint=rule_of_kind(source))
+        opts = PrimaryOptions(data, run, split, spec, cfg, weak, correction, val_split=s_.val)
 
         def fit() -> dict:
-            r = train_primary(data, run, split, spec, cfg, val_split=s_.val, quiet=True, **kw)
+            r = train_primary(opts, quiet=True)
             config = json.loads((run / "config.json").read_text())
             return scores(r) | {"steps": config["iters"], "setting": setting} | on_unseen(run)
 

@@ -41,11 +41,11 @@ from boxseg.data.boxes import BoxSpec, boxes_from_mask  # noqa: E402
 from boxseg.data.formats import open_dataset  # noqa: E402
 from boxseg.data.split import SplitSpec  # noqa: E402
 from boxseg.engine import TrainConfig  # noqa: E402
-from boxseg.evaluate import evaluate_model, evaluate_store  # noqa: E402
-from boxseg.gen_logits import BoxMethod, gen_logits  # noqa: E402
+from boxseg.evaluate import TestTime, evaluate_model, evaluate_store  # noqa: E402
+from boxseg.gen_logits import BoxMethod, GenLogitsOptions, gen_logits  # noqa: E402
 from boxseg.io import read_image, read_label_png, write_image, write_json, write_label_png  # noqa: E402
 from boxseg.models import ModelSpec  # noqa: E402
-from boxseg.train_anc import train_anc  # noqa: E402
+from boxseg.train_anc import AncOptions, train_anc  # noqa: E402
 
 OBJECTS = {"car": 8, "pedestrian": 9, "bicyclist": 10}  # CamVid class ids
 CAMVID_VOID = 11
@@ -131,8 +131,17 @@ def main() -> None:
 
         def baseline(method=method) -> dict:
             store = out / "stores" / f"{method}.zarr"
-            gen_logits(data, None, str(store), split, 1, args.device, quiet=True, overwrite=True,
-                       box_method=BoxMethod(method, box_min_area=16))  # fmt: skip
+            boxes = BoxMethod(method, box_min_area=16)
+            opts = GenLogitsOptions(
+                data,
+                str(store),
+                split,
+                box_method=boxes,
+                stride=1,
+                device=args.device,
+                overwrite=True,
+            )
+            gen_logits(opts, quiet=True)
             return store_scores(store)
 
         results[method] = cached(method, baseline)
@@ -151,9 +160,18 @@ def main() -> None:
                               scale_max=1.25, lr=1e-3, optimizer="adamw", seed=seed,
                               device=args.device, checkpoint_every=200, resume=True)  # fmt: skip
             if not (run / "model.pt").is_file():
-                train_anc(data, run, split, BoxSpec(16), spec, cfg, val_split=None, quiet=True,
-                          class_weights="median-freq",
-                          weak_boxes=WeakBoxLoss(wb, args.weak_box_weight))  # fmt: skip
+                opts = AncOptions(
+                    data,
+                    run,
+                    split,
+                    spec,
+                    cfg,
+                    BoxSpec(16),
+                    class_weights="median-freq",
+                    weak_boxes=WeakBoxLoss(wb, args.weak_box_weight),
+                    val_split=None,
+                )
+                train_anc(opts, quiet=True)
             prior = f"_prior{args.box_prior:g}" if args.box_prior else ""
             rules = {f"anc{tag}_constraint{prior}_s{seed}": BoxConstraint(True, args.box_prior)}
             if not wb:
@@ -162,11 +180,20 @@ def main() -> None:
 
                 def anc(rule=rule, name=name, run=run) -> dict:
                     store = out / "stores" / f"{name}.zarr"
-                    gen_logits(data, run / "model.pt", str(store), split, 4, args.device,
-                               quiet=True, overwrite=True, constraint=rule)  # fmt: skip
-                    model, meta = load_model(run / "model.pt")
-                    val = evaluate_model(model, meta, ds, "val", torch.device("cpu"),
-                                         quiet=True, constraint=rule)  # fmt: skip
+                    anc_model = run / "model.pt"
+                    opts = GenLogitsOptions(
+                        data,
+                        str(store),
+                        split,
+                        anc_model,
+                        constraint=rule,
+                        device=args.device,
+                        overwrite=True,
+                    )
+                    gen_logits(opts, quiet=True)
+                    model, meta = load_model(anc_model)
+                    how = TestTime(constraint=rule)
+                    val = evaluate_model(model, meta, ds, "val", torch.device("cpu"), True, how)
                     scores = {"val_miou": val["miou"], "val_per_class_iou": val["per_class_iou"],
                               "train_seconds_per_step": step_seconds(run)}
                     return store_scores(store) | scores

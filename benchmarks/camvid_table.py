@@ -71,11 +71,12 @@ from boxseg.data.formats import open_dataset
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.engine import TrainConfig, resolve_device
 from boxseg.evaluate import evaluate_model, evaluate_store
-from boxseg.gen_logits import BoxMethod, gen_logits
+from boxseg.gen_logits import BoxMethod, GenLogitsOptions, gen_logits
 from boxseg.io import read_image, read_label_png, write_image, write_json, write_label_png
 from boxseg.models import BoxPathSpec, ModelSpec
+from boxseg.primary_options import CorrectionOptions, LossOptions, PrimaryOptions, WeakOptions
 from boxseg.run_dir import code_version
-from boxseg.train_anc import train_anc
+from boxseg.train_anc import AncOptions, train_anc
 from boxseg.train_primary import train_primary
 
 ROWS = ("f_only", "ancillary", "anc_half", "none", "linear", "linear_a5", "conv", "online_linear",
@@ -334,9 +335,18 @@ def main() -> None:
 
         def make() -> dict:
             box = None if method == "anc" else BoxMethod(method, box_min_area=box_spec.min_area)
-            gen_logits(data, model, str(path), split, stride if box is None else 1, args.device,
-                       quiet=True, box_method=box, workers=args.workers or None,
-                       constraint=constraint)  # fmt: skip
+            opts = GenLogitsOptions(
+                data,
+                str(path),
+                split,
+                model,
+                box_method=box,
+                stride=stride if box is None else 1,
+                constraint=BoxConstraint() if constraint is None else constraint,
+                workers=args.workers or None,
+                device=args.device,
+            )
+            gen_logits(opts, quiet=True)
             quality = evaluate_store(ds, train_split, str(path), quiet=True)
             return scores(quality) | {"coverage": quality["coverage"]}
 
@@ -344,32 +354,55 @@ def main() -> None:
 
     def anc_row(name: str, seed: int, fraction: float, weak_boxes: bool = False,
                 **variant) -> Path:
-        """An ancillary net (`variant`: train_anc's class_weights or box_path, else its
-        defaults), scored with boxes given on val and on the unseen drive."""
+        """An ancillary net (`variant`: AncOptions fields such as class_weights or box_path,
+        else their defaults), scored with boxes given on val and on the unseen drive."""
         run = runs / name
-        row(name, lambda: scores(train_anc(
-            data, run, split, box_spec, spec, cfg(seed, args.anc_iters), val_split=val,
-            quiet=True, full_fraction=fraction, weak_boxes=WeakBoxLoss(weak_boxes), **variant))
-            | {"steps": args.anc_iters} | on_unseen(run))  # fmt: skip
+        opts = AncOptions(
+            data,
+            run,
+            split,
+            spec,
+            cfg(seed, args.anc_iters),
+            box_spec,
+            full_fraction=fraction,
+            weak_boxes=WeakBoxLoss(weak_boxes),
+            val_split=val,
+        )
+        opts = dataclasses.replace(opts, **variant)
+
+        def fit() -> dict:
+            return scores(train_anc(opts, quiet=True)) | {"steps": args.anc_iters} | on_unseen(run)
+
+        row(name, fit)
         return run / "model.pt"
 
-    def primary(name: str, seed: int, full: bool = False, **kw) -> Path:
+    def primary(name: str, seed: int, full: bool = False, **changes) -> Path:
+        """A primary net's row; `changes`: PrimaryOptions fields (weak, correction) on top of
+        the table's settings."""
         run = runs / name
         sp = SplitSpec(train_split, n_train, 0) if full else split
         c = cfg(seed, args.iters)
-        if "logits" in kw or "anc_model" in kw:  # F + W rows: fw-batch F and fw-batch W images
-            c = dataclasses.replace(c, batch_size=args.fw_batch)
+        losses = LossOptions(args.primary_class_weights, args.primary_hard_pixels)
+        opts = PrimaryOptions(data, run, sp, spec, c, losses=losses, val_split=val)
+        opts = dataclasses.replace(opts, **changes)
+        if opts.weak.given:  # F + W rows: fw-batch F and fw-batch W images
+            opts = dataclasses.replace(opts, train=dataclasses.replace(c, batch_size=args.fw_batch))
 
         def fit() -> dict:
-            r = train_primary(data, run, sp, spec, c, val_split=val, quiet=True,
-                              class_weights=args.primary_class_weights,
-                              hard_pixels=args.primary_hard_pixels, **kw)  # fmt: skip
+            r = train_primary(opts, quiet=True)
             config = json.loads((run / "config.json").read_text())
             return scores(r) | {"steps": config["iters"], "w_steps": config["w_steps"]} | (
                 on_unseen(run))
 
         row(name, fit)
         return run / "model.pt"
+
+    linear, conv = CorrectionOptions("linear"), CorrectionOptions("conv")
+    linear_a5 = CorrectionOptions("linear", alpha_end=5.0)
+
+    def from_store(path: str) -> WeakOptions:
+        """W's targets read from the store at `path`."""
+        return WeakOptions(logits=path)
 
     def seed_rows(s: int) -> None:
         """The wanted rows of seed s, each building (or finding cached) what it needs."""
@@ -408,22 +441,23 @@ def main() -> None:
             "anc_nearest": w_nearest,
             "anc_unweighted": w_unweighted,
             "anc_weakbox": w_anc_wb,
-            "none_weakbox": lambda: primary(f"none_weakbox_s{s}", s, logits=w_anc_wb(),
-                                            self_corr="none"),  # fmt: skip
-            "none": lambda: primary(f"none_s{s}", s, logits=w_anc(), self_corr="none"),
-            "linear": lambda: primary(f"linear_s{s}", s, logits=w_anc(), self_corr="linear"),
+            "none_weakbox": lambda: primary(f"none_weakbox_s{s}", s, weak=from_store(w_anc_wb())),
+            "none": lambda: primary(f"none_s{s}", s, weak=from_store(w_anc())),
+            "linear": lambda: primary(
+                f"linear_s{s}", s, weak=from_store(w_anc()), correction=linear
+            ),
             "linear_a5": lambda: primary(
-                f"linear_a5_s{s}", s, logits=w_anc(), self_corr="linear", alpha_end=5.0
-            ),  # fmt: skip
+                f"linear_a5_s{s}", s, weak=from_store(w_anc()), correction=linear_a5
+            ),
             "online_linear": lambda: primary(
-                f"online_linear_s{s}", s, anc_model=anc(), self_corr="linear"
-            ),  # fmt: skip
+                f"online_linear_s{s}", s, weak=WeakOptions(anc_model=anc()), correction=linear
+            ),
             "conv": lambda: primary(
-                f"conv_s{s}", s, logits=w_half(), anc_model=half(), self_corr="conv"
-            ),  # fmt: skip
-            "box_fill": lambda: primary(f"box_fill_s{s}", s, logits=w_rule("box")),
-            "grabcut": lambda: primary(f"grabcut_s{s}", s, logits=w_rule("grabcut")),
-            "self_training": lambda: primary(f"self_training_s{s}", s, logits=w_self()),
+                f"conv_s{s}", s, weak=WeakOptions(w_half(), half()), correction=conv
+            ),
+            "box_fill": lambda: primary(f"box_fill_s{s}", s, weak=from_store(w_rule("box"))),
+            "grabcut": lambda: primary(f"grabcut_s{s}", s, weak=from_store(w_rule("grabcut"))),
+            "self_training": lambda: primary(f"self_training_s{s}", s, weak=from_store(w_self())),
         }
         for name, job in jobs.items():
             if name in wanted:

@@ -40,16 +40,14 @@ from boxseg.data import box_cache
 from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import load_full, open_dataset
 from boxseg.data.torchsets import AugmentSpec, FullTrainSet
-from boxseg.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Aligned,
-    resize_then_crop,
-    to_tensor,
-)
+from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Aligned, to_tensor
 from boxseg.io import write_image
+from boxseg.passes import forward_passes
 from boxseg.store import LogitsStore
 from boxseg.weak_targets import StoredLogits, WeakTrainSet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the "before" path: tests/helpers
+from tests.helpers.plain_path import resize_then_crop  # noqa: E402
 
 H, W, K, STRIDE = 1024, 2048, 19, 4
 BOX_SPEC = BoxSpec(min_area=16)
@@ -106,8 +104,8 @@ class FullBefore(FullTrainSet):
         i, rng = key[0], np.random.default_rng(key[1])
         box_cache.clear()
         s = load_full(self.ds, self.split, self.ids[i], self.box_spec, self.with_boxes)
-        a = resize_then_crop(Aligned(s.image, s.mask, s.boxes, s.labels),
-                             self.aug.draw(rng, *s.size), self.aug.crop)  # fmt: skip
+        p = self.aug.draw(rng, *s.size)
+        a, _ = resize_then_crop(Aligned(s.image, s.mask, s.boxes, s.labels), p, self.aug.crop)
         c = self.aug.crop
         out = {"image": to_tensor(a.image, self.mean, self.std),
                "mask": torch.from_numpy(a.mask).long()}  # fmt: skip
@@ -125,12 +123,12 @@ class WeakBefore(WeakTrainSet):
         i, rng = key[0], np.random.default_rng(key[1])
         image = self.ds.read_image(self.split, self.ids[i])
         j = self.store.index(self.ids[i])
-        a = resize_then_crop(Aligned(image, logits=self.store.read_full(j)),
-                             self.aug.draw(rng, H, W), self.aug.crop)  # fmt: skip
-        void = torch.isnan(a.logits).any(0)
+        p, full = self.aug.draw(rng, H, W), self.store.read_full(j)
+        a, logits = resize_then_crop(Aligned(image), p, self.aug.crop, full)
+        void = torch.isnan(logits).any(0)
         return {
             "image": to_tensor(a.image, self.mean, self.std),
-            "logits": a.logits.nan_to_num(0.0),
+            "logits": logits.nan_to_num(0.0),
             "valid": torch.from_numpy(a.valid) & ~void,
         }
 
@@ -220,7 +218,7 @@ def measure_gen_logits(root: Path, out: Path, workers: int, writer_depth: int,
                                STRIDE, {"method": "bench"})  # fmt: skip
     todo = list(range(len(ids)))
     dev = torch.device("cpu")
-    passes = gl.forward_passes(store, todo, batch_size, dev)
+    passes = forward_passes(store.sizes, todo, batch_size, dev)
     reader = gl.PassReader(ds, "train", store, passes, meta, BOX_SPEC)
     gl.WRITER_DEPTH = writer_depth
     t = time.perf_counter()

@@ -18,6 +18,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from boxseg.data.split import SplitSpec, split_full_weak
 from boxseg.data.synthetic import write_synthetic
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.demo import DEMO_SPEC
-from boxseg.gen_logits import gen_logits
+from boxseg.gen_logits import GenLogitsOptions, gen_logits
 from boxseg.inference import predict_logits
 from boxseg.models import build_model
 from boxseg.run_dir import model_meta
@@ -86,15 +87,16 @@ def main() -> None:
         batch_sizes = {"boxseg gen-logits": 8, "gen-logits batch 1": 1}
         times: dict[str, list[float]] = {"plain .npy loop": [], **{k: [] for k in batch_sizes}}
         n = 0
+        store = GenLogitsOptions(data, str(work / "w.zarr"), split, model_path, stride=args.stride)
         for _ in range(args.repeats):
             shutil.rmtree(work / "npy", ignore_errors=True)
             t = time.perf_counter()
             n = plain_loop(data, model_path, split, work / "npy", None)
             times["plain .npy loop"].append(time.perf_counter() - t)
             for name, batch_size in batch_sizes.items():
+                opts = replace(store, batch_size=batch_size, device="cpu", overwrite=True)
                 t = time.perf_counter()
-                gen_logits(data, model_path, str(work / "w.zarr"), split, args.stride, "cpu",
-                           overwrite=True, quiet=True, batch_size=batch_size)  # fmt: skip
+                gen_logits(opts, quiet=True)
                 times[name].append(time.perf_counter() - t)
         sizes = {"plain .npy loop": dir_bytes(work / "npy")}
         sizes |= {k: dir_bytes(work / "w.zarr") for k in batch_sizes}  # the same store

@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,9 +24,10 @@ from boxseg.data.boxes import BoxSpec
 from boxseg.data.split import SplitSpec
 from boxseg.data.synthetic import write_synthetic
 from boxseg.engine import TrainConfig
-from boxseg.gen_logits import gen_logits
+from boxseg.gen_logits import GenLogitsOptions, gen_logits
 from boxseg.models import ModelSpec
-from boxseg.train_anc import train_anc
+from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions
+from boxseg.train_anc import AncOptions, train_anc
 from boxseg.train_primary import train_primary
 
 
@@ -70,25 +72,18 @@ def main() -> None:
             store = str(out / "w.zarr")
 
             def anc(spec=spec, out=out):
-                train_anc(
-                    data, out / "anc", split, BoxSpec(4), spec, cfg, val_split=None, quiet=True
-                )
+                opts = AncOptions(data, out / "anc", split, spec, cfg, BoxSpec(4), val_split=None)
+                train_anc(opts, quiet=True)
 
             def logits(out=out, store=store):
-                gen_logits(data, out / "anc" / "model.pt", store, split, 4, args.device, quiet=True)
+                model = out / "anc" / "model.pt"
+                opts = GenLogitsOptions(data, store, split, model, device=args.device)
+                gen_logits(opts, quiet=True)
 
             def primary(spec=spec, out=out, store=store):
-                train_primary(
-                    data,
-                    out / "p",
-                    split,
-                    spec,
-                    cfg,
-                    logits=store,
-                    self_corr="linear",
-                    val_split=None,
-                    quiet=True,
-                )
+                weak, linear = WeakOptions(logits=store), CorrectionOptions("linear")
+                opts = PrimaryOptions(data, out / "p", split, spec, cfg, weak, linear)
+                train_primary(replace(opts, val_split=None), quiet=True)
 
             stages = {
                 "train-anc": (anc, args.steps * args.batch_size),

@@ -42,6 +42,7 @@ from boxseg.data.split import SplitSpec  # noqa: E402
 from boxseg.engine import TrainConfig, resolve_device  # noqa: E402
 from boxseg.evaluate import evaluate_model  # noqa: E402
 from boxseg.models import ModelSpec  # noqa: E402
+from boxseg.primary_options import PrimaryOptions  # noqa: E402
 from boxseg.train_primary import primary_meta, train_primary  # noqa: E402
 
 
@@ -109,8 +110,8 @@ def main() -> None:
                           seed=seed, device=args.device, checkpoint_every=250,
                           resume=True)  # fmt: skip
         split = SplitSpec(train_split, len(ds.ids(train_split)), 0)  # all masks: the ceiling
-        r = train_primary(data, args.out / "runs" / f"peer_smp_s{seed}", split, spec, cfg,
-                          val_split="val", quiet=True)  # fmt: skip
+        run = args.out / "runs" / f"peer_smp_s{seed}"
+        r = train_primary(PrimaryOptions(data, run, split, spec, cfg, val_split="val"), quiet=True)
         net = built["net"].eval()
         meta = primary_meta(spec, ds, "f_only", None, 0)
         result = scores(r) | {"steps": args.iters, "network": "smp DeepLabV3Plus resnet18",

@@ -39,6 +39,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,12 @@ from boxseg.data.formats import open_dataset  # noqa: E402
 from boxseg.data.split import SplitSpec, split_dataset  # noqa: E402
 from boxseg.engine import TrainConfig, resolve_device  # noqa: E402
 from boxseg.evaluate import evaluate_model, evaluate_store, pseudo_labels  # noqa: E402
-from boxseg.gen_logits import gen_logits  # noqa: E402
+from boxseg.gen_logits import GenLogitsOptions, gen_logits  # noqa: E402
 from boxseg.models import ModelSpec, build_model  # noqa: E402
+from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions  # noqa: E402
 from boxseg.rank import SIGNALS, RankWeights, combine, percentiles, rank_store  # noqa: E402
 from boxseg.store import LogitsStore  # noqa: E402
-from boxseg.train_anc import train_anc  # noqa: E402
+from boxseg.train_anc import AncOptions, train_anc  # noqa: E402
 from boxseg.train_primary import primary_meta, train_primary  # noqa: E402
 
 ENTROPY_ONLY = RankWeights(1.0, 0.0, 0.0, 0.0, 0.0)
@@ -104,14 +106,22 @@ def signals_check(ds, split: str, full: list[str], store: LogitsStore, ks: list[
     return out
 
 
-def time_ranking(ds, split_name: str, full: list[str], store: LogitsStore, primary, dev,
-                 data: Path, anc_model: Path, split: SplitSpec, scratch: Path,
-                 repeats: int = 3) -> dict:  # fmt: skip
+def time_ranking(
+    ds,
+    split_name: str,
+    full: list[str],
+    store: LogitsStore,
+    primary,
+    dev,
+    rewrite: GenLogitsOptions,
+    repeats: int = 3,
+) -> dict:
     """The ranking, and in the same process the cost of ranking W (with the primary, and
-    from the store alone) against writing W's store again with the ancillary net (gen-logits,
-    stride 4, into `scratch`, removed before each run): medians of `repeats` alternating
-    runs."""
+    from the store alone) against writing W's store again with the ancillary net (gen-logits
+    as `rewrite` says, into its `out`, removed before each run): medians of `repeats`
+    alternating runs."""
     times: dict[str, list[float]] = {"rank": [], "rank_store_only": [], "gen_logits": []}
+    scratch = Path(rewrite.out)
     for _ in range(repeats):
         t = time.perf_counter()
         rows = rank_store(ds, split_name, full, store, RankWeights(), 1.0, primary, dev)
@@ -121,7 +131,7 @@ def time_ranking(ds, split_name: str, full: list[str], store: LogitsStore, prima
         times["rank_store_only"].append(time.perf_counter() - t)
         shutil.rmtree(scratch, ignore_errors=True)  # (else gen-logits resumes: no work)
         t = time.perf_counter()
-        gen_logits(data, anc_model, str(scratch), split, 4, str(dev), quiet=True)
+        gen_logits(rewrite, quiet=True)
         times["gen_logits"].append(time.perf_counter() - t)
     shutil.rmtree(scratch, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in times.items()}
@@ -200,8 +210,9 @@ def main() -> None:
             spec = ModelSpec("resnet18", 16, args.channels, args.channels)
             net = (build_model(spec, ds_c.num_classes).to(dev).eval(),
                    primary_meta(spec, ds_c, "f_only", None, 0))  # fmt: skip
-        timed = time_ranking(ds_c, sp.split, full_c, store_c, net, dev, ds_c.root,
-                             Path(args.anc_model), sp, Path(args.out) / "cost_scratch.zarr")
+        scratch = str(Path(args.out) / "cost_scratch.zarr")
+        rewrite = GenLogitsOptions(ds_c.root, scratch, sp, Path(args.anc_model), device=str(dev))
+        timed = time_ranking(ds_c, sp.split, full_c, store_c, net, dev, rewrite)
         result = {k: v for k, v in timed.items() if k != "rows"} | {
             "images": len(store_c), "commit": CODE, "untrained_primary": not args.primary}
         print(json.dumps(result, indent=1))
@@ -247,9 +258,9 @@ def main() -> None:
 
     def rank_and_time() -> dict:
         anc_model = out / "runs" / f"ancillary_s{args.rank_seed}" / "model.pt"
-        scratch = out / "stores" / f"rank_timing_s{args.rank_seed}.zarr"
-        timed = time_ranking(ds, train_split, full, store, primary, dev, data, anc_model,
-                             split, scratch)  # fmt: skip
+        scratch = str(out / "stores" / f"rank_timing_s{args.rank_seed}.zarr")
+        rewrite = GenLogitsOptions(data, scratch, split, anc_model, device=str(dev))
+        timed = time_ranking(ds, train_split, full, store, primary, dev, rewrite)
         return timed | {"entropy_rows": rank_store(ds, train_split, full, store, ENTROPY_ONLY,
                                                    0.0)}  # fmt: skip
 
@@ -287,14 +298,16 @@ def main() -> None:
         name = f"rank_{how}_k{k}_s{seed}"
         run = out / "runs" / name
         anc = run / "anc"
-        train_anc(data, anc, sp, box_spec, spec, cfg(seed, args.anc_iters, args.batch_size),
-                  val_split="", quiet=True)  # fmt: skip
+        anc_cfg = cfg(seed, args.anc_iters, args.batch_size)
+        train_anc(AncOptions(data, anc, sp, spec, anc_cfg, box_spec, val_split=""), quiet=True)
         location = str(out / "stores" / f"{name}.zarr")
-        gen_logits(data, anc / "model.pt", location, sp, 4, args.device, quiet=True)
+        anc_model = anc / "model.pt"
+        gen_logits(GenLogitsOptions(data, location, sp, anc_model, device=args.device), quiet=True)
         quality = evaluate_store(ds, train_split, location, quiet=True)
         c = cfg(seed, args.iters, args.fw_batch)
-        train_primary(data, run / "primary", sp, spec, c, val_split="", quiet=True,
-                      logits=location, self_corr="none")  # fmt: skip
+        weak = WeakOptions(logits=location)
+        opts = PrimaryOptions(data, run / "primary", sp, spec, c, weak, CorrectionOptions("none"))
+        train_primary(replace(opts, val_split=""), quiet=True)
         result = {"chosen": chosen, "pseudo_labels": scores(quality),
                   **on(run / "primary" / "model.pt", "val")}  # fmt: skip
         if unseen:

@@ -38,10 +38,11 @@ from boxseg.data.split import SplitSpec
 from boxseg.data.synthetic import write_synthetic
 from boxseg.demo import DEMO_SPEC
 from boxseg.engine import TrainConfig
-from boxseg.gen_logits import gen_logits
+from boxseg.gen_logits import GenLogitsOptions, gen_logits
 from boxseg.models import ModelSpec
+from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions
 from boxseg.store import InMemoryLogits, LogitsStore
-from boxseg.train_anc import train_anc
+from boxseg.train_anc import AncOptions, train_anc
 from boxseg.train_primary import train_primary
 
 STORES = {  # name: (stride, dtype)
@@ -77,8 +78,9 @@ def main() -> None:
         cfg = TrainConfig(iters=args.iters, batch_size=args.batch_size, crop=args.crop,
                           scale_min=args.scale_min, scale_max=args.scale_max, lr=args.lr,
                           optimizer="adamw", device="cpu", overwrite=True)  # fmt: skip
-        anc = train_anc(data, work / "anc", split, BoxSpec(min_area=4), spec, cfg,
-                        val_split=args.val_split, quiet=True)  # fmt: skip
+        box_spec = BoxSpec(min_area=4)
+        opts = AncOptions(data, work / "anc", split, spec, cfg, box_spec, val_split=args.val_split)
+        anc = train_anc(opts, quiet=True)
         model = work / "anc" / "model.pt"
         n = plain_loop(data, model, split, work / "npy", None)
         naive = {p.stem: torch.from_numpy(np.load(p)) for p in sorted((work / "npy").glob("*.npy"))}
@@ -88,8 +90,8 @@ def main() -> None:
         for name, (stride, dtype) in STORES.items():
             out = work / f"{name.replace(' ', '_')}.zarr"
             # batch 1, as plain_loop: every storage holds the same forward passes' outputs
-            gen_logits(data, model, str(out), split, stride, "cpu", quiet=True, dtype=dtype,
-                       batch_size=1)  # fmt: skip
+            opts = GenLogitsOptions(data, str(out), split, model, stride=stride, dtype=dtype)
+            gen_logits(dataclasses.replace(opts, batch_size=1, device="cpu"), quiet=True)
             sources[name], sizes[name] = str(out), dir_bytes(out)
 
         def fidelity(location: str) -> tuple[float, float]:
@@ -109,9 +111,9 @@ def main() -> None:
         def primary(source, seed: int) -> float:
             run = work / f"p{len(list(work.glob('p*')))}"
             c = dataclasses.replace(cfg, seed=seed)
-            r = train_primary(data, run, split, spec, c, logits=source, self_corr="linear",
-                              val_split=args.val_split, quiet=True)  # fmt: skip
-            return r["miou"]
+            weak, linear = WeakOptions(logits=source), CorrectionOptions("linear")
+            opts = PrimaryOptions(data, run, split, spec, c, weak, linear, val_split=args.val_split)
+            return train_primary(opts, quiet=True)["miou"]
 
         seeds = range(args.seeds)
         per_seed = {name: [primary(src, k) for k in seeds] for name, src in sources.items()}

@@ -38,8 +38,9 @@ from boxseg.data.synthetic import write_synthetic
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxseg.demo import DEMO_SPEC
 from boxseg.engine import TrainConfig
-from boxseg.gen_logits import gen_logits
+from boxseg.gen_logits import GenLogitsOptions, gen_logits
 from boxseg.models import build_model
+from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions
 from boxseg.run_dir import model_meta
 from boxseg.store import InMemoryLogits
 from boxseg.train_primary import train_primary
@@ -102,7 +103,7 @@ def main() -> None:
         model = work / "anc.pt"
         save_model(model, net.eval(), meta)
         store = work / "w.zarr"
-        gen_logits(data, model, str(store), split, 4, "cpu", quiet=True)
+        gen_logits(GenLogitsOptions(data, str(store), split, model, device="cpu"), quiet=True)
         plain_loop(data, model, split, work / "npy", None)
         in_ram = InMemoryLogits(
             {p.stem: torch.from_numpy(np.load(p)) for p in sorted((work / "npy").glob("*.npy"))},
@@ -111,16 +112,18 @@ def main() -> None:
         cfg = TrainConfig(iters=args.steps, batch_size=args.batch_size, crop=args.crop,
                           device="cpu", workers=args.workers, checkpoint_every=0,
                           log_every=1, overwrite=True)  # fmt: skip
-        sources = {"store (float16, stride 4)": {"logits": str(store)},
-                   "online ancillary": {"anc_model": model},
-                   "in RAM (float32 full-res)": {"logits": in_ram}}  # fmt: skip
+        sources = {
+            "store (float16, stride 4)": WeakOptions(logits=str(store), batch_size=wbs),
+            "online ancillary": WeakOptions(anc_model=model, batch_size=wbs),
+            "in RAM (float32 full-res)": WeakOptions(logits=in_ram, batch_size=wbs),
+        }
+        linear = CorrectionOptions("linear")
+        base = PrimaryOptions(data, work, split, DEMO_SPEC, cfg, correction=linear, val_split=None)
         times: dict[str, list[float]] = {k: [] for k in sources}
         for r in range(args.repeats):
-            for name, kw in sources.items():
+            for name, weak in sources.items():
                 run = work / f"run{r}"
-                train_primary(data, run, split, DEMO_SPEC, cfg, self_corr="linear",
-                              val_split=None, quiet=True, weak_batch_size=wbs,
-                              **kw)  # fmt: skip
+                train_primary(dataclasses.replace(base, out=run, weak=weak), quiet=True)
                 times[name].append(steady_steps_per_s(run / "metrics.jsonl", args.warmup,
                                                       args.batch_size + wbs))  # fmt: skip
         anc_forward = forward_seconds(net.eval(), wbs, args.crop, channels, 10)

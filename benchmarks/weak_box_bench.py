@@ -33,7 +33,7 @@ from boxseg.engine import TrainConfig  # noqa: E402
 from boxseg.io import write_json  # noqa: E402
 from boxseg.models import ModelSpec  # noqa: E402
 from boxseg.run_dir import code_version  # noqa: E402
-from boxseg.train_anc import train_anc  # noqa: E402
+from boxseg.train_anc import AncOptions, train_anc  # noqa: E402
 
 
 def main() -> None:
@@ -59,9 +59,12 @@ def main() -> None:
                 cfg = TrainConfig(iters=steps, batch_size=4, crop=160, scale_min=0.75,
                                   scale_max=1.25, lr=1e-3, optimizer="adamw",
                                   device=args.device, checkpoint_every=0)  # fmt: skip
+                weak = WeakBoxLoss(variant == "on")
+                opts = AncOptions(
+                    data, run, split, spec, cfg, BoxSpec(16), weak_boxes=weak, val_split=None
+                )
                 t = time.perf_counter()
-                train_anc(data, run, split, BoxSpec(16), spec, cfg, val_split=None, quiet=True,
-                          weak_boxes=WeakBoxLoss(variant == "on"))  # fmt: skip
+                train_anc(opts, quiet=True)
                 times.append(time.perf_counter() - t)
             per_step[variant].append((times[1] - times[0]) / args.steps)
     med = {k: statistics.median(v) for k, v in per_step.items()}

@@ -41,9 +41,8 @@ NEG = 1e4  # the penalty of a class that no box allows (logits are O(10)): never
 def soft_fields(penalty: float, void_uncovered: bool) -> dict:
     """The graceful rule's fields as records hold them: only where they differ from the hard
     rule, so records (and stores) made before they existed read and compare as they were."""
-    return (
-        ({} if penalty == NEG else {"penalty": penalty})
-        | ({"void_uncovered": True} if void_uncovered else {})
+    return ({} if penalty == NEG else {"penalty": penalty}) | (
+        {"void_uncovered": True} if void_uncovered else {}
     )
 
 
@@ -63,7 +62,8 @@ class BoxConstraint:
 
     def to_dict(self) -> dict:
         return {"enabled": self.enabled, "prior": self.prior} | soft_fields(
-            self.penalty, self.void_uncovered)  # fmt: skip
+            self.penalty, self.void_uncovered
+        )
 
     @staticmethod
     def from_dict(d: dict) -> BoxConstraint:
@@ -81,8 +81,9 @@ class BoxConstraint:
             raise BoxsegError(f"--box-penalty {self.penalty:g}: must be in (0, {NEG:g}]")
 
 
-def free_classes(num_classes: int, background: int | None,
-                 box_classes: Sequence[int] | None) -> list[int]:  # fmt: skip
+def free_classes(
+    num_classes: int, background: int | None, box_classes: Sequence[int] | None
+) -> list[int]:
     """Classes allowed everywhere: the background class, and the classes that get no boxes
     (`box_classes` None: every class but the background gets boxes)."""
     boxed = set(range(num_classes)) if box_classes is None else set(box_classes)
@@ -103,24 +104,35 @@ class BoxEvidence:
     cols: torch.Tensor
 
     def to(self, device: torch.device | str) -> BoxEvidence:
-        return BoxEvidence(*(t.to(device, non_blocking=True) for t in
-                             (self.bounds, self.labels, self.rows, self.cols)))  # fmt: skip
+        return BoxEvidence(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.bounds, self.labels, self.rows, self.cols)
+            )
+        )
 
     @staticmethod
     def of_batch(batch: dict) -> BoxEvidence:
         """From a training batch's "box_bounds", "box_labels", "src_rows", "src_cols"."""
-        return BoxEvidence(batch["box_bounds"].long(), batch["box_labels"].long(),
-                           batch["src_rows"].long(), batch["src_cols"].long())  # fmt: skip
+        return BoxEvidence(
+            batch["box_bounds"].long(),
+            batch["box_labels"].long(),
+            batch["src_rows"].long(),
+            batch["src_cols"].long(),
+        )
 
     @staticmethod
-    def whole(boxes: list[np.ndarray], labels: list[np.ndarray], height: int, width: int,
-              device: torch.device | str = "cpu") -> BoxEvidence:  # fmt: skip
+    def whole(
+        boxes: list[np.ndarray],
+        labels: list[np.ndarray],
+        height: int,
+        width: int,
+        device: torch.device | str = "cpu",
+    ) -> BoxEvidence:
         """Whole height x width images (no crop), one box array per image."""
-        items = [item_evidence(b, lab, height, width) for b, lab in zip(boxes, labels,
-                                                                         strict=True)]  # fmt: skip
+        items = [item_evidence(b, lab, height, width) for b, lab in zip(boxes, labels, strict=True)]
         n = len(items)
-        bounds, labs = pad_boxes([x["box_bounds"] for x in items],
-                                 [x["box_labels"] for x in items])  # fmt: skip
+        bounds, labs = pad_boxes([x["box_bounds"] for x in items], [x["box_labels"] for x in items])
         rows = torch.arange(height).expand(n, height)
         cols = torch.arange(width).expand(n, width)
         return BoxEvidence(bounds, labs, rows, cols).to(device)
@@ -137,10 +149,14 @@ class BoxEvidence:
         return in_rows, in_cols
 
 
-
-def item_evidence(boxes: np.ndarray, labels: np.ndarray, height: int, width: int,
-                  rows: np.ndarray | None = None,
-                  cols: np.ndarray | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def item_evidence(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    height: int,
+    width: int,
+    rows: np.ndarray | None = None,
+    cols: np.ndarray | None = None,
+) -> dict[str, torch.Tensor]:
     """One training item's share of a `BoxEvidence`: its boxes' pixel bounds in the original
     height x width image (only the boxes the shown rows and columns meet) and the source rows
     and columns (default: all of them, in order). Boxes covering no pixel are left out."""
@@ -153,14 +169,17 @@ def item_evidence(boxes: np.ndarray, labels: np.ndarray, height: int, width: int
     if len(shown_r) and len(shown_c):
         keep &= (bounds[:, 1] <= shown_r.max()) & (bounds[:, 3] > shown_r.min())
         keep &= (bounds[:, 0] <= shown_c.max()) & (bounds[:, 2] > shown_c.min())
-    return {"box_bounds": torch.from_numpy(bounds[keep].astype(np.int32)),
-            "box_labels": torch.from_numpy(labels[keep]),
-            "src_rows": torch.from_numpy(np.asarray(rows, np.int64)),
-            "src_cols": torch.from_numpy(np.asarray(cols, np.int64))}  # fmt: skip
+    return {
+        "box_bounds": torch.from_numpy(bounds[keep].astype(np.int32)),
+        "box_labels": torch.from_numpy(labels[keep]),
+        "src_rows": torch.from_numpy(np.asarray(rows, np.int64)),
+        "src_cols": torch.from_numpy(np.asarray(cols, np.int64)),
+    }
 
 
-def pad_boxes(bounds: Sequence[torch.Tensor],
-              labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def pad_boxes(
+    bounds: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Items' B_i x 4 bounds and B_i labels -> N x B x 4 and N x B (labels -1 on padding)."""
     b = max([len(x) for x in labels] + [1])
     out_b = torch.zeros(len(bounds), b, 4, dtype=torch.int64)
@@ -185,9 +204,12 @@ class ConstraintRule:
     void_uncovered: bool = False  # no background class: pixels no box covers are void (NaN)
 
     def to_dict(self) -> dict:
-        return {"num_classes": self.num_classes, "free": list(self.free),
-                "background": self.background, "prior": self.prior} | soft_fields(
-                    self.penalty, self.void_uncovered)  # fmt: skip
+        return {
+            "num_classes": self.num_classes,
+            "free": list(self.free),
+            "background": self.background,
+            "prior": self.prior,
+        } | soft_fields(self.penalty, self.void_uncovered)
 
     @staticmethod
     def from_dict(d: dict) -> ConstraintRule:
@@ -210,9 +232,7 @@ class ConstraintRule:
         void_uncovered: bool = False,
     ) -> ConstraintRule:
         free = free_classes(num_classes, background, box_classes)
-        return ConstraintRule(
-            num_classes, tuple(free), background, prior, penalty, void_uncovered
-        )
+        return ConstraintRule(num_classes, tuple(free), background, prior, penalty, void_uncovered)
 
     def allowed(self, ev: BoxEvidence) -> torch.Tensor:
         """N x K x H x W bool: where each class may be (see the module docstring)."""
@@ -268,9 +288,14 @@ def rule_of(meta: dict | None, option: BoxConstraint | None) -> ConstraintRule |
     if meta is None or option is None or not option.enabled or meta.get("kind") != "ancillary":
         return None
     classes = (meta.get("boxes") or {}).get("classes")
-    rule = ConstraintRule.of(len(meta["class_names"]), meta.get("background"),
-                             tuple(classes) if classes else None, option.prior,
-                             option.penalty, option.void_uncovered)  # fmt: skip
+    rule = ConstraintRule.of(
+        len(meta["class_names"]),
+        meta.get("background"),
+        tuple(classes) if classes else None,
+        option.prior,
+        option.penalty,
+        option.void_uncovered,
+    )
     if rule.void_uncovered and (rule.background is not None or rule.free):
         free = [meta["class_names"][k] for k in rule.free]
         raise BoxsegError(
@@ -281,8 +306,9 @@ def rule_of(meta: dict | None, option: BoxConstraint | None) -> ConstraintRule |
     return rule
 
 
-def constrain_whole(logits: torch.Tensor, rule: ConstraintRule | None, boxes: np.ndarray,
-                    labels: np.ndarray) -> torch.Tensor:  # fmt: skip
+def constrain_whole(
+    logits: torch.Tensor, rule: ConstraintRule | None, boxes: np.ndarray, labels: np.ndarray
+) -> torch.Tensor:
     """One whole image's K x H x W logits made box-consistent by `rule` (None: as they are)."""
     if rule is None:
         return logits

@@ -64,8 +64,15 @@ def grabcut_mask(image: np.ndarray, box: np.ndarray, iterations: int, margin: in
     mask = np.zeros((h, w), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), mask, (x1, y1, x2 - x1, y2 - y1), bgd,
-                fgd, iterations, cv2.GC_INIT_WITH_RECT)  # fmt: skip
+    cv2.grabCut(
+        cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+        mask,
+        (x1, y1, x2 - x1, y2 - y1),
+        bgd,
+        fgd,
+        iterations,
+        cv2.GC_INIT_WITH_RECT,
+    )
     return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
 
 

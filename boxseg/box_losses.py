@@ -66,9 +66,13 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W sRGB in [0, 1] -> CIE LAB (D65; L in [0, 100]), as OpenCV's float
     cvtColor(COLOR_RGB2Lab) gives it, on the tensor's device."""
     lin = torch.where(rgb > 0.04045, ((rgb.clamp_min(0) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    m = rgb.new_tensor([[0.412453, 0.357580, 0.180423],
-                        [0.212671, 0.715160, 0.072169],
-                        [0.019334, 0.119193, 0.950227]])  # fmt: skip
+    m = rgb.new_tensor(
+        [
+            [0.412453, 0.357580, 0.180423],
+            [0.212671, 0.715160, 0.072169],
+            [0.019334, 0.119193, 0.950227],
+        ]
+    )
     xyz = torch.einsum("ij,njhw->nihw", m, lin)
     xyz = xyz / rgb.new_tensor([0.950456, 1.0, 1.088754]).view(1, 3, 1, 1)
     f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
@@ -105,8 +109,9 @@ def _dice_to_ones(pred: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 Extents = tuple[torch.Tensor, torch.Tensor]  # BoxEvidence.extents: (in_rows, in_cols)
 
 
-def projection_loss(probs: torch.Tensor, ev: BoxEvidence,
-                    extents: Extents | None = None) -> torch.Tensor:  # fmt: skip
+def projection_loss(
+    probs: torch.Tensor, ev: BoxEvidence, extents: Extents | None = None
+) -> torch.Tensor:
     """Tightness: mean over boxes and axes of the dice loss between the max-projection of the
     box class's probability (N x K x H x W) inside the box and the box's extent (all ones).
     `extents`: `ev.extents()` if the caller has them already (the box constraint's pixels)."""
@@ -131,9 +136,14 @@ def _pair(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor
     return x[..., y0:y1, x0:x1], x[..., y0 + dy : y1 + dy, x0 + dx : x1 + dx]
 
 
-def pairwise_loss(log_probs: torch.Tensor, lab: torch.Tensor, region: torch.Tensor,
-                  threshold: float = 0.3, dilation: int = 2,
-                  allowed: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def pairwise_loss(
+    log_probs: torch.Tensor,
+    lab: torch.Tensor,
+    region: torch.Tensor,
+    threshold: float = 0.3,
+    dilation: int = 2,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Colour: mean of -log P(same label) = -log sum_k p_ik p_jk over the neighbour pairs (i, j)
     (dilated 3x3) that both lie in `region` (N x H x W bool) and whose LAB colours (N x 3 x H x
     W) are similar: exp(-|lab_i - lab_j| / THETA) >= threshold. With `allowed` (N x K x H x W
@@ -175,8 +185,7 @@ class BoxTerms:
         ramp = max(1, round(self.iters * self.spec.warmup))
         return self.spec.weight * min(1.0, (step + 1) / ramp)
 
-    def __call__(self, logits: torch.Tensor, batch: dict,
-                 step: int) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    def __call__(self, logits: torch.Tensor, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
         ev = BoxEvidence.of_batch(batch).to(logits.device)
         log_probs = F.log_softmax(logits.float(), 1)
         in_rows, in_cols = ev.extents()
@@ -185,7 +194,13 @@ class BoxTerms:
         if self.background is None:  # only inside boxes; elsewhere nothing says what is there
             valid = valid & (torch.einsum("nbh,nbw->nhw", in_rows.float(), in_cols.float()) > 0)
         allowed = None if self.rule is None else self.rule.allowed(ev)
-        colour = pairwise_loss(log_probs, image_lab(batch["image"]), valid,
-                               self.spec.threshold, self.spec.dilation, allowed)  # fmt: skip
+        colour = pairwise_loss(
+            log_probs,
+            image_lab(batch["image"]),
+            valid,
+            self.spec.threshold,
+            self.spec.dilation,
+            allowed,
+        )
         loss = self.weight(step) * (proj + self.spec.pairwise * colour)
         return loss, {"loss_proj": proj.detach(), "loss_pair": colour.detach()}

@@ -4,14 +4,15 @@ they are made (`pool_logits`: block means), coded (`encode_int8`), and read back
 training), and which pixels and cells a crop window shows (`Window`, `crop_coords`,
 `source_pixels`).
 
-Decoding is bilinear with half-pixel centres (each cell sits at the centre of its block). The
-box constraint is never part of the cells: it is applied to decoded pixels
-(box_constraint.py). Imports nothing of boxseg: the store, the transforms and the W targets
-all stand on it.
+Decoding is bilinear with half-pixel centres (each cell sits at the centre of its block).
+Void (NaN) cells are left out of pooling and decoding alike (`resample_void_aware`). The box
+constraint is never part of the cells: it is applied to decoded pixels (box_constraint.py).
+Imports nothing of boxseg: the store, the transforms and the W targets all stand on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,23 @@ def decode_int8(codes: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def resample_void_aware(
+    resample: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    void: torch.Tensor,
+    any_weight: bool = False,
+) -> torch.Tensor:
+    """`resample` (a linear map averaging nearby values of N x C x h x w: block means,
+    bilinear interpolation) of `x` with its `void` values (N x 1 x h x w bool; NaN in x) left
+    out: the resampled non-void values over their resampled weight (normalised
+    interpolation). An output is void (NaN) where void inputs outweigh the others, so a void
+    region keeps its size; with `any_weight`, only where no non-void input reaches it. The one
+    void-aware resampling of the cell grid: pooling, upsampling and crops all go through it."""
+    weight = resample((~void).float())
+    out = resample(x.nan_to_num(0.0)) / weight.clamp_min(1e-6)
+    return torch.where(weight > 0 if any_weight else weight >= 0.5, out, torch.nan)
+
+
 def pool_logits(logits: torch.Tensor, stride: int, void_free: bool = False) -> torch.Tensor:
     """KxHxW (or NxKxHxW) -> Kx ceil(H/s) x ceil(W/s): block means (edge blocks padded by
     replication).
@@ -57,9 +75,7 @@ def pool_logits(logits: torch.Tensor, stride: int, void_free: bool = False) -> t
     if void is None or not void.any():
         out = F.avg_pool2d(x, stride)
     else:
-        weight = F.avg_pool2d((~void).float(), stride)
-        mean = F.avg_pool2d(x.nan_to_num(0.0), stride) / weight.clamp_min(1e-6)
-        out = torch.where(weight > 0, mean, torch.nan)
+        out = resample_void_aware(lambda t: F.avg_pool2d(t, stride), x, void, any_weight=True)
     return out if logits.dim() == 4 else out[0]
 
 
@@ -85,9 +101,7 @@ def upsample_logits(
     if void is None or not void.any():
         out = up(x)[..., :height, :width]
     else:
-        weight = up((~void).float())
-        out = up(x.nan_to_num(0.0)) / weight.clamp_min(1e-6)
-        out = torch.where(weight >= 0.5, out, torch.nan)[..., :height, :width]
+        out = resample_void_aware(up, x, void)[..., :height, :width]
     return out if logits.dim() == 4 else out[0]
 
 
@@ -172,12 +186,6 @@ def cells_spanned(coords: np.ndarray) -> slice:
     return slice(int(coords.min()), int(np.ceil(coords.max())) + 1)
 
 
-def cells_needed(win: Window, stride: int) -> tuple[slice, slice]:
-    """The rows and columns of cells held at `stride` that the crop window reads."""
-    rows, cols = crop_coords(win, stride)
-    return cells_spanned(rows), cells_spanned(cols)
-
-
 def resample_cells(
     cells: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, void: bool = True
 ) -> torch.Tensor:
@@ -185,7 +193,7 @@ def resample_cells(
     NxW) -> NxKxHxW, one fused pass (`F.grid_sample`), on whatever device the cells are:
     W targets are made this way on the training device from the few cells under each crop.
     With `void`, void cells (NaN) are left out of the interpolation and a pixel is void
-    (NaN) where void cells outweigh the others, as in `store.upsample_logits`; without it the
+    (NaN) where void cells outweigh the others, as in `upsample_logits`; without it the
     caller knows there is none (no extra passes)."""
     h, w = cells.shape[-2:]
     gy = (2 * rows.float() + 1) / h - 1
@@ -197,8 +205,4 @@ def resample_cells(
 
     if not void:
         return sample(cells)
-    missing = torch.isnan(cells[:, :1])
-    weight = sample((~missing).to(cells.dtype))
-    out = sample(cells.nan_to_num(0.0)) / weight.clamp_min(1e-6)
-    return torch.where(weight >= 0.5, out, torch.nan)
-
+    return resample_void_aware(sample, cells, torch.isnan(cells[:, :1]))

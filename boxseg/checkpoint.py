@@ -50,8 +50,12 @@ def load_model(
         raise BoxsegError(
             f"{path}: this is {_a(have)} {have} model; {_a(want)} {want} model is needed here"
         )
-    model = build_model(ModelSpec(**ckpt["model"]), len(ckpt["class_names"]),
-                        ckpt.get("box_channels"), box_path=box_path_of(ckpt))  # fmt: skip
+    model = build_model(
+        ModelSpec(**ckpt["model"]),
+        len(ckpt["class_names"]),
+        ckpt.get("box_channels"),
+        box_path=box_path_of(ckpt),
+    )
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

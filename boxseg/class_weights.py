@@ -62,8 +62,10 @@ def read_weights_file(path: Path, class_names: tuple[str, ...]) -> np.ndarray:
         elif len(words) == k:
             values = [float(w) for w in words]
         else:
-            raise BoxsegError(f"{path}: {len(words)} values; give {k} weights (one per class, "
-                              "in class order) or 'name weight' lines")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: {len(words)} values; give {k} weights (one per class, "
+                "in class order) or 'name weight' lines"
+            )
     except ValueError as e:
         raise BoxsegError(f"{path}: not a number ({e})") from e
     weights = np.asarray(values, np.float64)

@@ -174,8 +174,9 @@ def _box_rule(enabled: bool, prior: float, penalty: float, uncovered: str):
 
 Overwrite = Annotated[
     bool,
-    typer.Option(help="Start over in a run directory that holds a run (removes only the files "
-                 "a run writes)."),
+    typer.Option(
+        help="Start over in a run directory that holds a run (removes only the files a run writes)."
+    ),
 ]
 
 
@@ -261,13 +262,11 @@ def train_anc_cmd(
     from boxseg.data.boxes import BoxSpec
     from boxseg.data.formats import open_dataset
     from boxseg.models import BoxPathSpec
-    from boxseg.train_anc import train_anc
+    from boxseg.train_anc import AncOptions, train_anc
 
-    _refuse_unused({"weak_box_weight": weak_boxes, "weak_batch_size": weak_boxes},
-                   "without --weak-boxes")
-    if box_resize not in ("max", "nearest"):
-        raise BoxsegError(f"--box-resize {box_resize}: choose max or nearest")
-
+    _refuse_unused(
+        {"weak_box_weight": weak_boxes, "weak_batch_size": weak_boxes}, "without --weak-boxes"
+    )
     classes = None
     if box_classes:
         names = open_dataset(data).class_names
@@ -278,25 +277,25 @@ def train_anc_cmd(
                 f"--box-classes: unknown class '{unknown[0]}' (classes: {', '.join(names)})"
             )
         classes = tuple(names.index(c) for c in wanted)
-    train_anc(
+    opts = AncOptions(
         data,
         out,
         _split(split, num_full, seed_split, full_list),
-        BoxSpec(box_min_area, classes),
         _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
         _train_cfg(locals()),
-        pretrained,
-        val_split or None,
-        quiet,
-        full_fraction,
-        skip_bad,
-        class_weights,
-        BoxPathSpec(box_resize, box_direct),
-        box_constraint_loss,
-        WeakBoxLoss(weak_boxes, weak_box_weight),
-        weak_batch_size,
-        parse_box_noise(box_noise),
+        boxes=BoxSpec(box_min_area, classes),
+        pretrained=pretrained,
+        box_path=BoxPathSpec(box_resize, box_direct),
+        box_noise=parse_box_noise(box_noise),
+        full_fraction=full_fraction,
+        class_weights=class_weights,
+        constraint_loss=box_constraint_loss,
+        weak_boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
+        weak_batch_size=weak_batch_size,
+        val_split=val_split or None,
+        skip_bad=skip_bad,
     )
+    train_anc(opts, quiet)
 
 
 @app.command("gen-logits")
@@ -364,40 +363,56 @@ def gen_logits_cmd(
     """Fill the logits store for W: the ancillary net's logits (images + boxes), or box-fill /
     GrabCut pseudo-labels; resumes if killed."""
     from boxseg.box_labels import METHODS
-    from boxseg.gen_logits import BoxMethod, gen_logits
+    from boxseg.gen_logits import BoxMethod, GenLogitsOptions, gen_logits
 
     if method not in METHODS:
         raise BoxsegError(f"--method {method}: choose from {', '.join(METHODS)}")
     painted = method in ("box", "grabcut")
-    _refuse_unused({"model": method == "anc", "batch_size": method == "anc",
-                    "box_constraint": method == "anc", "box_prior": method == "anc",
-                    "box_penalty": method == "anc",
-                    "box_uncovered": method == "anc",
-                    "confidence": painted, "box_min_area": painted,
-                    "grabcut_iters": method == "grabcut", "grabcut_margin": method == "grabcut",
-                    "sam_checkpoint": method == "sam", "sam_model": method == "sam"},
-                   f"with --method {method}")  # fmt: skip
+    _refuse_unused(
+        {
+            "model": method == "anc",
+            "batch_size": method == "anc",
+            "box_constraint": method == "anc",
+            "box_prior": method == "anc",
+            "box_penalty": method == "anc",
+            "box_uncovered": method == "anc",
+            "confidence": painted,
+            "box_min_area": painted,
+            "grabcut_iters": method == "grabcut",
+            "grabcut_margin": method == "grabcut",
+            "sam_checkpoint": method == "sam",
+            "sam_model": method == "sam",
+        },
+        f"with --method {method}",
+    )
     box_method = None
     if method != "anc":
-        box_method = BoxMethod(method, confidence, grabcut_iters, grabcut_margin, box_min_area,
-                               sam_checkpoint, sam_model)  # fmt: skip
-    store = gen_logits(
+        box_method = BoxMethod(
+            method,
+            confidence,
+            grabcut_iters,
+            grabcut_margin,
+            box_min_area,
+            sam_checkpoint,
+            sam_model,
+        )
+    opts = GenLogitsOptions(
         data,
-        model,
         out,
         _split(split, num_full, seed_split, full_list),
-        stride,
-        device,
-        overwrite,
-        quiet,
-        dtype,
-        box_method,
-        workers,
-        skip_bad,
-        batch_size,
-        _box_rule(box_constraint, box_prior, box_penalty, box_uncovered),
+        model_path=model,
+        box_method=box_method,
+        stride=stride,
+        dtype=dtype,
+        batch_size=batch_size,
+        constraint=_box_rule(box_constraint, box_prior, box_penalty, box_uncovered),
+        workers=workers,
+        device=device,
+        overwrite=overwrite,
+        skip_bad=skip_bad,
         redo=tuple(i.strip() for i in (redo or "").split(",") if i.strip()),
     )
+    store = gen_logits(opts, quiet)
     if not quiet:
         print(f"gen-logits: {len(store)} weak images in {out}")
 
@@ -503,49 +518,68 @@ def train_primary_cmd(
 ) -> None:
     """Train the primary net p(y|x) on F (masks) + W (stored ancillary logits, self-corrected)."""
     from boxseg.box_losses import WeakBoxLoss
+    from boxseg.primary_options import (
+        CorrectionOptions,
+        LossOptions,
+        PrimaryOptions,
+        WeakOptions,
+    )
     from boxseg.train_primary import train_primary
 
     weak = logits is not None or anc_model is not None
-    _refuse_unused({**dict.fromkeys(("alpha_start", "alpha_end", "alpha_decay_fraction"),
-                                    self_corr == "linear"),
-                    **dict.fromkeys(("conv_hidden", "conv_warmup", "conv_grad_to_primary",
-                                     "allow_full_anc"), self_corr == "conv"),
-                    "weak_weight": weak, "weak_batch_size": weak, "weak_boxes": weak},
-                   f"with --self-corr {self_corr}" + ("" if weak else " and no W (--logits or "
-                                                           "--anc-model)"))  # fmt: skip
+    _refuse_unused(
+        {
+            **dict.fromkeys(
+                ("alpha_start", "alpha_end", "alpha_decay_fraction"), self_corr == "linear"
+            ),
+            **dict.fromkeys(
+                ("conv_hidden", "conv_warmup", "conv_grad_to_primary", "allow_full_anc"),
+                self_corr == "conv",
+            ),
+            "weak_weight": weak,
+            "weak_batch_size": weak,
+            "weak_boxes": weak,
+        },
+        f"with --self-corr {self_corr}" + ("" if weak else " and no W (--logits or --anc-model)"),
+    )
     _refuse_unused({"weak_box_weight": weak_boxes}, "without --weak-boxes")
     online = anc_model is not None  # the rule applies to logits this run makes itself
-    _refuse_unused(dict.fromkeys(("box_constraint", "box_prior", "box_penalty", "box_uncovered"),
-                                 online),
-                   "with --logits alone: the store's own box rule applies (set it when running "
-                   "gen-logits)" if logits else "without --anc-model")  # fmt: skip
-    train_primary(
+    _refuse_unused(
+        dict.fromkeys(("box_constraint", "box_prior", "box_penalty", "box_uncovered"), online),
+        "with --logits alone: the store's own box rule applies (set it when running gen-logits)"
+        if logits
+        else "without --anc-model",
+    )
+    opts = PrimaryOptions(
         data,
         out,
         _split(split, num_full, seed_split, full_list),
         _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
         _train_cfg(locals()),
-        logits=logits,
-        anc_model=anc_model,
-        self_corr=self_corr,
-        alpha_start=alpha_start,
-        alpha_end=alpha_end,
-        alpha_decay_fraction=alpha_decay_fraction,
-        conv_hidden=conv_hidden,
-        conv_warmup=conv_warmup,
-        conv_grad_to_primary=conv_grad_to_primary,
-        weak_weight=weak_weight,
-        weak_batch_size=weak_batch_size,
+        weak=WeakOptions(
+            logits=logits,
+            anc_model=anc_model,
+            weight=weak_weight,
+            batch_size=weak_batch_size,
+            constraint=_box_rule(box_constraint, box_prior, box_penalty, box_uncovered),
+            boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
+        ),
+        correction=CorrectionOptions(
+            mode=self_corr,
+            alpha_start=alpha_start,
+            alpha_end=alpha_end,
+            alpha_decay_fraction=alpha_decay_fraction,
+            conv_hidden=conv_hidden,
+            conv_warmup=conv_warmup,
+            conv_grad_to_primary=conv_grad_to_primary,
+            allow_full_anc=allow_full_anc,
+        ),
+        losses=LossOptions(class_weights=class_weights, hard_pixels=hard_pixels),
         pretrained=pretrained,
         val_split=val_split or None,
-        quiet=quiet,
         skip_bad=skip_bad,
-        class_weights=class_weights,
-        box_constraint=_box_rule(box_constraint, box_prior, box_penalty, box_uncovered),
-        allow_full_anc=allow_full_anc,
-        weak_boxes=WeakBoxLoss(weak_boxes, weak_box_weight),
-        hard_pixels=hard_pixels,
     )
+    train_primary(opts, quiet)
 
 
 @app.command("eval")
@@ -571,8 +605,10 @@ def eval_cmd(
     ] = "1.0",
     save_pred: Annotated[
         Path | None,
-        typer.Option(help="Also write <id>.png class-index predictions here (with --logits: "
-                     "every store image's pseudo-label, box-consistent, 255 void)."),
+        typer.Option(
+            help="Also write <id>.png class-index predictions here (with --logits: "
+            "every store image's pseudo-label, box-consistent, 255 void)."
+        ),
     ] = None,
     window: Annotated[
         int, typer.Option(help="Run images larger than this in overlapping tiles (0: whole).")
@@ -587,8 +623,8 @@ def eval_cmd(
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
     ranking: Annotated[
-        Path | None, typer.Option(help="With --logits: only the images of this rank CSV (its "
-                                  "first --top).")
+        Path | None,
+        typer.Option(help="With --logits: only the images of this rank CSV (its first --top)."),
     ] = None,
     top: Annotated[int | None, typer.Option(help="With --ranking: how many of its first.")] = None,
     device: Device = "auto",
@@ -596,15 +632,25 @@ def eval_cmd(
 ) -> None:
     """Score a model, a folder of predictions, or a store's pseudo-labels: mIoU, per-class IoU,
     pixel accuracy."""
-    from boxseg.evaluate import run_eval
+    from boxseg.evaluate import EvalOptions, TestTime, run_eval
 
     on_model = model is not None
-    _refuse_unused({"flip": on_model, "scales": on_model, "window": on_model,
-                    "box_constraint": on_model, "box_prior": on_model, "device": on_model,
-                    "box_penalty": on_model,
-                    "save_pred": pred_dir is None, "num_full": pred_dir is None,
-                    "full_list": pred_dir is None, "seed_split": pred_dir is None},
-                   "with --pred-dir" if pred_dir is not None else "with --logits")  # fmt: skip
+    _refuse_unused(
+        {
+            "flip": on_model,
+            "scales": on_model,
+            "window": on_model,
+            "box_constraint": on_model,
+            "box_prior": on_model,
+            "device": on_model,
+            "box_penalty": on_model,
+            "save_pred": pred_dir is None,
+            "num_full": pred_dir is None,
+            "full_list": pred_dir is None,
+            "seed_split": pred_dir is None,
+        },
+        "with --pred-dir" if pred_dir is not None else "with --logits",
+    )
     _refuse_unused({"ranking": logits is not None}, "without --logits")
     _refuse_unused({"top": ranking is not None}, "without --ranking")
     weak_of = None
@@ -617,18 +663,28 @@ def eval_cmd(
         scale_list = ()
     if not scale_list or not all(0.1 <= x <= 4 for x in scale_list):
         raise BoxsegError(f"--scales {scales}: give comma-separated scales between 0.1 and 4")
-    if window < 0 or 0 < window < 16:
-        raise BoxsegError(f"--window {window}: 0 (whole images) or at least 16 pixels")
     from boxseg.box_constraint import BoxConstraint
 
+    rule = BoxConstraint(box_constraint, box_prior, box_penalty)
     only = None
     if ranking is not None:
         from boxseg.rank import read_ranking
 
-        only = read_ranking(ranking, top)
-    rule = BoxConstraint(box_constraint, box_prior, box_penalty)
-    run_eval(data, split, model, pred_dir, json_out, device, quiet, logits, scale_list, flip,
-             save_pred, window, rule, weak_of, only)  # fmt: skip
+        only = tuple(read_ranking(ranking, top))
+    opts = EvalOptions(
+        data,
+        split,
+        model_path=model,
+        pred_dir=pred_dir,
+        logits=logits,
+        json_out=json_out,
+        save_pred=save_pred,
+        test_time=TestTime(scale_list, flip, window, rule),
+        device=device,
+        weak_of=weak_of,
+        only=only,
+    )
+    run_eval(opts, quiet)
 
 
 @app.command("predict")
@@ -660,8 +716,10 @@ def split_cmd(
     from boxseg.split_cmd import write_split
 
     info = write_split(data, _split(split, num_full, seed_split, None), out)
-    print(f"split: F {info['num_full']} / W {info['num_weak']} images of '{split}' in {out}; "
-          f"pass --full-list {Path(out) / 'full.txt'} to every stage")  # fmt: skip
+    print(
+        f"split: F {info['num_full']} / W {info['num_weak']} images of '{split}' in {out}; "
+        f"pass --full-list {Path(out) / 'full.txt'} to every stage"
+    )
 
 
 @app.command("viz")
@@ -674,8 +732,8 @@ def viz_cmd(
     ] = None,
     num: Annotated[int, typer.Option(help="How many weak images, without --ids.")] = 4,
     ranking: Annotated[
-        Path | None, typer.Option(help="A rank CSV: its first --num images (instead of the "
-                                  "store's first).")
+        Path | None,
+        typer.Option(help="A rank CSV: its first --num images (instead of the store's first)."),
     ] = None,
     model: Annotated[
         Path | None, typer.Option(help="A primary model.pt: also show its target q.")
@@ -706,26 +764,34 @@ def viz_cmd(
 def rank_cmd(
     data: Data,
     logits: Annotated[str, typer.Option(help="The ancillary logits store of W (gen-logits).")],
-    out: Annotated[Path, typer.Option(help="CSV to write: one row per W image, most useful "
-                                      "first.")] = Path("ranking.csv"),
+    out: Annotated[
+        Path, typer.Option(help="CSV to write: one row per W image, most useful first.")
+    ] = Path("ranking.csv"),
     model: Annotated[
-        Path | None, typer.Option(help="A primary model.pt: also rank by its disagreement "
-                                  "with the store.")
+        Path | None,
+        typer.Option(help="A primary model.pt: also rank by its disagreement with the store."),
     ] = None,
     top: Annotated[
         int | None, typer.Option(help="With --list: how many of the first images to add to F.")
     ] = None,
     list_out: Annotated[
-        Path | None, typer.Option("--list", help="With --top: write F plus the top K images "
-                                  "here, a file for --full-list.")
+        Path | None,
+        typer.Option(
+            "--list", help="With --top: write F plus the top K images here, a file for --full-list."
+        ),
     ] = None,
     weights: Annotated[
-        str, typer.Option(help="Signal weights, e.g. entropy=1,outside=1,empty=1,disagree=1,"
-                          "rare=1 (unnamed: 1; 0 leaves one out).")
+        str,
+        typer.Option(
+            help="Signal weights, e.g. entropy=1,outside=1,empty=1,disagree=1,"
+            "rare=1 (unnamed: 1; 0 leaves one out)."
+        ),
     ] = "",
     diversity: Annotated[
-        float, typer.Option(help="0: order by score alone; up to 1: near-duplicates of a "
-                            "chosen image fall back.")
+        float,
+        typer.Option(
+            help="0: order by score alone; up to 1: near-duplicates of a chosen image fall back."
+        ),
     ] = 1.0,
     split: Split = "train",
     num_full: NumFull = None,
@@ -736,15 +802,28 @@ def rank_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Which W images to mask next: rank them by how much a mask would teach."""
-    from boxseg.rank import RankWeights, run_rank
+    from boxseg.rank import RankOptions, RankWeights, run_rank
 
-    rows = run_rank(data, logits, out, _split(split, num_full, seed_split, full_list), model,
-                    top, list_out, RankWeights.parse(weights), diversity, device, quiet,
-                    overwrite)  # fmt: skip
+    opts = RankOptions(
+        data,
+        logits,
+        _split(split, num_full, seed_split, full_list),
+        out=out,
+        model_path=model,
+        top=top,
+        list_out=list_out,
+        weights=RankWeights.parse(weights),
+        diversity=diversity,
+        device=device,
+        overwrite=overwrite,
+    )
+    rows = run_rank(opts, quiet)
     if not quiet:
         first = ", ".join(r["id"] for r in rows[:3])
-        print(f"rank: {len(rows)} W images ranked in {out} (first: {first})"
-              + (f"; F + top {top} in {list_out}: pass --full-list {list_out}" if top else ""))
+        print(
+            f"rank: {len(rows)} W images ranked in {out} (first: {first})"
+            + (f"; F + top {top} in {list_out}: pass --full-list {list_out}" if top else "")
+        )
 
 
 @app.command("export")
@@ -773,11 +852,16 @@ def export_cmd(
         raise BoxsegError(f"--size {size}: give HEIGHTxWIDTH, e.g. 512x512")
     r = export_onnx(model, out, opset, check, hw, overwrite)
     diff = r.get("max_abs_diff")
-    checked = (f"; onnxruntime matches PyTorch to {diff:.1e} (tolerance {TOLERANCE:g})"
-               if diff is not None else "")  # fmt: skip
+    checked = (
+        f"; onnxruntime matches PyTorch to {diff:.1e} (tolerance {TOLERANCE:g})"
+        if diff is not None
+        else ""
+    )
     fixed = f", fixed size {hw[0]}x{hw[1]}" if r["size"] else ", any image size"
-    print(f"export: {r['kind']} model to {out} (opset {opset}, inputs "
-          f"{', '.join(r['inputs'])}{fixed}){checked}")  # fmt: skip
+    print(
+        f"export: {r['kind']} model to {out} (opset {opset}, inputs "
+        f"{', '.join(r['inputs'])}{fixed}){checked}"
+    )
 
 
 @app.command("plot")

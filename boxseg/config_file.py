@@ -25,8 +25,9 @@ def read_config(path: Path) -> dict:
             try:
                 import yaml
             except ImportError as e:
-                raise BoxsegError(f"{path}: YAML needs PyYAML (pip install pyyaml); "
-                                  "or write the config as TOML") from e  # fmt: skip
+                raise BoxsegError(
+                    f"{path}: YAML needs PyYAML (pip install pyyaml); or write the config as TOML"
+                ) from e
             values = yaml.safe_load(text) or {}
         else:
             try:

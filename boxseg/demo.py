@@ -19,11 +19,12 @@ from boxseg.data.boxes import BoxSpec
 from boxseg.data.split import SplitSpec
 from boxseg.data.synthetic import write_synthetic
 from boxseg.engine import TrainConfig
-from boxseg.gen_logits import gen_logits
+from boxseg.gen_logits import GenLogitsOptions, gen_logits
 from boxseg.io import write_json
 from boxseg.models import ModelSpec
 from boxseg.outputs import output_dir
-from boxseg.train_anc import train_anc
+from boxseg.primary_options import PrimaryOptions, WeakOptions
+from boxseg.train_anc import AncOptions, train_anc
 from boxseg.train_primary import train_primary
 
 # Small enough for a laptop CPU: 64x64 images, a slim resnet18 DeepLabv3+.
@@ -42,12 +43,15 @@ def run_demo(
     """Generate data under OUT/data (objects wear their class's texture family on plain
     backgrounds), run every stage, write OUT/results.json; return it."""
     out = output_dir(out, "demo")  # (a rerun replaces the demo's own runs and data)
-    data = write_synthetic(out / "data", NUM_TRAIN, NUM_VAL, size=64, seed=data_seed,
-                           class_texture=True, clutter=False)  # fmt: skip
+    data = write_synthetic(
+        out / "data", NUM_TRAIN, NUM_VAL, size=64, seed=data_seed, class_texture=True, clutter=False
+    )
     if not quiet:
         n_weak = NUM_TRAIN - NUM_FULL
-        print(f"demo: dataset written to {data} (segnet layout, {NUM_TRAIN} train / {NUM_VAL} "
-              f"val; F = {NUM_FULL} masked images, W = the other {n_weak})")  # fmt: skip
+        print(
+            f"demo: dataset written to {data} (segnet layout, {NUM_TRAIN} train / {NUM_VAL} "
+            f"val; F = {NUM_FULL} masked images, W = the other {n_weak})"
+        )
     if data_only:
         return {}
     t0 = time.perf_counter()
@@ -64,26 +68,32 @@ def run_demo(
         overwrite=True,
     )
     results = {}
-    results["ancillary"] = train_anc(
-        data, out / "anc", split, BoxSpec(min_area=4), DEMO_SPEC, cfg, quiet=quiet
-    )["miou"]
+    anc = AncOptions(data, out / "anc", split, DEMO_SPEC, cfg, boxes=BoxSpec(min_area=4))
+    results["ancillary"] = train_anc(anc, quiet)["miou"]
     weak = str(out / "weak.zarr")
-    gen_logits(data, out / "anc" / "model.pt", weak, split, device=device, overwrite=True,
-               quiet=quiet)  # fmt: skip
-    results["f_only"] = train_primary(data, out / "f_only", split, DEMO_SPEC, cfg,
-                                      quiet=quiet)["miou"]  # fmt: skip
+    anc_model = out / "anc" / "model.pt"
+    gen_logits(GenLogitsOptions(data, weak, split, anc_model, device=device, overwrite=True), quiet)
+    f_only = PrimaryOptions(data, out / "f_only", split, DEMO_SPEC, cfg)
+    results["f_only"] = train_primary(f_only, quiet)["miou"]
     # F + W: 4 masked and 4 weak images a step, as many images as F alone sees
-    fw = dataclasses.replace(cfg, batch_size=4)
-    results["none"] = train_primary(data, out / "none", split, DEMO_SPEC, fw, logits=weak,
-                                    quiet=quiet)["miou"]  # the default mode  # fmt: skip
+    fw = dataclasses.replace(
+        f_only,
+        out=out / "none",
+        train=dataclasses.replace(cfg, batch_size=4),
+        weak=WeakOptions(logits=weak),
+    )
+    results["none"] = train_primary(fw, quiet)["miou"]  # the default mode
     seconds = time.perf_counter() - t0
     write_json(out / "results.json", results | {"seconds": seconds, "data_seed": data_seed})
     if not quiet:
         table = Table(title=f"boxseg demo: val mIoU % ({seconds:.0f} s)")
         table.add_column("model")
         table.add_column("mIoU", justify="right")
-        names = {"ancillary": "ancillary (boxes given)", "f_only": "primary, F alone",
-                 "none": "primary, F + W (none)"}  # fmt: skip
+        names = {
+            "ancillary": "ancillary (boxes given)",
+            "f_only": "primary, F alone",
+            "none": "primary, F + W (none)",
+        }
         for k, v in results.items():
             table.add_row(names[k], f"{v:.2f}")
         Console().print(table)

@@ -1,7 +1,7 @@
 """torch.distributed when launched by torchrun; a plain single process otherwise.
 
 Every helper works without a process group (world size 1), so single-process runs never need
-one. Under torchrun (WORLD_SIZE > 1) `setup` joins the group: nccl on CUDA, gloo on CPU.
+one. Under torchrun (WORLD_SIZE > 1) `join_group` joins the group: nccl on CUDA, gloo on CPU.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import os
 
 import torch
 import torch.distributed as dist
-
-from boxseg.errors import BoxsegError
 
 
 def active() -> bool:
@@ -34,15 +32,10 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device_name: str) -> torch.device:
-    """Resolve the device (auto = cuda when available) and, under torchrun, join the group."""
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise BoxsegError(f"--device {device_name}: no CUDA device is available")
-    if device_name != "cpu" and not device_name.startswith("cuda"):
-        raise BoxsegError(f"--device {device_name}: choose auto, cpu or cuda")
-    device = torch.device(device_name)
+def join_group(device: torch.device) -> torch.device:
+    """Under torchrun, join the process group (nccl on CUDA, gloo on CPU) and return this
+    rank's device (CUDA: the one of its LOCAL_RANK); otherwise `device` as it is. Called by
+    the commands that share their work over ranks: the trainers and gen-logits."""
     if launched_by_torchrun():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

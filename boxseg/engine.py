@@ -51,8 +51,10 @@ class TrainConfig:
         if not self.lr > 0:  # also refuses NaN
             raise BoxsegError(f"--lr {self.lr}: must be positive")
         if self.batch_size < 2:
-            raise BoxsegError(f"--batch-size {self.batch_size}: must be at least 2 (batch norm "
-                              "layers need two images a batch in training)")  # fmt: skip
+            raise BoxsegError(
+                f"--batch-size {self.batch_size}: must be at least 2 (batch norm "
+                "layers need two images a batch in training)"
+            )
         if self.crop < 16:
             raise BoxsegError(f"--crop {self.crop}: must be at least 16 pixels")
         if not 0 < self.scale_min <= self.scale_max:
@@ -68,18 +70,28 @@ class TrainConfig:
         if self.amp not in ("off", "bf16", "fp16"):
             raise BoxsegError(f"--amp {self.amp}: choose off, bf16 or fp16")
         if self.workers < 0:
-            raise BoxsegError(f"--workers {self.workers}: must be 0 (read in the main process) "
-                              "or more")
+            raise BoxsegError(
+                f"--workers {self.workers}: must be 0 (read in the main process) or more"
+            )
         if self.resume and self.overwrite:
-            raise BoxsegError("--resume and --overwrite: give one (continue the run, or start "
-                              "it over)")
+            raise BoxsegError(
+                "--resume and --overwrite: give one (continue the run, or start it over)"
+            )
         if self.epochs is not None and self.epochs < 1:
             raise BoxsegError(f"--epochs {self.epochs}: must be at least 1")
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto = cuda when available, else cpu; under torchrun also joins the process group."""
-    return distributed.setup(name)
+    """The device `--device` names: auto = cuda when available, else cpu; a one-line error for
+    an unavailable or unknown one. Only resolves: the commands that run over ranks join the
+    process group themselves (`distributed.join_group`)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BoxsegError(f"--device {name}: no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise BoxsegError(f"--device {name}: choose auto, cpu or cuda")
+    return torch.device(name)
 
 
 def total_iters(cfg: TrainConfig, batches) -> int:
@@ -132,12 +144,19 @@ TRAIN_STATE = "boxseg-train-state-v1"
 def save_train_state(path: Path, nets, optimizer, scaler, step: int, iters: int) -> None:
     """RUN/last.pt: everything needed to continue after `step` steps. The data position, alpha
     and conv stage are functions of the step, so the step is all they need."""
-    save_torch(path, {
-        "format": TRAIN_STATE, "step": step, "iters": iters, "model": nets.state_dict(),
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    })  # fmt: skip
+    save_torch(
+        path,
+        {
+            "format": TRAIN_STATE,
+            "step": step,
+            "iters": iters,
+            "model": nets.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    )
 
 
 def load_train_state(path: Path, nets, optimizer, scaler, iters: int) -> int:

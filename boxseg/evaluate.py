@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,24 @@ def check_classes(meta: dict, ds: SegDataset, source: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class TestTime:
+    """How a model is run on each whole image it is scored on: at the image `scales`, also
+    mirrored (`flip`), in overlapping tiles of `window` pixels (0: whole), and an ancillary
+    model's output made box-consistent by `constraint` (box_constraint.py)."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    window: int = 0
+    constraint: BoxConstraint = field(default_factory=BoxConstraint)
+
+    def validate(self) -> None:
+        """One-line errors for values that cannot work."""
+        if self.window < 0 or 0 < self.window < 16:
+            raise BoxsegError(f"--window {self.window}: 0 (whole images) or at least 16 pixels")
+        self.constraint.validate()
+
+
 def evaluate_model(
     model: torch.nn.Module,
     meta: dict,
@@ -40,28 +59,25 @@ def evaluate_model(
     split: str,
     device: torch.device,
     quiet: bool = False,
-    scales: tuple[float, ...] = (1.0,),
-    flip: bool = False,
+    test_time: TestTime = TestTime(),
     save_pred: Path | None = None,
-    window: int = 0,
-    constraint: BoxConstraint | None = None,
     ids: list[str] | None = None,
 ) -> dict:
-    """Scores of a model on a split (or the images `ids` of it), whole images; an ancillary
-    model gets boxes from the masks (its output made box-consistent by `constraint`, default
-    on: box_constraint.py). `scales`/`flip`: test-time augmentation; `save_pred`: also write
+    """Scores of a model on a split (or the images `ids` of it), whole images, run as
+    `test_time` says; an ancillary model gets boxes from the masks. `save_pred`: also write
     <id>.png predictions."""
     box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
-    constraint = BoxConstraint() if constraint is None else constraint
-    constraint.validate()
-    rule = rule_of(meta, constraint)
+    test_time.validate()
+    rule = rule_of(meta, test_time.constraint)
+    scales, flip, window = test_time.scales, test_time.flip, test_time.window
     conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
     model.eval()
-    for image_id in track(ds.ids(split) if ids is None else ids, description=f"eval {split}",
-                          disable=quiet):  # fmt: skip
+    chosen = ds.ids(split) if ids is None else ids
+    for image_id in track(chosen, description=f"eval {split}", disable=quiet):
         s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
-        logits = predict_logits(model, meta, s.image, device, s.boxes, s.labels, scales, flip,
-                                window, rule)  # fmt: skip
+        logits = predict_logits(
+            model, meta, s.image, device, s.boxes, s.labels, scales, flip, window, rule
+        )
         pred = class_map(logits)
         if save_pred is not None:
             write_label_png(Path(save_pred) / f"{image_id}.png", pred.numpy().astype(np.uint8))
@@ -100,9 +116,15 @@ def pseudo_labels(store: LogitsStore, i: int) -> np.ndarray:
     return pred.numpy()
 
 
-def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = False,
-                   save_pred: Path | None = None, weak_ids: list[str] | None = None,
-                   only: list[str] | None = None) -> dict:  # fmt: skip
+def evaluate_store(
+    ds: SegDataset,
+    split: str,
+    location: str,
+    quiet: bool = False,
+    save_pred: Path | None = None,
+    weak_ids: list[str] | None = None,
+    only: list[str] | None = None,
+) -> dict:
     """Scores of a logits store's pseudo-labels (`pseudo_labels`: what W gets) against the
     masks of its images in `split`: of those that have one (a user checking pseudo-labels
     masks a few W images; `images_without_mask` counts the rest). Void pseudo-label pixels
@@ -120,11 +142,14 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
     if only is not None:
         unknown = [i for i in only if i not in store.image_ids]
         if unknown:
-            raise BoxsegError(f"{location}: no logits for '{unknown[0]}' of the ranking (a "
-                              "ranking of another store?)")  # fmt: skip
+            raise BoxsegError(
+                f"{location}: no logits for '{unknown[0]}' of the ranking (a "
+                "ranking of another store?)"
+            )
         chosen = sorted(store.index(i) for i in only)
-    missing = [store.image_ids[i] for i in chosen
-               if not ds.image_path(split, store.image_ids[i]).is_file()]  # fmt: skip
+    missing = [
+        store.image_ids[i] for i in chosen if not ds.image_path(split, store.image_ids[i]).is_file()
+    ]
     if missing:
         raise BoxsegError(
             f"{location}: {len(missing)} of its images are not in split '{split}' "
@@ -136,8 +161,12 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
         for i in track(chosen, description="pseudo-labels", disable=quiet):
             write_label_png(Path(save_pred) / f"{store.image_ids[i]}.png", pseudo_labels(store, i))
     if not masked and save_pred is not None:
-        return {"method": store.attrs.get("method", "anc"), "images_scored": 0,
-                "images_without_mask": len(chosen), "saved": len(chosen)}  # fmt: skip
+        return {
+            "method": store.attrs.get("method", "anc"),
+            "images_scored": 0,
+            "images_without_mask": len(chosen),
+            "saved": len(chosen),
+        }
     if not masked:
         raise BoxsegError(
             f"{location}: none of its {len(chosen)} images has a mask in split '{split}'; "
@@ -156,8 +185,10 @@ def evaluate_store(ds: SegDataset, split: str, location: str, quiet: bool = Fals
     result["method"] = store.attrs.get("method", "anc")
     result["images_scored"], result["images_without_mask"] = len(masked), len(chosen) - len(masked)
     if result["images_without_mask"] and not quiet:
-        print(f"eval: scored the {len(masked)} store images that have a mask; the other "
-              f"{result['images_without_mask']} have none")  # fmt: skip
+        print(
+            f"eval: scored the {len(masked)} store images that have a mask; the other "
+            f"{result['images_without_mask']} have none"
+        )
     return result
 
 
@@ -174,51 +205,65 @@ def print_scores(result: dict, title: str, console: Console | None = None) -> No
     (console or Console()).print(table)
 
 
-def run_eval(
-    data: Path,
-    split: str,
-    model_path: Path | None,
-    pred_dir: Path | None,
-    json_out: Path | None,
-    device: str = "auto",
-    quiet: bool = False,
-    logits: str | None = None,
-    scales: tuple[float, ...] = (1.0,),
-    flip: bool = False,
-    save_pred: Path | None = None,
-    window: int = 0,
-    constraint: BoxConstraint | None = None,
-    weak_of: SplitSpec | None = None,
-    only: list[str] | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class EvalOptions:
+    """Everything `boxseg eval` is asked: the data and the split scored; what is scored,
+    exactly one of a model.pt (`model_path`, run as `test_time` says, on `device`), a folder
+    of <id>.png predictions (`pred_dir`) or a logits store's pseudo-labels (`logits`); where
+    the scores (`json_out`) and the predictions (`save_pred`) go; `weak_of`: only the W
+    images of that F/W split (the split options the other stages were given); `only`: with
+    `logits`, just these images (a ranking's first)."""
+
+    data: Path
+    split: str = "val"
+    model_path: Path | None = None
+    pred_dir: Path | None = None
+    logits: str | None = None
+    json_out: Path | None = None
+    save_pred: Path | None = None
+    test_time: TestTime = field(default_factory=TestTime)
+    device: str = "auto"
+    weak_of: SplitSpec | None = None
+    only: tuple[str, ...] | None = None
+
+    def validate(self) -> None:
+        """One-line errors for option values and combinations that cannot work."""
+        if sum(x is not None for x in (self.model_path, self.pred_dir, self.logits)) != 1:
+            raise BoxsegError("give exactly one of --model, --pred-dir or --logits")
+        self.test_time.validate()
+
+
+def run_eval(opts: EvalOptions, quiet: bool = False) -> dict:
     """The CLI stage: score a model, a prediction folder or a logits store; print a table,
-    write JSON. `weak_of`: score only the W images of that F/W split (the split options the
-    other stages were given); `only`: with `logits`, just these images (a ranking's first)."""
+    write JSON."""
+    opts.validate()
+    data, split, save_pred, json_out = opts.data, opts.split, opts.save_pred, opts.json_out
+    model_path, pred_dir, logits, only = opts.model_path, opts.pred_dir, opts.logits, opts.only
     ds = open_dataset(data)
-    if sum(x is not None for x in (model_path, pred_dir, logits)) != 1:
-        raise BoxsegError("give exactly one of --model, --pred-dir or --logits")
     if save_pred is not None:
         output_dir(save_pred, "eval --save-pred", [Path(data), pred_dir], option="--save-pred")
     if json_out is not None:
         output_file(json_out, "--json", is_boxseg_json("miou"), [Path(data)])
-    weak_ids = None if weak_of is None else split_dataset(ds, weak_of)[1]
+    weak_ids = None if opts.weak_of is None else split_dataset(ds, opts.weak_of)[1]
     if logits is not None:
         result = evaluate_store(ds, split, logits, quiet, save_pred, weak_ids, only)
         if "miou" not in result:  # nothing to score: the pseudo-labels were the point
             if not quiet:
-                print(f"eval: wrote {result['saved']} pseudo-labels to {save_pred}; none of "
-                      "the store's images has a mask to score them with")  # fmt: skip
+                print(
+                    f"eval: wrote {result['saved']} pseudo-labels to {save_pred}; none of "
+                    "the store's images has a mask to score them with"
+                )
             return result
         title = f"pseudo-labels of {logits} ({result['method']}) on {split}"
     elif pred_dir is not None:
         result = evaluate_pred_dir(ds, split, pred_dir)
         title = f"{pred_dir} on {split}"
     else:
-        dev = resolve_device(device)
+        dev = resolve_device(opts.device)
         model, meta = load_model(model_path, device=dev)
         check_classes(meta, ds, str(model_path))
-        result = evaluate_model(model, meta, ds, split, dev, quiet, scales, flip, save_pred,
-                                window, constraint, weak_ids)  # fmt: skip
+        how = opts.test_time
+        result = evaluate_model(model, meta, ds, split, dev, quiet, how, save_pred, weak_ids)
         title = f"{meta['kind']} model {model_path} on {split}"
     if weak_ids is not None:
         title += f" (its {len(weak_ids)} W images)"

@@ -35,8 +35,10 @@ def _modules():
         import onnx
         import onnxscript  # noqa: F401 - torch's exporter needs it
     except ImportError as e:
-        raise BoxsegError(f"boxseg export needs onnx and onnxscript ({e.name} is missing): "
-                          "pip install 'boxseg[export]'") from e  # fmt: skip
+        raise BoxsegError(
+            f"boxseg export needs onnx and onnxscript ({e.name} is missing): "
+            "pip install 'boxseg[export]'"
+        ) from e
     return onnx
 
 
@@ -49,8 +51,14 @@ def _example(meta: dict, height: int = 64, width: int = 96, batch: int = 1, seed
     return image, boxes
 
 
-def export_onnx(model_path: Path, out: Path, opset: int = OPSET, check: bool = True,
-                size: tuple[int, int] = (512, 512), overwrite: bool = False) -> dict:  # fmt: skip
+def export_onnx(
+    model_path: Path,
+    out: Path,
+    opset: int = OPSET,
+    check: bool = True,
+    size: tuple[int, int] = (512, 512),
+    overwrite: bool = False,
+) -> dict:
     """Write MODEL as ONNX at `out` (atomically); returns what was written and, when
     onnxruntime is installed and `check`, the largest difference from PyTorch. A primary
     model takes any image size; an ancillary one a fixed `size` (height, width): its box
@@ -66,17 +74,27 @@ def export_onnx(model_path: Path, out: Path, opset: int = OPSET, check: bool = T
         raise BoxsegError(f"--size {size[0]}x{size[1]}: at least 32 pixels a side")
     dims = {0: torch.export.Dim("batch", min=1, max=4096)}
     if not ancillary:
-        dims |= {2: torch.export.Dim("height", min=32, max=16384),
-                 3: torch.export.Dim("width", min=32, max=16384)}  # fmt: skip
+        dims |= {
+            2: torch.export.Dim("height", min=32, max=16384),
+            3: torch.export.Dim("width", min=32, max=16384),
+        }
     args = _example(meta, *(size if ancillary else (64, 96)))
     try:
-        program = torch.onnx.export(model, args, dynamo=True, opset_version=opset,
-                                    input_names=names, output_names=["logits"],
-                                    dynamic_shapes=tuple(dims for _ in names),
-                                    verbose=False)  # fmt: skip
+        program = torch.onnx.export(
+            model,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_shapes=tuple(dims for _ in names),
+            verbose=False,
+        )
     except Exception as e:  # noqa: BLE001 - the exporter's failures are not the user's input
-        raise BoxsegError(f"{model_path}: ONNX export failed ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from e  # fmt: skip
+        raise BoxsegError(
+            f"{model_path}: ONNX export failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -86,19 +104,29 @@ def export_onnx(model_path: Path, out: Path, opset: int = OPSET, check: bool = T
     try:
         program.save(tmp)
         proto = onnx.load(tmp)
-        info = {"kind": meta["kind"], "class_names": meta["class_names"],
-                "mean": list(meta["mean"]), "std": list(meta["std"]),
-                "background": meta.get("background"), "inputs": names,
-                "size": list(size) if ancillary else None,
-                "boxseg_version": __version__}  # fmt: skip
+        info = {
+            "kind": meta["kind"],
+            "class_names": meta["class_names"],
+            "mean": list(meta["mean"]),
+            "std": list(meta["std"]),
+            "background": meta.get("background"),
+            "inputs": names,
+            "size": list(size) if ancillary else None,
+            "boxseg_version": __version__,
+        }
         onnx.helper.set_model_props(proto, {"boxseg": json.dumps(info)})
         onnx.save(proto, tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    result = {"path": str(out), "opset": opset, "inputs": names, "kind": meta["kind"],
-              "size": list(size) if ancillary else None}  # fmt: skip
+    result = {
+        "path": str(out),
+        "opset": opset,
+        "inputs": names,
+        "kind": meta["kind"],
+        "size": list(size) if ancillary else None,
+    }
     if check:
         result["max_abs_diff"] = check_onnx(model, meta, out, size if ancillary else (80, 72))
     return result
@@ -115,8 +143,9 @@ def is_boxseg_onnx(path: Path) -> bool:
     return any(p.key == "boxseg" for p in proto.metadata_props)
 
 
-def check_onnx(model: torch.nn.Module, meta: dict, path: Path,
-               size: tuple[int, int]) -> float | None:  # fmt: skip
+def check_onnx(
+    model: torch.nn.Module, meta: dict, path: Path, size: tuple[int, int]
+) -> float | None:
     """Largest |onnxruntime - PyTorch| over the logits of a random input of another batch
     (and for a primary model another size) than the export's (None without onnxruntime);
     above `TOLERANCE` is an error."""
@@ -132,6 +161,8 @@ def check_onnx(model: torch.nn.Module, meta: dict, path: Path,
         want = model(*args).numpy()
     diff = float(np.abs(got - want).max())
     if not diff <= TOLERANCE:
-        raise BoxsegError(f"{path}: onnxruntime's logits differ from PyTorch's by {diff:.2e} "
-                          f"(more than {TOLERANCE:g})")  # fmt: skip
+        raise BoxsegError(
+            f"{path}: onnxruntime's logits differ from PyTorch's by {diff:.2e} "
+            f"(more than {TOLERANCE:g})"
+        )
     return diff

@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -46,12 +46,12 @@ from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
 from boxseg.evaluate import check_classes
 from boxseg.inference import predict_batch
+from boxseg.passes import forward_passes
 from boxseg.sam_labels import load_sam, sam_fill
 from boxseg.store import DTYPES, BlockWriter, LogitsStore, open_or_create
 
 WRITE_BLOCK = 8  # images per store write; a kill loses at most this many
 WRITER_DEPTH = 2  # blocks waiting for the writer thread (0: write in the caller, no thread)
-CPU_PASS_PIXELS = 2**18  # on the CPU, bigger batches are no faster (docs/performance.md)
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,53 @@ class BoxMethod:
             raise BoxsegError(f"--grabcut-margin {self.grabcut_margin}: must be >= 0")
 
 
+@dataclass(frozen=True)
+class GenLogitsOptions:
+    """Everything `boxseg gen-logits` is asked: the data, the store to write (`out`: a path or
+    a store URL) and the F/W split whose W it covers; the source, either the model.pt at
+    `model_path` (an ancillary net, its output made box-consistent by `constraint`; or a
+    primary net, its own logits) run on `batch_size` images a pass, or the boxes alone
+    (`box_method`); the store's `stride` and `dtype`; `workers`: reader processes for a net
+    (None: half the cores, at most 4), GrabCut's processes (None: every core); `redo`: image
+    ids computed again although done (a damaged chunk). `dataclasses.replace` makes variants."""
+
+    data: Path
+    out: str
+    split: SplitSpec
+    model_path: Path | None = None
+    box_method: BoxMethod | None = None
+    stride: int = 4
+    dtype: str = "float16"
+    batch_size: int = 8
+    constraint: BoxConstraint = field(default_factory=BoxConstraint)
+    workers: int | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    skip_bad: bool = False
+    redo: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        """One-line errors for option values that cannot work."""
+        self.constraint.validate()
+        if self.stride < 1:
+            raise BoxsegError(f"--stride {self.stride}: must be a positive integer")
+        if self.batch_size < 1:
+            raise BoxsegError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise BoxsegError(
+                f"--workers {self.workers}: must be 0 (read in the main process) or more"
+            )
+        if self.dtype not in DTYPES:
+            raise BoxsegError(f"--dtype {self.dtype}: choose float16 or int8")
+        if self.box_method is not None:
+            self.box_method.validate()
+        elif self.model_path is None:
+            raise BoxsegError(
+                "--method anc needs --model (an ancillary model.pt from train-anc, or "
+                "a primary model.pt for self-training targets)"
+            )
+
+
 def sam_label_map(ds: SegDataset, split: str, opts: BoxMethod, predictor, image_id: str):
     """One weak image's label map from SAM's masks for its boxes (in this process), the
     number of empty masks, and the boxes."""
@@ -88,53 +135,20 @@ def box_label_map(ds: SegDataset, split: str, opts: BoxMethod, image_id: str):
     s = load_weak(ds, split, image_id, BoxSpec(opts.box_min_area))
     if opts.method == "box":
         return box_fill(*s.size, s.boxes, s.labels, ds.background), 0, (s.boxes, s.labels)
-    return *grabcut_fill(s.image, s.boxes, s.labels, ds.background, opts.grabcut_iters,
-                         opts.grabcut_margin), (s.boxes, s.labels)  # fmt: skip
+    return *grabcut_fill(
+        s.image, s.boxes, s.labels, ds.background, opts.grabcut_iters, opts.grabcut_margin
+    ), (s.boxes, s.labels)
 
 
-def gen_logits(
-    data: Path,
-    model_path: Path | None,
-    out: str,
-    split: SplitSpec,
-    stride: int = 4,
-    device: str = "auto",
-    overwrite: bool = False,
-    quiet: bool = False,
-    dtype: str = "float16",
-    box_method: BoxMethod | None = None,
-    workers: int | None = None,
-    skip_bad: bool = False,
-    batch_size: int = 8,
-    constraint: BoxConstraint | None = None,
-    sam_predictor=None,
-    redo: tuple[str, ...] = (),
-) -> LogitsStore:
-    """Write (or finish) the store at `out` for every W image of the split: from the ancillary
-    model at `model_path` (`batch_size` images per forward pass; box-consistent unless
-    `constraint` is disabled: box_constraint.py), or (with `box_method`) from the boxes alone
-    (box-fill, GrabCut, or SAM prompted with them: `sam_predictor`, or one loaded from
-    `box_method.sam_checkpoint`). `redo`: image ids computed again although done (a damaged
-    chunk)."""
-    constraint = BoxConstraint() if constraint is None else constraint
-    constraint.validate()
-    if stride < 1:
-        raise BoxsegError(f"--stride {stride}: must be a positive integer")
-    if batch_size < 1:
-        raise BoxsegError(f"--batch-size {batch_size}: must be at least 1")
-    if workers is not None and workers < 0:
-        raise BoxsegError(f"--workers {workers}: must be 0 (read in the main process) or more")
-    if dtype not in DTYPES:
-        raise BoxsegError(f"--dtype {dtype}: choose float16 or int8")
-    if box_method is not None:
-        box_method.validate()
-    elif model_path is None:
-        raise BoxsegError(
-            "--method anc needs --model (an ancillary model.pt from train-anc, or "
-            "a primary model.pt for self-training targets)"
-        )
-    dev = resolve_device(device)
-    ds = open_dataset(data)
+def gen_logits(opts: GenLogitsOptions, quiet: bool = False, sam_predictor=None) -> LogitsStore:
+    """Write (or finish) the store at `opts.out` for every W image of the split: from the
+    ancillary model (box-consistent unless `opts.constraint` is disabled: box_constraint.py),
+    or from the boxes alone (box-fill, GrabCut, or SAM prompted with them: `sam_predictor`, or
+    one loaded from `opts.box_method.sam_checkpoint`)."""
+    opts.validate()
+    split, box_method, model_path = opts.split, opts.box_method, opts.model_path
+    dev = distributed.join_group(resolve_device(opts.device))
+    ds = open_dataset(opts.data)
     _, weak_ids = split_dataset(ds, split)
     if not weak_ids:
         raise BoxsegError("the split leaves no weak images (W is empty): lower --num-full")
@@ -147,57 +161,80 @@ def gen_logits(
     # W's masks are read (for boxes) only where boxes come from masks and boxes are used
     uses_boxes = meta is None or meta["kind"] == "ancillary"
     all_weak = weak_ids
-    weak_ids = usable_ids(ds, split.split, weak_ids, ds.boxes_from_masks and uses_boxes,
-                          skip_bad, None, "W", quiet or not distributed.is_main())  # fmt: skip
+    muted = quiet or not distributed.is_main()
+    reads_masks = ds.boxes_from_masks and uses_boxes
+    weak_ids = usable_ids(ds, split.split, weak_ids, reads_masks, opts.skip_bad, None, "W", muted)
     if meta is not None and meta["kind"] == "ancillary":
         box_spec = BoxSpec.from_dict(meta["boxes"])
-        provenance = {"method": "anc", "checkpoint_sha256": file_sha256(model_path),
-                      "box_constraint": constraint.to_dict()}  # fmt: skip
-        rule = rule_of(meta, constraint)
+        provenance = {
+            "method": "anc",
+            "checkpoint_sha256": file_sha256(model_path),
+            "box_constraint": opts.constraint.to_dict(),
+        }
+        rule = rule_of(meta, opts.constraint)
     elif meta is not None:  # a primary net: self-training targets, no boxes anywhere
-        provenance = {"method": "primary", "checkpoint_sha256": file_sha256(model_path),
-                      "box_constraint": None}  # fmt: skip
+        provenance = {
+            "method": "primary",
+            "checkpoint_sha256": file_sha256(model_path),
+            "box_constraint": None,
+        }
     else:
         sam_file = box_method.sam_checkpoint if box_method.method == "sam" else None
-        provenance = {"method": box_method.method, "method_options": asdict(box_method),
-                      "checkpoint_sha256": file_sha256(sam_file) if sam_file else None}  # fmt: skip
+        provenance = {
+            "method": box_method.method,
+            "method_options": asdict(box_method),
+            "checkpoint_sha256": file_sha256(sam_file) if sam_file else None,
+        }
         rule = ConstraintRule.of(ds.num_classes, ds.background, None)  # painted inside boxes
     provenance["skipped_ids"] = sorted(set(all_weak) - set(weak_ids))
     if distributed.is_main():  # one rank creates (or checks) the store, then all open it
         paths = [ds.image_path(split.split, i) for i in weak_ids]
         sizes = np.array([image_size(p) for p in paths], np.int32).reshape(-1, 2)
-        attrs = provenance | {"dataset": ds.describe() | {"split": split.to_dict()},
-                              "image_file_sizes": [p.stat().st_size for p in paths]}  # fmt: skip
-        store = open_or_create(out, weak_ids, list(ds.class_names), stride, dtype, attrs, rule,
-                               sizes, overwrite, (Path(data),))  # fmt: skip
-        if redo:
-            store.redo(list(redo))
+        attrs = provenance | {
+            "dataset": ds.describe() | {"split": split.to_dict()},
+            "image_file_sizes": [p.stat().st_size for p in paths],
+        }
+        store = open_or_create(
+            opts.out,
+            weak_ids,
+            list(ds.class_names),
+            opts.stride,
+            opts.dtype,
+            attrs,
+            rule,
+            sizes,
+            opts.overwrite,
+            (Path(opts.data),),
+        )
+        if opts.redo:
+            store.redo(list(opts.redo))
     distributed.barrier()
     if not distributed.is_main():
-        store = LogitsStore.open(out, mode="r+")
+        store = LogitsStore.open(opts.out, mode="r+")
     done = store.done_mask()
-    todo = rank_share([i for i in range(len(store)) if not done[i]], batch_size)
+    todo = rank_share([i for i in range(len(store)) if not done[i]], opts.batch_size)
 
     if box_method is None:
-        passes = forward_passes(store, todo, batch_size, dev)
+        passes = forward_passes(store.sizes, todo, opts.batch_size, dev)
         reader = PassReader(ds, split.split, store, passes, meta, box_spec)
-        logits = net_logits(model, dev, reader, todo, reader_workers(workers))
+        logits = net_logits(model, dev, reader, todo, reader_workers(opts.workers))
         _fill(store, todo, logits, quiet, "gen-logits")
     else:
         label_map = partial(box_label_map, ds, split.split, box_method)
         if box_method.method == "sam":
             label_map = partial(sam_label_map, ds, split.split, box_method, sam_predictor)
         ids = [store.image_ids[i] for i in todo]
-        to_logits = partial(labels_to_logits, num_classes=ds.num_classes,
-                            confidence=box_method.confidence)  # fmt: skip
-        with _mapper(box_method.method, workers, len(ids)) as imap:
+        to_logits = partial(
+            labels_to_logits, num_classes=ds.num_classes, confidence=box_method.confidence
+        )
+        with _mapper(box_method.method, opts.workers, len(ids)) as imap:
             maps = imap(label_map, ids)
             fallbacks = [0]
 
             def results() -> Iterator[tuple[torch.Tensor, tuple]]:
                 for labels, n_fallback, boxes in maps:
                     fallbacks[0] += n_fallback
-                    yield pool_logits(to_logits(labels), stride), boxes
+                    yield pool_logits(to_logits(labels), opts.stride), boxes
 
             _fill(store, todo, results(), quiet, f"gen-logits {box_method.method}")
         if box_method.method == "grabcut" and not quiet and distributed.is_main():
@@ -205,7 +242,7 @@ def gen_logits(
         if box_method.method == "sam" and not quiet and distributed.is_main():
             print(f"gen-logits: SAM gave an empty mask for {fallbacks[0]} boxes")
     distributed.barrier()  # every rank's share is written before anyone reads the store
-    return LogitsStore.open(out)
+    return LogitsStore.open(opts.out)
 
 
 def weak_sample(ds: SegDataset, split: str, image_id: str, box_spec: BoxSpec | None) -> Sample:
@@ -232,29 +269,6 @@ def reader_workers(workers: int | None) -> int:
     return min(4, (os.cpu_count() or 1) // 2) if workers is None else max(0, workers)
 
 
-def forward_passes(
-    store: LogitsStore, todo: list[int], batch_size: int, device: torch.device
-) -> list[tuple[int, list[int]]]:
-    """The forward passes that cover `todo`: (group, store indices) in order. A group is
-    `batch_size` consecutive store indices; the net runs on every image of a group (same-size
-    images together, done ones included: batch composition changes the last bits of the
-    outputs), so every image's values are the same whatever was done before."""
-    passes: list[tuple[int, list[int]]] = []
-    wanted = set(todo)
-    for group in sorted({i // batch_size for i in todo}):
-        members = range(group * batch_size, min((group + 1) * batch_size, len(store)))
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i in members:
-            by_size.setdefault((int(store.sizes[i][0]), int(store.sizes[i][1])), []).append(i)
-        for (h, w), ids in by_size.items():
-            n = batch_size
-            if device.type == "cpu":  # a pixel budget per pass: big CPU batches are slower
-                n = min(batch_size, max(1, CPU_PASS_PIXELS // (h * w)))
-            passes += [(group, ids[k : k + n]) for k in range(0, len(ids), n)
-                       if any(i in wanted for i in ids[k : k + n])]  # fmt: skip
-    return passes
-
-
 class PassReader(torch.utils.data.Dataset):
     """Item k: what forward pass k needs from disk, read in DataLoader workers: its images
     (N x H x W x 3 uint8, stacked) and their boxes, derived where they come from masks. Only
@@ -264,14 +278,21 @@ class PassReader(torch.utils.data.Dataset):
     the BoxsegError itself (raised by the main process as one line, not a worker's
     traceback)."""
 
-    def __init__(self, ds: SegDataset, split: str, store: LogitsStore,
-                 passes: list[tuple[int, list[int]]], meta: dict,
-                 box_spec: BoxSpec | None):  # fmt: skip
+    def __init__(
+        self,
+        ds: SegDataset,
+        split: str,
+        store: LogitsStore,
+        passes: list[tuple[int, list[int]]],
+        meta: dict,
+        box_spec: BoxSpec | None,
+    ):
         self.ds, self.split, self.passes, self.meta = ds, split, passes, meta
         self.box_spec, self.stride = box_spec, store.stride
         self.image_ids, self.location = store.image_ids, store.location
-        self.sizes = {i: (int(store.sizes[i][0]), int(store.sizes[i][1]))
-                      for _, ids in passes for i in ids}  # fmt: skip
+        self.sizes = {
+            i: (int(store.sizes[i][0]), int(store.sizes[i][1])) for _, ids in passes for i in ids
+        }
 
     def __len__(self) -> int:
         return len(self.passes)
@@ -279,8 +300,9 @@ class PassReader(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         group, ids = self.passes[k]
         try:
-            samples = [weak_sample(self.ds, self.split, self.image_ids[i], self.box_spec)
-                       for i in ids]  # fmt: skip
+            samples = [
+                weak_sample(self.ds, self.split, self.image_ids[i], self.box_spec) for i in ids
+            ]
             for i, s in zip(ids, samples, strict=True):
                 if s.image.shape[:2] != self.sizes[i]:
                     (h, w), (sh, sw) = s.image.shape[:2], self.sizes[i]
@@ -314,9 +336,13 @@ def net_logits(
     `workers` processes read the next passes' images and boxes while this one runs the net.
     The logits are what the net said: the box constraint is applied by every reader, at pixel
     resolution, with the boxes stored beside them."""
-    loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
-                                         collate_fn=_as_is,
-                                         prefetch_factor=2 if workers else None)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        reader,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_as_is,
+        prefetch_factor=2 if workers else None,
+    )
     wanted, done, current = set(todo), {}, None
     for item in loader:
         if isinstance(item, BoxsegError):
@@ -353,8 +379,13 @@ class _mapper:
             self.pool.terminate()
 
 
-def _fill(store: LogitsStore, todo: list[int], logits: Iterator[tuple[torch.Tensor, tuple]],
-          quiet: bool, description: str) -> None:  # fmt: skip
+def _fill(
+    store: LogitsStore,
+    todo: list[int],
+    logits: Iterator[tuple[torch.Tensor, tuple]],
+    quiet: bool,
+    description: str,
+) -> None:
     """Write each image's (logits at the store's stride, boxes), in todo's order, in blocks of
     consecutive images."""
     columns = (

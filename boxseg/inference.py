@@ -11,8 +11,9 @@ from boxseg.data.boxes import rasterize_boxes
 from boxseg.data.transforms import to_tensor
 
 
-def windowed(model: torch.nn.Module, x: torch.Tensor, boxes: torch.Tensor | None,
-             window: int) -> torch.Tensor:  # fmt: skip
+def windowed(
+    model: torch.nn.Module, x: torch.Tensor, boxes: torch.Tensor | None, window: int
+) -> torch.Tensor:
     """model(x, boxes), or for an image larger than `window` the mean of overlapping
     window x window tiles (a third of a window overlapping), so large images such as
     Cityscapes' 2048x1024 fit in memory."""
@@ -61,9 +62,15 @@ def predict_batch(
     (gen-logits: several images per pass keep a GPU, or the CPU's matrix kernels, busy)."""
     if len({im.shape for im in images}) != 1:
         raise ValueError("predict_batch needs images of one size")
-    xs, rasters = zip(*(model_inputs(meta, im, None if boxes is None else boxes[k],
-                                     None if labels is None else labels[k])
-                        for k, im in enumerate(images)), strict=True)  # fmt: skip
+    xs, rasters = zip(
+        *(
+            model_inputs(
+                meta, im, None if boxes is None else boxes[k], None if labels is None else labels[k]
+            )
+            for k, im in enumerate(images)
+        ),
+        strict=True,
+    )
     b = None if rasters[0] is None else torch.stack(rasters).to(device)
     return model(torch.stack(xs).to(device), b).float()
 
@@ -104,15 +111,19 @@ def predict_logits(
         bs = None
         if box_tensor is not None:
             factor = np.array([size[1] / w, size[0] / h] * 2, np.float32)
-            bs = torch.from_numpy(rasterize_boxes(boxes * factor, labels, len(meta["class_names"]),
-                                                  *size, meta["background"]))[None].to(device)
+            bs = torch.from_numpy(
+                rasterize_boxes(
+                    boxes * factor, labels, len(meta["class_names"]), *size, meta["background"]
+                )
+            )[None].to(device)
         for mirrored in (False, True) if flip else (False,):
             xi = xs.flip(-1) if mirrored else xs
             bi = None if bs is None else (bs.flip(-1) if mirrored else bs)
             out = windowed(model, xi, bi, window).float()
             out = out.flip(-1) if mirrored else out
-            p = torch.softmax(F.interpolate(out, size=(h, w), mode="bilinear",
-                                            align_corners=False), dim=1)[0]  # fmt: skip
+            p = torch.softmax(
+                F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False), dim=1
+            )[0]
             probs = p if probs is None else probs + p
     out = torch.log(probs / probs.sum(0, keepdim=True)).cpu()
     return constrain_whole(out, constraint, boxes, labels)

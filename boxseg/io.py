@@ -42,8 +42,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):  # disk full, quota, permissions: the old file is untouched
-            raise BoxsegError(f"{path}: cannot write ({e.strerror or e}); "
-                              "the previous version, if any, is unchanged") from e  # fmt: skip
+            raise BoxsegError(
+                f"{path}: cannot write ({e.strerror or e}); "
+                "the previous version, if any, is unchanged"
+            ) from e
         raise
 
 
@@ -90,8 +92,10 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise BoxsegError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                          f"{e.start}); save it as UTF-8") from e  # fmt: skip
+        raise BoxsegError(
+            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}); save it as UTF-8"
+        ) from e
 
 
 EXIF_ORIENTATION = 0x0112
@@ -168,8 +172,10 @@ def read_label_png(path: Path) -> np.ndarray:
     if mask.dtype != np.uint8:  # 16-bit PNGs: range-checked before the cast, never wrapped
         top = int(mask.max()) if mask.size else 0
         if top > 255 or not np.issubdtype(mask.dtype, np.integer):
-            raise BoxsegError(f"{path}: a {mask.dtype} mask with value {top}; class ids are "
-                              "0..254 and void 255 (8-bit class-index PNG)")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: a {mask.dtype} mask with value {top}; class ids are "
+                "0..254 and void 255 (8-bit class-index PNG)"
+            )
     return mask.astype(np.uint8)
 
 

@@ -19,8 +19,14 @@ from boxseg import __version__
 from boxseg.errors import BoxsegError
 
 MARKER = ".boxseg"  # in every directory boxseg creates: {"command": ..., "boxseg_version": ...}
-RUN_FILES = ("model.pt", "last.pt", "metrics.jsonl", "config.json", "skipped_full.json",
-             "skipped_weak.json")  # fmt: skip
+RUN_FILES = (
+    "model.pt",
+    "last.pt",
+    "metrics.jsonl",
+    "config.json",
+    "skipped_full.json",
+    "skipped_weak.json",
+)
 TRAINERS = ("train-anc", "train-primary")
 
 
@@ -38,8 +44,10 @@ def refuse_inside_inputs(out: Path, inputs: Iterable[Path | None], option: str =
     """One line if `out` is (or lies inside) one of the input directories."""
     for src in inputs:
         if src is not None and Path(src).is_dir() and is_within(out, src):
-            raise BoxsegError(f"{option} {out}: inside the input directory {src}; boxseg never "
-                              "writes into its inputs: choose an output outside it")  # fmt: skip
+            raise BoxsegError(
+                f"{option} {out}: inside the input directory {src}; boxseg never "
+                "writes into its inputs: choose an output outside it"
+            )
 
 
 def written_by(directory: Path) -> str | None:
@@ -62,9 +70,15 @@ def written_by(directory: Path) -> str | None:
     return None
 
 
-def output_dir(out: Path, command: str, inputs: Iterable[Path | None] = (), *,
-               overwrite: bool = False, resume: bool = False,
-               option: str = "--out") -> Path:  # fmt: skip
+def output_dir(
+    out: Path,
+    command: str,
+    inputs: Iterable[Path | None] = (),
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    option: str = "--out",
+) -> Path:
     """Make (or reuse) the output directory of `command` (given as `option`), after the checks
     above; trainers pass `resume`/`overwrite`. Returns the path."""
     out = Path(out)
@@ -74,16 +88,21 @@ def output_dir(out: Path, command: str, inputs: Iterable[Path | None] = (), *,
     if out.is_dir() and any(out.iterdir()):
         owner = written_by(out)
         if owner is None:
-            raise BoxsegError(f"{out}: a directory boxseg did not make, with files in it; "
-                              "choose a new or empty directory for --out")  # fmt: skip
+            raise BoxsegError(
+                f"{out}: a directory boxseg did not make, with files in it; "
+                "choose a new or empty directory for --out"
+            )
         if owner != command:
-            raise BoxsegError(f"{out}: holds the output of boxseg {owner}, not of {command}; "
-                              "choose another --out")  # fmt: skip
+            raise BoxsegError(
+                f"{out}: holds the output of boxseg {owner}, not of {command}; choose another --out"
+            )
         has_run = any((out / name).exists() for name in RUN_FILES)
         if command in TRAINERS and has_run and not resume:
             if not overwrite:
-                raise BoxsegError(f"{out}: a {command} run is already here; pass --resume to "
-                                  "continue it, or --overwrite to start it over")  # fmt: skip
+                raise BoxsegError(
+                    f"{out}: a {command} run is already here; pass --resume to "
+                    "continue it, or --overwrite to start it over"
+                )
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
     try:
@@ -96,9 +115,13 @@ def output_dir(out: Path, command: str, inputs: Iterable[Path | None] = (), *,
     return out
 
 
-def output_file(out: Path, option: str, ours: Callable[[Path], bool],
-                inputs: Iterable[Path | None] = (),
-                overwrite: bool | None = None) -> Path:  # fmt: skip
+def output_file(
+    out: Path,
+    option: str,
+    ours: Callable[[Path], bool],
+    inputs: Iterable[Path | None] = (),
+    overwrite: bool | None = None,
+) -> Path:
     """Check a single output file before it is written: not a directory, not under a file,
     not inside an input, and replacing an existing file only if `ours(file)` says boxseg wrote
     it (or with `overwrite`; None: the command has no --overwrite)."""
@@ -113,8 +136,9 @@ def output_file(out: Path, option: str, ours: Callable[[Path], bool],
             break
     if out.exists() and not overwrite and not ours(out):
         hint = "" if overwrite is None else ", or pass --overwrite to replace it"
-        raise BoxsegError(f"{option} {out}: a file boxseg did not write is there; choose "
-                          f"another name{hint}")  # fmt: skip
+        raise BoxsegError(
+            f"{option} {out}: a file boxseg did not write is there; choose another name{hint}"
+        )
     return out
 
 

@@ -54,8 +54,7 @@ def check_plot_out(out: Path) -> None:
 
 def _save(fig, out: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight",
-                metadata={"Software": SOFTWARE})  # fmt: skip
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": SOFTWARE})
     atomic_write_bytes(Path(out), buf.getvalue())
 
 
@@ -82,13 +81,19 @@ def plot_runs(runs: list[Path], out: Path, smooth: int = 1) -> int:
                 if smooth > 1 and len(y) >= smooth:  # a trailing mean: no edge effects
                     y, xs = np.convolve(y, np.ones(smooth) / smooth, mode="valid"), x[smooth - 1 :]
                 style = "-" if key == "loss" else (":" if key == "loss_f" else "--")
-                axes[0].plot(xs, y, style, color=colour, lw=width, marker=dot,
-                             label=labels[name] if key == "loss" else None)  # fmt: skip
+                axes[0].plot(
+                    xs,
+                    y,
+                    style,
+                    color=colour,
+                    lw=width,
+                    marker=dot,
+                    label=labels[name] if key == "loss" else None,
+                )
         axes[1].plot(x, [r.get("lr", np.nan) for r in steps], color=colour, marker=dot)
         if has_val:
             val = [r for r in records if "val_miou" in r]
-            axes[2].plot([r["step"] for r in val], [r["val_miou"] for r in val], "o-",
-                         color=colour)  # fmt: skip
+            axes[2].plot([r["step"] for r in val], [r["val_miou"] for r in val], "o-", color=colour)
     axes[0].set(title="loss (dotted: F, dashed: W)", xlabel="step", yscale="log")
     axes[1].set(title="learning rate", xlabel="step")
     if has_val:
@@ -125,11 +130,21 @@ def plot_confusion(eval_json: Path, out: Path) -> None:
         for i in range(len(names)):
             for j in range(len(names)):
                 if conf[i].sum():
-                    ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center",
-                            fontsize=6, color="white" if rows[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * rows[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     what = " ".join(str(report[k]) for k in ("model", "split") if report.get(k))
-    ax.set(xlabel="predicted", ylabel="true (IoU %)",
-           title=f"{what}\nmIoU {report.get('miou', float('nan')):.2f} (cells: % of the row)")
+    ax.set(
+        xlabel="predicted",
+        ylabel="true (IoU %)",
+        title=f"{what}\nmIoU {report.get('miou', float('nan')):.2f} (cells: % of the row)",
+    )
     fig.colorbar(im, ax=ax, fraction=0.046)
     _save(fig, out)
     plt.close(fig)

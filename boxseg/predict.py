@@ -42,16 +42,18 @@ def list_images(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     if source.is_dir():
-        found = sorted(p for p in source.iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # fmt: skip
+        found = sorted(
+            p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         if found:
             return found
         raise BoxsegError(f"{source}: no .png or .jpg images in this directory")
     raise BoxsegError(f"{source}: no such image or directory")
 
 
-def run_predict(model_path: Path, source: Path, out: Path, device: str = "auto",
-                quiet: bool = False) -> list[Path]:  # fmt: skip
+def run_predict(
+    model_path: Path, source: Path, out: Path, device: str = "auto", quiet: bool = False
+) -> list[Path]:
     """Write OUT/<stem>.png (class indices) and OUT/<stem>_overlay.png for each image, in its
     displayed frame (EXIF orientation applied, as `read_image` reads it; docs/formats.md)."""
     source = Path(source)
@@ -60,8 +62,10 @@ def run_predict(model_path: Path, source: Path, out: Path, device: str = "auto",
     dev = resolve_device(device)
     model, meta = load_model(model_path, device=dev)
     if meta["kind"] != "primary":
-        raise BoxsegError(f"{model_path}: an ancillary model needs boxes; predict takes a "
-                          "primary model (score an ancillary one with eval)")  # fmt: skip
+        raise BoxsegError(
+            f"{model_path}: an ancillary model needs boxes; predict takes a "
+            "primary model (score an ancillary one with eval)"
+        )
     colours = palette(len(meta["class_names"]))
     written = []
     for path in track(images, description="predict", disable=quiet):

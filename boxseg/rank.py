@@ -38,7 +38,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +51,15 @@ from boxseg.checkpoint import load_model
 from boxseg.class_weights import class_pixel_counts, median_frequency
 from boxseg.data.formats import SegDataset, open_dataset
 from boxseg.data.split import SplitSpec, split_dataset
+from boxseg.data.validate import check_sizes
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
-from boxseg.gen_logits import forward_passes
 from boxseg.inference import predict_batch
 from boxseg.io import atomic_write_bytes, read_text
 from boxseg.metrics import class_map
 from boxseg.outputs import output_file
+from boxseg.passes import forward_passes
 from boxseg.store import LogitsStore
-from boxseg.weak_targets import check_sizes
 
 SIGNALS = ("entropy", "outside", "empty", "disagree", "rare")
 HEADER = ("rank", "id", "score", "gain", *SIGNALS, "boxes", "classes")
@@ -86,8 +86,10 @@ class RankWeights:
         for part in (p.strip() for p in text.split(",") if p.strip()):
             name, _, value = part.partition("=")
             if name.strip() not in SIGNALS:
-                raise BoxsegError(f"--weights {text}: unknown signal '{name.strip()}'; choose "
-                                  f"from {', '.join(SIGNALS)}")  # fmt: skip
+                raise BoxsegError(
+                    f"--weights {text}: unknown signal '{name.strip()}'; choose "
+                    f"from {', '.join(SIGNALS)}"
+                )
             try:
                 values[name.strip()] = float(value)
             except ValueError:
@@ -123,8 +125,12 @@ def box_masks(ev: BoxEvidence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return in_rows[0][real].float(), in_cols[0][real].float(), ev.labels[0][real]
 
 
-def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
-                  primary_logits: torch.Tensor | None = None) -> ImageSignals:  # fmt: skip
+def image_signals(
+    store: LogitsStore,
+    i: int,
+    class_weights: torch.Tensor,
+    primary_logits: torch.Tensor | None = None,
+) -> ImageSignals:
     """The signals of store image i (see the module docstring); `primary_logits`: the primary
     net's K x H x W logits for it (None: no `disagree`). Whole-image tensor operations: no
     loop over pixels or boxes."""
@@ -147,12 +153,15 @@ def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
     probs = torch.softmax(logits, 0) * validf
     pred = class_map(probs)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(0) / math.log(k)
-    values: dict[str, float | None] = {"entropy": float((entropy * validf).sum() / n_valid),
-                                       "outside": None, "empty": None, "disagree": None}
+    values: dict[str, float | None] = {
+        "entropy": float((entropy * validf).sum() / n_valid),
+        "outside": None,
+        "empty": None,
+        "disagree": None,
+    }
     if bias is not None:  # mass on the classes the rule forbids
         forbidden = (~store.rule.allowed(ev)[0]).float()
-        values["outside"] = float((torch.softmax(raw, 0) * forbidden).sum(0)[valid].sum()
-                                  / n_valid)  # fmt: skip
+        values["outside"] = float((torch.softmax(raw, 0) * forbidden).sum(0)[valid].sum() / n_valid)
     if primary_logits is not None:
         other = primary_logits.max(0).indices
         values["disagree"] = float(((other != pred) & valid).sum() / n_valid)
@@ -160,8 +169,9 @@ def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
     own = (pred[None] == labels[:, None, None]).float() * validf  # B x H x W
     hits = torch.einsum("bh,bw,bhw->b", in_rows, in_cols, own)
     area = torch.einsum("bh,bw,hw->b", in_rows, in_cols, validf)
-    fills = [(int(c), float(hit / a)) for c, hit, a in zip(labels, hits, area, strict=True)
-             if a > 0]  # fmt: skip
+    fills = [
+        (int(c), float(hit / a)) for c, hit, a in zip(labels, hits, area, strict=True) if a > 0
+    ]
     share = holds(pred, valid, covered, store.rule)
     values["rare"] = float((share * class_weights).sum() / share.sum().clamp_min(1e-12))
     layout = F.adaptive_avg_pool2d(probs[None], LAYOUT_GRID)[0].flatten()
@@ -170,8 +180,9 @@ def image_signals(store: LogitsStore, i: int, class_weights: torch.Tensor,
     return ImageSignals(values, fills, layout, names, len(labels))
 
 
-def holds(pred: torch.Tensor, valid: torch.Tensor, covered: torch.Tensor,
-          rule: ConstraintRule | None) -> torch.Tensor:  # fmt: skip
+def holds(
+    pred: torch.Tensor, valid: torch.Tensor, covered: torch.Tensor, rule: ConstraintRule | None
+) -> torch.Tensor:
     """The share of the image each class holds, by the evidence a user trusts: for a class
     that gets boxes, the area of its boxes' union (`covered`: K x H x W); for the others (the
     background, classes without boxes: `rule.free`, or all classes of a store without rule),
@@ -213,8 +224,10 @@ def empty_boxes(fills: list[list[tuple[int, float]]]) -> list[float | None]:
         for c, f in image:
             by_class.setdefault(c, []).append(f)
     typical = {c: float(np.median(v)) for c, v in by_class.items()}
-    return [float(np.mean([max(0.0, typical[c] - f) for c, f in image])) if image else None
-            for image in fills]  # fmt: skip
+    return [
+        float(np.mean([max(0.0, typical[c] - f) for c, f in image])) if image else None
+        for image in fills
+    ]
 
 
 def percentiles(values: list[float | None]) -> np.ndarray | None:
@@ -249,8 +262,9 @@ def combine(signals: dict[str, list[float | None]], weights: RankWeights) -> np.
     return total / weight_sum
 
 
-def diverse_order(scores: np.ndarray, layouts: torch.Tensor,
-                  diversity: float) -> tuple[list[int], list[float]]:  # fmt: skip
+def diverse_order(
+    scores: np.ndarray, layouts: torch.Tensor, diversity: float
+) -> tuple[list[int], list[float]]:
     """Greedy order: each next image the one with the highest score * (1 - diversity *
     exp(-d / tau)), d its layout distance to the nearest chosen image (module docstring).
     Returns (order, each image's gain when it was chosen)."""
@@ -279,8 +293,14 @@ def diverse_order(scores: np.ndarray, layouts: torch.Tensor,
     return order, gains
 
 
-def primary_logits(ds: SegDataset, split: str, store: LogitsStore, group: list[int], primary,
-                   device: torch.device | None) -> list[torch.Tensor]:  # fmt: skip
+def primary_logits(
+    ds: SegDataset,
+    split: str,
+    store: LogitsStore,
+    group: list[int],
+    primary,
+    device: torch.device | None,
+) -> list[torch.Tensor]:
     """The primary net's K x H x W logits (on the CPU) for a group of same-size store images,
     in one forward pass."""
     images = [ds.read_image(split, store.image_ids[i]) for i in group]  # (sizes: check_sizes)
@@ -288,16 +308,23 @@ def primary_logits(ds: SegDataset, split: str, store: LogitsStore, group: list[i
     return list(out.cpu())
 
 
-def rank_store(ds: SegDataset, split: str, full_ids: list[str], store: LogitsStore,
-               weights: RankWeights = RankWeights(), diversity: float = 1.0,
-               primary=None, device: torch.device | None = None,
-               quiet: bool = True) -> list[dict]:  # fmt: skip
+def rank_store(
+    ds: SegDataset,
+    split: str,
+    full_ids: list[str],
+    store: LogitsStore,
+    weights: RankWeights = RankWeights(),
+    diversity: float = 1.0,
+    primary=None,
+    device: torch.device | None = None,
+    quiet: bool = True,
+) -> list[dict]:
     """Rows of the ranking, most useful first (see the module docstring); `primary`: (model,
     meta) of a primary net, for `disagree`."""
     class_weights = rarity_weights(ds, split, full_ids)
     found: dict[int, ImageSignals] = {}
     # gen-logits' forward passes: same-size images together, a pixel budget on the CPU
-    groups = forward_passes(store, list(range(len(store))), 8, device or torch.device("cpu"))
+    groups = forward_passes(store.sizes, list(range(len(store))), 8, device or torch.device("cpu"))
     for _, group in track(groups, description="rank", disable=quiet):
         others = [None] * len(group)
         if primary is not None:
@@ -311,10 +338,17 @@ def rank_store(ds: SegDataset, split: str, full_ids: list[str], store: LogitsSto
     order, gains = diverse_order(scores, torch.stack([p.layout for p in per_image]), diversity)
     rows = []
     for position, (i, gain) in enumerate(zip(order, gains, strict=True), 1):
-        rows.append({"rank": position, "id": store.image_ids[i], "score": float(scores[i]),
-                     "gain": gain, **{k: signals[k][i] for k in SIGNALS},
-                     "boxes": per_image[i].boxes,
-                     "classes": " ".join(per_image[i].classes)})  # fmt: skip
+        rows.append(
+            {
+                "rank": position,
+                "id": store.image_ids[i],
+                "score": float(scores[i]),
+                "gain": gain,
+                **{k: signals[k][i] for k in SIGNALS},
+                "boxes": per_image[i].boxes,
+                "classes": " ".join(per_image[i].classes),
+            }
+        )
     return rows
 
 
@@ -361,45 +395,81 @@ def read_ranking(path: Path, top: int | None = None) -> list[str]:
     return ids
 
 
-def run_rank(data: Path, store_location: str, out: Path, split_spec: SplitSpec,
-             model_path: Path | None = None, top: int | None = None,
-             list_out: Path | None = None, weights: RankWeights = RankWeights(),
-             diversity: float = 1.0, device: str = "auto", quiet: bool = False,
-             overwrite: bool = False) -> list[dict]:  # fmt: skip
+@dataclass(frozen=True)
+class RankOptions:
+    """Everything `boxseg rank` is asked: the data, the ancillary logits store of W (`logits`)
+    and the F/W split it was made for; the ranking CSV to write (`out`) and, with `top`, a
+    `list_out` file of F plus the first `top` images for `--full-list` (an existing one is
+    replaced only with `overwrite`); the signals' `weights`; `diversity` (0: by score alone;
+    up to 1: near-duplicates of a chosen image fall back); and a primary model.pt
+    (`model_path`, run on `device`) for `disagree`."""
+
+    data: Path
+    logits: str
+    split: SplitSpec
+    out: Path = Path("ranking.csv")
+    model_path: Path | None = None
+    top: int | None = None
+    list_out: Path | None = None
+    weights: RankWeights = field(default_factory=RankWeights)
+    diversity: float = 1.0
+    device: str = "auto"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        """One-line errors for option values and combinations that cannot work."""
+        if (self.top is None) != (self.list_out is None):
+            raise BoxsegError(
+                "--top and --list go together: --top K --list FILE writes F plus the "
+                "K first images as a --full-list file"
+            )
+        if not 0 <= self.diversity <= 1:
+            raise BoxsegError(f"--diversity {self.diversity}: must be between 0 and 1")
+
+
+def check_outputs(opts: RankOptions) -> None:
+    """One line for an --out or --list that cannot be written (or must not be replaced)."""
+    output_file(opts.out, "--out", is_ranking, [Path(opts.data)])
+    if opts.list_out is None:
+        return
+    if Path(opts.list_out).is_file() and not opts.overwrite:
+        raise BoxsegError(
+            f"--list {opts.list_out}: exists (a list does not say who wrote it); "
+            "choose another name, or pass --overwrite to replace it"
+        )
+    output_file(opts.list_out, "--list", lambda p: True, [Path(opts.data)])
+    if Path(opts.list_out).resolve() == Path(opts.out).resolve():
+        raise BoxsegError(f"--list {opts.list_out}: the same file as --out")
+
+
+def load_primary(model_path: Path, ds: SegDataset, device: torch.device) -> tuple:
+    """(model, meta) of the primary net at `model_path`, for `disagree`."""
+    model, meta = load_model(model_path, kind="primary", device=device)
+    if tuple(meta["class_names"]) != ds.class_names:
+        raise BoxsegError(f"{model_path}: the model's classes differ from the dataset's")
+    return model, meta
+
+
+def run_rank(opts: RankOptions, quiet: bool = False) -> list[dict]:
     """The CLI stage: rank the store's W images, write the CSV (and with `top`, the list of F
     plus the top images for `--full-list`); return the rows."""
-    if (top is None) != (list_out is None):
-        raise BoxsegError("--top and --list go together: --top K --list FILE writes F plus the "
-                          "K first images as a --full-list file")  # fmt: skip
-    if not 0 <= diversity <= 1:
-        raise BoxsegError(f"--diversity {diversity}: must be between 0 and 1")
-    ds = open_dataset(data)
-    full_ids, weak_ids = split_dataset(ds, split_spec)
-    if top is not None and not 1 <= top <= len(weak_ids):
-        raise BoxsegError(f"--top {top}: must be between 1 and the {len(weak_ids)} W images")
-    store = LogitsStore.open(store_location)
+    opts.validate()
+    split = opts.split.split
+    ds = open_dataset(opts.data)
+    full_ids, weak_ids = split_dataset(ds, opts.split)
+    if opts.top is not None and not 1 <= opts.top <= len(weak_ids):
+        raise BoxsegError(f"--top {opts.top}: must be between 1 and the {len(weak_ids)} W images")
+    store = LogitsStore.open(opts.logits)
     store.check_matches(list(ds.class_names), weak_ids)
-    check_sizes(ds, split_spec.split, store, weak_ids, store_location)  # (same ids, other data)
-    output_file(out, "--out", is_ranking, [Path(data)])
-    if list_out is not None:
-        if Path(list_out).is_file() and not overwrite:
-            raise BoxsegError(f"--list {list_out}: exists (a list does not say who wrote it); "
-                              "choose another name, or pass --overwrite to replace it")  # fmt: skip
-        output_file(list_out, "--list", lambda p: True, [Path(data)])
-        if Path(list_out).resolve() == Path(out).resolve():
-            raise BoxsegError(f"--list {list_out}: the same file as --out")
-    dev = resolve_device(device)
-    primary = None
-    if model_path is not None:
-        model, meta = load_model(model_path, kind="primary", device=dev)
-        if tuple(meta["class_names"]) != ds.class_names:
-            raise BoxsegError(f"{model_path}: the model's classes differ from the dataset's")
-        primary = (model, meta)
-    rows = rank_store(ds, split_spec.split, full_ids, store, weights, diversity, primary, dev,
-                      quiet)  # fmt: skip
-    atomic_write_bytes(Path(out), ranking_csv(rows))
-    if list_out is not None:
-        chosen = set(full_ids) | {r["id"] for r in rows[:top]}
-        ids = [i for i in ds.ids(split_spec.split) if i in chosen]
-        atomic_write_bytes(Path(list_out), "".join(f"{i}\n" for i in ids).encode())
+    check_sizes(ds, split, store, weak_ids, opts.logits)  # (same ids, other data)
+    check_outputs(opts)
+    dev = resolve_device(opts.device)
+    primary = None if opts.model_path is None else load_primary(opts.model_path, ds, dev)
+    weights, diversity = opts.weights, opts.diversity
+    rows = rank_store(ds, split, full_ids, store, weights, diversity, primary, dev, quiet)
+    atomic_write_bytes(Path(opts.out), ranking_csv(rows))
+    if opts.list_out is not None:
+        chosen = set(full_ids) | {r["id"] for r in rows[: opts.top]}
+        ids = [i for i in ds.ids(split) if i in chosen]
+        atomic_write_bytes(Path(opts.list_out), "".join(f"{i}\n" for i in ids).encode())
     return rows

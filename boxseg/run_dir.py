@@ -34,13 +34,22 @@ def code_version() -> str:
     """The code a result came from: `git describe --always --dirty` of the checkout boxseg runs
     from (a commit, `-dirty` if it had uncommitted changes), else the installed version."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, check=True,
-                             timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return __version__
-    inside = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent)  # fmt: skip
+    inside = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
     top = Path(inside.stdout.strip()) if inside.returncode == 0 else None
     if top is None or not (top / "boxseg" / "__init__.py").is_file():
         return __version__  # a git repository around an installed copy is not ours
@@ -82,8 +91,18 @@ def model_meta(kind: str, spec, ds, box_spec, box_channels: int | None, mean, st
     }
 
 
-def finish_run(out: Path, model, meta: dict, ds, val_split: str | None, device: torch.device,
-               timing: dict, iters: int, label: str, quiet: bool) -> dict:  # fmt: skip
+def finish_run(
+    out: Path,
+    model,
+    meta: dict,
+    ds,
+    val_split: str | None,
+    device: torch.device,
+    timing: dict,
+    iters: int,
+    label: str,
+    quiet: bool,
+) -> dict:
     """Write RUN/model.pt, then score the val split (if any) and log it; return the scores."""
     from boxseg.checkpoint import save_model
     from boxseg.evaluate import evaluate_model

@@ -31,12 +31,15 @@ def load_sam(checkpoint: str | Path | None, model: str, device: torch.device):
     try:
         from segment_anything import SamPredictor, sam_model_registry
     except ImportError as e:
-        raise BoxsegError("--method sam needs the segment-anything package: "
-                          "pip install 'boxseg[sam]'") from e  # fmt: skip
+        raise BoxsegError(
+            "--method sam needs the segment-anything package: pip install 'boxseg[sam]'"
+        ) from e
     if checkpoint is None:
-        raise BoxsegError("--method sam needs --sam-checkpoint PATH: SAM's weights (e.g. "
-                          "sam_vit_b_01ec64.pth from the segment-anything releases); none is "
-                          "downloaded at run time")  # fmt: skip
+        raise BoxsegError(
+            "--method sam needs --sam-checkpoint PATH: SAM's weights (e.g. "
+            "sam_vit_b_01ec64.pth from the segment-anything releases); none is "
+            "downloaded at run time"
+        )
     if model not in SAM_MODELS:
         raise BoxsegError(f"--sam-model {model}: choose from {', '.join(SAM_MODELS)}")
     path = Path(checkpoint)
@@ -64,8 +67,9 @@ def sam_masks(predictor, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return masks[:, 0].cpu().numpy().astype(bool)
 
 
-def sam_fill(predictor, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-             background: int | None) -> tuple[np.ndarray, int]:  # fmt: skip
+def sam_fill(
+    predictor, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, background: int | None
+) -> tuple[np.ndarray, int]:
     """HxW uint8 label map from SAM's masks, each clipped to its box's pixels (`pixel_boxes`,
     as GrabCut's are), painted in box-fill's order (`painting_order`); also the number of
     boxes whose mask came back empty (their box is left as SAM left it: unpainted). A box

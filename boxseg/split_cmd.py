@@ -19,7 +19,12 @@ def write_split(data: Path, spec: SplitSpec, out: Path) -> dict:
     out = output_dir(out, "split", [Path(data)])
     for name, ids in (("full", full), ("weak", weak), ("full_half", half)):
         atomic_write_bytes(out / f"{name}.txt", "".join(f"{i}\n" for i in ids).encode())
-    info = {"dataset": ds.describe(), "split": spec.to_dict(), "num_full": len(full),
-            "num_weak": len(weak), "num_full_half": len(half)}  # fmt: skip
+    info = {
+        "dataset": ds.describe(),
+        "split": spec.to_dict(),
+        "num_full": len(full),
+        "num_weak": len(weak),
+        "num_full_half": len(half),
+    }
     write_json(out / "split.json", info)
     return info

@@ -34,6 +34,7 @@ import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -71,7 +72,83 @@ def zarr_location(location: str | Path) -> str:
 Boxes = tuple[np.ndarray, np.ndarray]  # (N x 4 xyxy float32, N int64 labels)
 
 
-class LogitsStore:
+@runtime_checkable
+class LogitsSource(Protocol):
+    """What readers of W's logits use, whichever holds them: a `LogitsStore` (a zarr group) or
+    `InMemoryLogits` (RAM). train-primary's W targets are typed against it."""
+
+    image_ids: list[str]
+    class_names: list[str]
+    sizes: np.ndarray  # (N, 2): each image's (height, width) in pixels
+    stride: int
+    dtype: str
+    location: str
+    attrs: dict
+    rule: ConstraintRule | None  # the box constraint readers apply (None: none)
+    may_hold_void: bool  # void (NaN) cells possible: box-method stores
+
+    def __len__(self) -> int: ...
+
+    def index(self, image_id: str) -> int: ...
+
+    def done_mask(self) -> np.ndarray: ...
+
+    def read(
+        self, i: int, rows: slice | None = None, cols: slice | None = None
+    ) -> torch.Tensor: ...
+
+    def read_boxes(self, i: int) -> Boxes: ...
+
+    def read_full(self, i: int, constrained: bool = True) -> torch.Tensor: ...
+
+    def check_matches(self, class_names: list[str], image_ids: list[str]) -> None: ...
+
+
+class SharedReads:
+    """What every `LogitsSource` does alike, built on its own `read`, `read_boxes` and
+    attributes: an image decoded to pixels, and the check against a dataset's W."""
+
+    def read_full(self: LogitsSource, i: int, constrained: bool = True) -> torch.Tensor:
+        """Image i's logits decoded to pixel resolution (KxHxW float32), made box-consistent
+        with its boxes at pixel level (unless the store has no rule, or `constrained` False:
+        what the net said)."""
+        h, w = (int(v) for v in self.sizes[i])
+        logits = upsample_logits(self.read(i), self.stride, h, w, void_free=not self.may_hold_void)
+        if not constrained or self.rule is None:
+            return logits
+        boxes, labels = self.read_boxes(i)
+        return self.rule.apply(logits[None], BoxEvidence.whole([boxes], [labels], h, w))[0]
+
+    def check_matches(self: LogitsSource, class_names: list[str], image_ids: list[str]) -> None:
+        """Refuse a store made for other classes (or class order) or another weak set."""
+        if list(class_names) != self.class_names:
+            raise BoxsegError(
+                f"{self.location}: the store's classes ({', '.join(self.class_names)}) differ "
+                f"from the dataset's ({', '.join(class_names)})"
+            )
+        known = set(self.image_ids)
+        missing = [i for i in image_ids if i not in known]
+        if missing:
+            raise BoxsegError(
+                f"{self.location}: {len(missing)} weak images of this split are not in the store "
+                f"(first: {missing[0]}); was it made with other split options?"
+            )
+        extra = sorted(known - set(image_ids))
+        if extra:
+            raise BoxsegError(
+                f"{self.location}: {len(extra)} images in the store are not weak images of this "
+                f"split (first: {extra[0]}); was it made with other split options?"
+            )
+        done = self.done_mask()
+        not_done = [i for i in image_ids if not done[self.index(i)]]  # (in order of the split)
+        if not_done:
+            raise BoxsegError(
+                f"{self.location}: {len(not_done)} weak images have no logits yet (first: "
+                f"{not_done[0]}); the gen-logits run was interrupted: run it again to finish"
+            )
+
+
+class LogitsStore(SharedReads):
     """Read and write access to a logits store; see the module docstring for the layout."""
 
     def __init__(self, group: zarr.Group, location: str):
@@ -79,9 +156,11 @@ class LogitsStore:
         self.location = location
         attrs = dict(group.attrs)
         if attrs.get("format") in OLD_FORMATS:
-            raise BoxsegError(f"{location}: written by an older boxseg that applied the box "
-                              "constraint to the pooled cells (it bends box edges); rewrite it "
-                              "with the same gen-logits command and --overwrite")  # fmt: skip
+            raise BoxsegError(
+                f"{location}: written by an older boxseg that applied the box "
+                "constraint to the pooled cells (it bends box edges); rewrite it "
+                "with the same gen-logits command and --overwrite"
+            )
         if attrs.get("format") != FORMAT:
             raise BoxsegError(f"{location}: not a boxseg logits store")
         try:
@@ -89,12 +168,15 @@ class LogitsStore:
             self.image_ids: list[str] = [str(i) for i in attrs["image_ids"]]
             self.stride: int = int(attrs["stride"])
         except (KeyError, TypeError, ValueError) as e:
-            raise BoxsegError(f"{location}: damaged store attributes ({type(e).__name__}: {e}); "
-                              "rewrite it with the same gen-logits command and --overwrite") from e
+            raise BoxsegError(
+                f"{location}: damaged store attributes ({type(e).__name__}: {e}); "
+                "rewrite it with the same gen-logits command and --overwrite"
+            ) from e
         self.dtype: str = attrs.get("dtype", "float16")
         if self.dtype not in DTYPES or self.stride < 1:
-            raise BoxsegError(f"{location}: damaged store attributes (dtype {self.dtype!r}, "
-                              f"stride {self.stride})")  # fmt: skip
+            raise BoxsegError(
+                f"{location}: damaged store attributes (dtype {self.dtype!r}, stride {self.stride})"
+            )
         self.attrs = attrs
         # box-fill, GrabCut and SAM stores mark unlabelled pixels void (NaN); a net's never do
         self.may_hold_void = attrs.get("method", "anc") not in NET_METHODS
@@ -104,8 +186,10 @@ class LogitsStore:
             raise
         except Exception as e:  # noqa: BLE001 - damaged metadata or chunks, whatever the codec says
             why = (str(e).splitlines() or [type(e).__name__])[0][:100]
-            raise BoxsegError(f"{location}: damaged store ({why}); rewrite it with the same "
-                              "gen-logits command and --overwrite") from e  # fmt: skip
+            raise BoxsegError(
+                f"{location}: damaged store ({why}); rewrite it with the same "
+                "gen-logits command and --overwrite"
+            ) from e
 
     def _open_arrays(self, group: zarr.Group, attrs: dict) -> None:
         rule = attrs.get("constraint")
@@ -117,11 +201,18 @@ class LogitsStore:
         self.done = group["done"]
         self.check = group["check"] if "check" in group else None  # (stores of 0.2.0: none)
         n = len(self.image_ids)
-        if not (self.logits.shape[0] == self.boxes.shape[0] == len(self.sizes) ==
-                self.done.shape[0] == n) or self.logits.shape[1] != len(self.class_names):
-            raise BoxsegError(f"{self.location}: damaged store (array shapes do not match its "
-                              f"{n} images and {len(self.class_names)} classes); rewrite it with "
-                              "the same gen-logits command and --overwrite")  # fmt: skip
+        if not (
+            self.logits.shape[0]
+            == self.boxes.shape[0]
+            == len(self.sizes)
+            == self.done.shape[0]
+            == n
+        ) or self.logits.shape[1] != len(self.class_names):
+            raise BoxsegError(
+                f"{self.location}: damaged store (array shapes do not match its "
+                f"{n} images and {len(self.class_names)} classes); rewrite it with "
+                "the same gen-logits command and --overwrite"
+            )
         self._known_done = self.done_mask()  # saves a read per image on the training hot path
 
     @staticmethod
@@ -168,14 +259,32 @@ class LogitsStore:
             fill_value=0,
             chunk_key_encoding={"name": "default", "separator": "."},  # one file per image, no dirs
         )
-        group.create_array("boxes", shape=(n, MAX_BOXES, 5), chunks=(1, MAX_BOXES, 5),
-                           dtype="float32", compressors=ZstdCodec(level=3), fill_value=-1,
-                           chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
+        group.create_array(
+            "boxes",
+            shape=(n, MAX_BOXES, 5),
+            chunks=(1, MAX_BOXES, 5),
+            dtype="float32",
+            compressors=ZstdCodec(level=3),
+            fill_value=-1,
+            chunk_key_encoding={"name": "default", "separator": "."},
+        )
         group.create_array("sizes", data=np.asarray(sizes, dtype=np.int32))
-        group.create_array("check", shape=(n, 2), chunks=(1, 2), dtype="uint32", fill_value=0,
-                           chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
-        group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False,
-                           chunk_key_encoding={"name": "default", "separator": "."})  # fmt: skip
+        group.create_array(
+            "check",
+            shape=(n, 2),
+            chunks=(1, 2),
+            dtype="uint32",
+            fill_value=0,
+            chunk_key_encoding={"name": "default", "separator": "."},
+        )
+        group.create_array(
+            "done",
+            shape=(n,),
+            chunks=(1,),
+            dtype="bool",
+            fill_value=False,
+            chunk_key_encoding={"name": "default", "separator": "."},
+        )
         group.attrs.update(attrs)
         return LogitsStore(group, str(location))
 
@@ -221,8 +330,10 @@ class LogitsStore:
             names = set(group.keys())
         except Exception as e:  # noqa: BLE001 - an array's metadata damaged, whatever the error
             why = (str(e).splitlines() or [type(e).__name__])[0][:100]
-            raise BoxsegError(f"{location}: damaged store ({why}); rewrite it with the same "
-                              "gen-logits command and --overwrite") from e  # fmt: skip
+            raise BoxsegError(
+                f"{location}: damaged store ({why}); rewrite it with the same "
+                "gen-logits command and --overwrite"
+            ) from e
         if not {"logits", "boxes", "sizes", "done"} <= names:
             raise BoxsegError(f"{location}: not a boxseg logits store (arrays missing)")
         return LogitsStore(group, location)
@@ -238,16 +349,19 @@ class LogitsStore:
             return np.asarray(self.done[:], dtype=bool)
         except Exception as e:  # noqa: BLE001 - a damaged flag chunk, whatever the codec says
             why = (str(e).splitlines() or [type(e).__name__])[0][:80]
-            raise BoxsegError(f"{self.location}: the done flags are damaged ({why}); rewrite "
-                              "the store with the same gen-logits command and --overwrite") from e
+            raise BoxsegError(
+                f"{self.location}: the done flags are damaged ({why}); rewrite "
+                "the store with the same gen-logits command and --overwrite"
+            ) from e
 
     def write(self, i: int, logits: torch.Tensor, boxes: Boxes | None = None) -> None:
         """Store image i's logits (KxHxW at pixel resolution, or already pooled to the stride)
         and its boxes ((Nx4 xyxy, N labels); None: none)."""
         self.write_block(i, [logits], [boxes])
 
-    def write_block(self, start: int, logits: list[torch.Tensor],
-                    boxes: list[Boxes | None] | None = None) -> None:  # fmt: skip
+    def write_block(
+        self, start: int, logits: list[torch.Tensor], boxes: list[Boxes | None] | None = None
+    ) -> None:
         """Store images start, start+1, ... in one call (zarr writes their chunks concurrently),
         then set their done flags."""
         canvas = np.zeros((len(logits), *self.logits.shape[1:]), dtype=self.logits.dtype)
@@ -257,8 +371,10 @@ class LogitsStore:
                 continue
             xyxy, labels = np.asarray(b[0], np.float32).reshape(-1, 4), np.asarray(b[1])
             if len(labels) > box_rows.shape[1]:
-                raise BoxsegError(f"{self.image_ids[start + k]}: {len(labels)} boxes, more than "
-                                  f"a store holds ({box_rows.shape[1]})")  # fmt: skip
+                raise BoxsegError(
+                    f"{self.image_ids[start + k]}: {len(labels)} boxes, more than "
+                    f"a store holds ({box_rows.shape[1]})"
+                )
             box_rows[k, : len(labels), :4] = xyxy
             box_rows[k, : len(labels), 4] = labels
         for k, x in enumerate(logits):
@@ -275,8 +391,9 @@ class LogitsStore:
             else:
                 canvas[k, :, :hs, :ws] = x.numpy().astype(np.float16)
         end = start + len(logits)
-        sums = np.array([[_crc(canvas[k]), _crc(box_rows[k])] for k in range(len(logits))],
-                        np.uint32)  # fmt: skip
+        sums = np.array(
+            [[_crc(canvas[k]), _crc(box_rows[k])] for k in range(len(logits))], np.uint32
+        )
         try:
             self.logits[start:end] = canvas
             self.boxes[start:end] = box_rows
@@ -285,13 +402,15 @@ class LogitsStore:
             self.done[start:end] = True  # only after the chunks are written
         except OSError as e:  # disk full and the like: done flags stay unset, so a rerun resumes
             first, why = self.image_ids[start], e.strerror or e
-            raise BoxsegError(f"{self.location}: cannot write image {first} ({why}); "
-                              "free space and run again to resume") from e  # fmt: skip
+            raise BoxsegError(
+                f"{self.location}: cannot write image {first} ({why}); "
+                "free space and run again to resume"
+            ) from e
         self._known_done[start:end] = True
 
     def read(self, i: int, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
         """Image i's stored logits at the store's stride (Kx ceil(H/s) x ceil(W/s), float32),
-        or just the given rows and columns of its cells (`cells.cells_needed`)."""
+        or just the given rows and columns of its cells (those under a training crop)."""
         if not (self._known_done[i] or bool(self.done[i])):
             raise BoxsegError(
                 f"{self.location}: image {self.image_ids[i]} has no logits yet "
@@ -314,18 +433,24 @@ class LogitsStore:
 
     def _verified(self, array: zarr.Array, i: int, which: int, what: str) -> np.ndarray:
         """Image i's whole chunk of `array`, checked against the CRC written with it."""
-        redo = (f"rewrite it with gen-logits and --redo {self.image_ids[i]} (same options), or "
-                "--overwrite")  # fmt: skip
+        redo = (
+            f"rewrite it with gen-logits and --redo {self.image_ids[i]} (same options), or "
+            "--overwrite"
+        )
         try:
             chunk = np.asarray(array[i])
             want = None if self.check is None else int(self.check[i, which])
         except Exception as e:  # noqa: BLE001 - a torn chunk fails in the codec, whatever it is
             why = (str(e).splitlines() or [type(e).__name__])[0][:80]
-            raise BoxsegError(f"{self.location}: the {what} of image {self.image_ids[i]} are "
-                              f"unreadable (chunk damaged: {why}); {redo}") from e  # fmt: skip
+            raise BoxsegError(
+                f"{self.location}: the {what} of image {self.image_ids[i]} are "
+                f"unreadable (chunk damaged: {why}); {redo}"
+            ) from e
         if want is not None and _crc(chunk) != want:
-            raise BoxsegError(f"{self.location}: the {what} of image {self.image_ids[i]} are "
-                              f"missing or damaged (checksum mismatch); {redo}")  # fmt: skip
+            raise BoxsegError(
+                f"{self.location}: the {what} of image {self.image_ids[i]} are "
+                f"missing or damaged (checksum mismatch); {redo}"
+            )
         return chunk
 
     def redo(self, ids: list[str]) -> None:
@@ -337,58 +462,24 @@ class LogitsStore:
             self.done[self._index[image_id]] = False
             self._known_done[self._index[image_id]] = False
 
-    def read_full(self, i: int, constrained: bool = True) -> torch.Tensor:
-        """Image i's logits decoded to pixel resolution (KxHxW float32), made box-consistent
-        with its boxes at pixel level (unless the store has no rule, or `constrained` False:
-        what the net said)."""
-        h, w = (int(v) for v in self.sizes[i])
-        logits = upsample_logits(self.read(i), self.stride, h, w, void_free=not self.may_hold_void)
-        if not constrained or self.rule is None:
-            return logits
-        boxes, labels = self.read_boxes(i)
-        return self.rule.apply(logits[None], BoxEvidence.whole([boxes], [labels], h, w))[0]
-
-    def check_matches(self, class_names: list[str], image_ids: list[str]) -> None:
-        """Refuse a store made for other classes (or class order) or another weak set."""
-        if list(class_names) != self.class_names:
-            raise BoxsegError(
-                f"{self.location}: the store's classes ({', '.join(self.class_names)}) differ "
-                f"from the dataset's ({', '.join(class_names)})"
-            )
-        missing = [i for i in image_ids if i not in self._index]
-        if missing:
-            raise BoxsegError(
-                f"{self.location}: {len(missing)} weak images of this split are not in the store "
-                f"(first: {missing[0]}); was it made with other split options?"
-            )
-        extra = sorted(set(self.image_ids) - set(image_ids))
-        if extra:
-            raise BoxsegError(
-                f"{self.location}: {len(extra)} images in the store are not weak images of this "
-                f"split (first: {extra[0]}); was it made with other split options?"
-            )
-        done = self.done_mask()
-        not_done = [i for i in image_ids if not done[self._index[i]]]  # (in order of the split)
-        if not_done:
-            raise BoxsegError(
-                f"{self.location}: {len(not_done)} weak images have no logits yet (first: "
-                f"{not_done[0]}); the gen-logits run was interrupted: run it again to finish"
-            )
-
 
 def _crc(array: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(array).tobytes()) & 0xFFFFFFFF
 
 
-class InMemoryLogits:
+class InMemoryLogits(SharedReads):
     """Soft-label logits held in RAM (float32, pixel resolution), with the reading interface
     of `LogitsStore`: train-primary takes either. Benchmarks use it as the no-storage baseline;
     Python users can train from logits they made themselves; with `boxes` (id -> (Nx4, N))
     and a `rule`, readers make them box-consistent as a store's."""
 
-    def __init__(self, logits: dict[str, torch.Tensor], class_names: list[str],
-                 boxes: dict[str, Boxes] | None = None,
-                 rule: ConstraintRule | None = None):  # fmt: skip
+    def __init__(
+        self,
+        logits: dict[str, torch.Tensor],
+        class_names: list[str],
+        boxes: dict[str, Boxes] | None = None,
+        rule: ConstraintRule | None = None,
+    ):
         self.image_ids = list(logits)
         self._boxes, self.rule = boxes or {}, rule
         self.class_names = list(class_names)
@@ -417,9 +508,6 @@ class InMemoryLogits:
     def read_boxes(self, i: int) -> Boxes:
         empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
         return self._boxes.get(self.image_ids[i], empty)
-
-    read_full = LogitsStore.read_full
-    check_matches = LogitsStore.check_matches
 
 
 class BlockWriter:
@@ -456,10 +544,17 @@ class BlockWriter:
 
 
 def open_or_create(
-    out: str, image_ids: list[str], class_names: list[str], stride: int, dtype: str,
-    attrs: dict, rule: ConstraintRule | None, sizes: np.ndarray, overwrite: bool,
+    out: str,
+    image_ids: list[str],
+    class_names: list[str],
+    stride: int,
+    dtype: str,
+    attrs: dict,
+    rule: ConstraintRule | None,
+    sizes: np.ndarray,
+    overwrite: bool,
     inputs: tuple[Path, ...] = (),
-) -> LogitsStore:  # fmt: skip
+) -> LogitsStore:
     """Resume a store made the same way (ids, classes, stride, dtype, rule, the provenance in
     `attrs`: method, options, checkpoint, box constraint; and the same images: `sizes`, and
     `attrs["image_file_sizes"]`), refuse a mismatched one (`overwrite`: replace it), or create
@@ -471,8 +566,10 @@ def open_or_create(
     state = LogitsStore.state(out)
     if state == "foreign":
         kind = "a file" if path is not None and path.is_file() else "not a boxseg logits store"
-        raise BoxsegError(f"{out}: exists and is {kind}; boxseg replaces only its own stores: "
-                          "choose another --out")  # fmt: skip
+        raise BoxsegError(
+            f"{out}: exists and is {kind}; boxseg replaces only its own stores: "
+            "choose another --out"
+        )
     if state == "old" and not overwrite:
         LogitsStore.open(out)  # (its own message: rewrite with --overwrite)
     if state == "complete":
@@ -481,13 +578,16 @@ def open_or_create(
         if mismatch is None:
             return store
         if not overwrite:
-            raise BoxsegError(f"{out}: an existing store {mismatch}; pass --overwrite to "
-                              "replace it, or another --out")  # fmt: skip
+            raise BoxsegError(
+                f"{out}: an existing store {mismatch}; pass --overwrite to "
+                "replace it, or another --out"
+            )
     return LogitsStore.create(out, image_ids, sizes, class_names, stride, attrs, dtype, rule)
 
 
-def _mismatch(store: LogitsStore, image_ids, class_names, stride, dtype, rule, attrs: dict,
-              sizes: np.ndarray) -> str | None:  # fmt: skip
+def _mismatch(
+    store: LogitsStore, image_ids, class_names, stride, dtype, rule, attrs: dict, sizes: np.ndarray
+) -> str | None:
     """How an existing store differs from the one asked for (None: it is the same)."""
     for what, have, want in (
         ("image ids", store.image_ids, image_ids),
@@ -505,8 +605,10 @@ def _mismatch(store: LogitsStore, image_ids, class_names, stride, dtype, rule, a
     differ = np.flatnonzero((store.sizes != np.asarray(sizes)).any(1))
     if len(differ):
         (h, w), (sh, sw) = sizes[differ[0]], store.sizes[differ[0]]
-        return (f"made from other images: {image_ids[differ[0]]} is {w}x{h} here, {sw}x{sh} in "
-                "the store")
+        return (
+            f"made from other images: {image_ids[differ[0]]} is {w}x{h} here, {sw}x{sh} in "
+            "the store"
+        )
     have = store.attrs.get("image_file_sizes")
     want = attrs.get("image_file_sizes")
     if have is not None and want is not None and have != want:

@@ -46,13 +46,23 @@ def panel(picture: np.ndarray, title: str, zoom: int) -> np.ndarray:
     """A zoomed panel with its caption above."""
     big = cv2.resize(picture, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
     cap = np.full((TITLE_H, big.shape[1], 3), 255, np.uint8)
-    cv2.putText(cap, title, (2, TITLE_H - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
-                cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        cap, title, (2, TITLE_H - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA
+    )
     return np.concatenate([cap, big], 0)
 
 
-def render(ds, split: str, store: LogitsStore, image_id: str, colours: np.ndarray, zoom: int,
-           primary=None, alpha: float = 1.0, device=None) -> np.ndarray:  # fmt: skip
+def render(
+    ds,
+    split: str,
+    store: LogitsStore,
+    image_id: str,
+    colours: np.ndarray,
+    zoom: int,
+    primary=None,
+    alpha: float = 1.0,
+    device=None,
+) -> np.ndarray:
     """The picture of one weak image (see the module docstring)."""
     image = ds.read_image(split, image_id)
     anc = store.read_full(store.index(image_id))
@@ -68,9 +78,11 @@ def render(ds, split: str, store: LogitsStore, image_id: str, colours: np.ndarra
     heat[void] = 0
     constrained = store.rule is not None
     label_title = "pseudo-label (box-consistent)" if constrained else "pseudo-label"
-    panels = [panel(boxed, "image + boxes", zoom),
-              panel(colourise(prob.argmax(0).numpy(), colours, void), label_title, zoom),
-              panel(heat, "confidence", zoom)]  # fmt: skip
+    panels = [
+        panel(boxed, "image + boxes", zoom),
+        panel(colourise(prob.argmax(0).numpy(), colours, void), label_title, zoom),
+        panel(heat, "confidence", zoom),
+    ]
     if primary is not None:
         model, meta, merger = primary
         logits = predict_logits(model, meta, image, device)
@@ -89,9 +101,17 @@ def render(ds, split: str, store: LogitsStore, image_id: str, colours: np.ndarra
     return np.concatenate(row, 1)
 
 
-def run_viz(data: Path, store_location: str, out: Path, split: str = "train",
-            ids: list[str] | None = None, num: int = 4, model_path: Path | None = None,
-            alpha: float = 1.0, device: str = "auto") -> list[Path]:  # fmt: skip
+def run_viz(
+    data: Path,
+    store_location: str,
+    out: Path,
+    split: str = "train",
+    ids: list[str] | None = None,
+    num: int = 4,
+    model_path: Path | None = None,
+    alpha: float = 1.0,
+    device: str = "auto",
+) -> list[Path]:
     """Write OUT/<id>.png for the chosen weak images; return the paths."""
     ds = open_dataset(data)
     store = LogitsStore.open(store_location)
@@ -118,8 +138,7 @@ def run_viz(data: Path, store_location: str, out: Path, split: str = "train",
     written = []
     for image_id in chosen:
         h = int(store.sizes[store.index(image_id)][0])
-        picture = render(ds, split, store, image_id, colours, max(1, 192 // h), primary, alpha,
-                         dev)  # fmt: skip
+        picture = render(ds, split, store, image_id, colours, max(1, 192 // h), primary, alpha, dev)
         path = Path(out) / f"{image_id}.png"
         write_image(path, picture)
         written.append(path)

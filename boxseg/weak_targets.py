@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,9 +35,8 @@ from boxseg.data.boxes import BoxSpec, rasterize_boxes
 from boxseg.data.formats import SegDataset, load_weak
 from boxseg.data.torchsets import AugmentSpec, crop_evidence, item_key
 from boxseg.data.transforms import Aligned, apply, to_tensor, window
-from boxseg.data.validate import image_size
 from boxseg.errors import BoxsegError
-from boxseg.store import InMemoryLogits, LogitsStore
+from boxseg.store import LogitsSource, LogitsStore
 
 Source = Callable[[dict], torch.Tensor]
 
@@ -49,8 +49,16 @@ class WeakTrainSet(Dataset):
     resampling to pixels happens on the training device (`StoredLogits`). W's masks are never
     read; "valid" marks padding."""
 
-    def __init__(self, ds: SegDataset, split: str, ids: list[str],
-                 store_location: str | InMemoryLogits, aug: AugmentSpec, mean, std):  # fmt: skip
+    def __init__(
+        self,
+        ds: SegDataset,
+        split: str,
+        ids: list[str],
+        store_location: str | Path | LogitsSource,
+        aug: AugmentSpec,
+        mean,
+        std,
+    ):
         self.ds, self.split, self.ids = ds, split, ids
         self.store_location, self.aug, self.mean, self.std = store_location, aug, mean, std
         self._store: LogitsStore | None = None  # opened lazily, once per DataLoader worker
@@ -67,8 +75,9 @@ class WeakTrainSet(Dataset):
         return len(self.ids)
 
     @property
-    def store(self) -> LogitsStore | InMemoryLogits:
-        if isinstance(self.store_location, InMemoryLogits):
+    def store(self) -> LogitsSource:
+        """The source: the one given, or the store at the location given (opened once)."""
+        if not isinstance(self.store_location, (str, Path)):
             return self.store_location
         if self._store is None:
             self._store = LogitsStore.open(self.store_location)
@@ -113,8 +122,16 @@ class OnlineWeakTrainSet(Dataset):
     """W for the online source: augmented image + its box raster for the ancillary net, and
     the crop's box evidence for the constraint. Reads W through `load_weak` (no mask)."""
 
-    def __init__(self, ds: SegDataset, split: str, ids: list[str], box_spec: BoxSpec,
-                 aug: AugmentSpec, mean, std):  # fmt: skip
+    def __init__(
+        self,
+        ds: SegDataset,
+        split: str,
+        ids: list[str],
+        box_spec: BoxSpec,
+        aug: AugmentSpec,
+        mean,
+        std,
+    ):
         self.ds, self.split, self.ids, self.box_spec = ds, split, ids, box_spec
         self.aug, self.mean, self.std = aug, mean, std
 
@@ -184,14 +201,3 @@ def without_void(logits: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tenso
     """(logits with void pixels (NaN) zeroed, valid without them): void pixels carry no
     target. No host sync."""
     return logits.nan_to_num(0.0), valid & ~torch.isnan(logits[:, 0])
-
-
-def check_sizes(ds: SegDataset, split: str, store, weak_ids: list[str], location: str) -> None:
-    """Every W image has the size its logits were made for (another dataset with the same ids
-    would not); image headers only."""
-    for image_id in weak_ids:
-        h, w = image_size(ds.image_path(split, image_id))
-        sh, sw = (int(v) for v in store.sizes[store.index(image_id)])
-        if (sh, sw) != (h, w):
-            raise BoxsegError(f"{location}: logits of {image_id} are for a {sw}x{sh} image, "
-                              f"{ds.image_path(split, image_id)} is {w}x{h}")  # fmt: skip

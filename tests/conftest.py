@@ -57,23 +57,17 @@ def pipeline(tmp_path_factory, tiny_data) -> dict[str, Path]:
     from boxseg.data.boxes import BoxSpec
     from boxseg.data.split import SplitSpec
     from boxseg.engine import TrainConfig
-    from boxseg.gen_logits import gen_logits
+    from boxseg.gen_logits import GenLogitsOptions, gen_logits
     from boxseg.models import ModelSpec
-    from boxseg.train_anc import train_anc
+    from boxseg.train_anc import AncOptions, train_anc
 
     root = tmp_path_factory.mktemp("pipeline")
     spec = ModelSpec("resnet18", 16, 16, 16, 8)
     cfg = TrainConfig(iters=3, batch_size=2, crop=32, device="cpu")
     split = SplitSpec("train", 4, 0)
-    train_anc(tiny_data, root / "anc", split, BoxSpec(4), spec, cfg, quiet=True)
-    gen_logits(
-        tiny_data,
-        root / "anc" / "model.pt",
-        str(root / "weak.zarr"),
-        split,
-        device="cpu",
-        quiet=True,
-    )
+    train_anc(AncOptions(tiny_data, root / "anc", split, spec, cfg, boxes=BoxSpec(4)), quiet=True)
+    anc_model, store = root / "anc" / "model.pt", str(root / "weak.zarr")
+    gen_logits(GenLogitsOptions(tiny_data, store, split, anc_model, device="cpu"), quiet=True)
     return {"data": tiny_data, "anc": root / "anc" / "model.pt", "store": root / "weak.zarr"}
 
 

@@ -27,7 +27,7 @@ from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from boxseg.engine import TrainConfig
 from boxseg.errors import BoxsegError
 from boxseg.models import ModelSpec, build_model
-from boxseg.train_anc import train_anc
+from boxseg.train_anc import AncOptions, train_anc
 from boxseg.weak_targets import OnlineWeakTrainSet
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 from tests.data.test_folder import write_folder
@@ -200,8 +200,9 @@ def test_train_anc_with_weak_boxes_never_reads_w_masks(boxes_only_w, tmp_path):
     root, _ = boxes_only_w
     cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu")
     split = SplitSpec("train", None, 0, str(root / "F.txt"))
-    train_anc(root, tmp_path / "anc", split, BoxSpec(), ModelSpec("resnet18", 16, 16, 16), cfg,
-              val_split=None, quiet=True, weak_boxes=WeakBoxLoss(True))  # fmt: skip
+    spec, weak = ModelSpec("resnet18", 16, 16, 16), WeakBoxLoss(True)
+    opts = AncOptions(root, tmp_path / "anc", split, spec, cfg, weak_boxes=weak, val_split=None)
+    train_anc(opts, quiet=True)
     steps = [json.loads(x) for x in (tmp_path / "anc" / "metrics.jsonl").read_text().split("\n")
              if '"loss_proj"' in x]  # fmt: skip
     assert steps and all(s["loss_proj"] > 0 for s in steps)

@@ -16,7 +16,7 @@ from boxseg.class_weights import (
 from boxseg.data.formats import open_dataset
 from boxseg.data.sample import VOID
 from boxseg.errors import BoxsegError
-from boxseg.selfcorr import hard_cross_entropy, soft_cross_entropy
+from boxseg.losses import hard_cross_entropy, soft_cross_entropy
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 
 

@@ -13,8 +13,10 @@ from boxseg.data.formats import open_dataset
 from boxseg.data.sampling import mixed
 from boxseg.data.split import SplitSpec, fraction_of
 from boxseg.engine import TrainConfig
+from boxseg.losses import soft_cross_entropy
 from boxseg.models import ModelSpec
-from boxseg.selfcorr import ConvMerger, soft_cross_entropy, soft_target
+from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions
+from boxseg.selfcorr import ConvMerger, soft_target
 from boxseg.store import LogitsStore
 from boxseg.train_primary import train_primary
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
@@ -60,9 +62,10 @@ def test_conv_training_records_stages_and_keeps_g(pipeline, tmp_path):
     run = tmp_path / "conv"
     cfg = TrainConfig(iters=6, batch_size=2, crop=32, device="cpu", log_every=1)
     spec = ModelSpec("resnet18", 16, 16, 16, 8)
-    train_primary(pipeline["data"], run, SplitSpec("train", 4, 0), spec, cfg,
-                  logits=str(pipeline["store"]), anc_model=pipeline["anc"], self_corr="conv",
-                  conv_hidden=8, conv_warmup=2, quiet=True, allow_full_anc=True)  # fmt: skip
+    weak = WeakOptions(logits=str(pipeline["store"]), anc_model=pipeline["anc"])
+    conv = CorrectionOptions("conv", conv_hidden=8, conv_warmup=2, allow_full_anc=True)
+    split = SplitSpec("train", 4, 0)
+    train_primary(PrimaryOptions(pipeline["data"], run, split, spec, cfg, weak, conv), quiet=True)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     stages = [x["stage"] for x in lines if "stage" in x]
     assert stages == [2, 2, 3, 3, 3, 3, 3, 3]  # stage 2 on top of the 6 steps with W
@@ -105,11 +108,11 @@ def ruled_out(w: dict, rule) -> torch.Tensor:
 def test_online_mode_trains_on_constrained_targets(pipeline, tmp_path, capsys, monkeypatch):
     """The online ancillary net's targets q: W's loss is logged (finite, non-zero) and q puts
     ~0 probability on a class where no box of it lies."""
-    from boxseg import selfcorr
+    from boxseg import losses
     from boxseg.box_constraint import BoxConstraint, rule_of
 
     seen = []
-    real_call, real_ce = selfcorr.Objective.__call__, selfcorr.soft_cross_entropy
+    real_call, real_ce = losses.Objective.__call__, losses.soft_cross_entropy
 
     def call(self, nets, batch, step):
         seen.append({"w": batch["w"]})
@@ -119,8 +122,8 @@ def test_online_mode_trains_on_constrained_targets(pipeline, tmp_path, capsys, m
         seen[-1]["q"] = q
         return real_ce(logits, q, *a, **k)
 
-    monkeypatch.setattr(selfcorr.Objective, "__call__", call)
-    monkeypatch.setattr(selfcorr, "soft_cross_entropy", soft_ce)
+    monkeypatch.setattr(losses.Objective, "__call__", call)
+    monkeypatch.setattr(losses, "soft_cross_entropy", soft_ce)
     code, _, err = run_cli(["train-primary", pipeline["data"], "--out", tmp_path / "o",
                             "--anc-model", pipeline["anc"], "--self-corr", "linear",
                             "--num-full", "4", *TINY_MODEL, *TINY_TRAIN], capsys)  # fmt: skip
@@ -143,15 +146,16 @@ def test_online_mode_trains_on_constrained_targets(pipeline, tmp_path, capsys, m
 def trained_anc(tiny_data, tmp_path_factory):
     """An ancillary net trained long enough to draw shapes (the pipeline's 3-step net is still
     nearly flat, so any shift would pass), and its store."""
-    from boxseg.gen_logits import gen_logits
-    from boxseg.train_anc import train_anc
+    from boxseg.gen_logits import GenLogitsOptions, gen_logits
+    from boxseg.train_anc import AncOptions, train_anc
 
     root = tmp_path_factory.mktemp("trained_anc")
     cfg = TrainConfig(iters=60, batch_size=4, crop=32, lr=3e-3, optimizer="adamw", device="cpu")
-    train_anc(tiny_data, root / "anc", SplitSpec("train", 4, 0), BoxSpec(4),
-              ModelSpec("resnet18", 16, 16, 16, 8), cfg, val_split=None, quiet=True)  # fmt: skip
-    gen_logits(tiny_data, root / "anc" / "model.pt", str(root / "w.zarr"),
-               SplitSpec("train", 4, 0), device="cpu", quiet=True)  # fmt: skip
+    split, spec = SplitSpec("train", 4, 0), ModelSpec("resnet18", 16, 16, 16, 8)
+    anc = AncOptions(tiny_data, root / "anc", split, spec, cfg, boxes=BoxSpec(4), val_split=None)
+    train_anc(anc, quiet=True)
+    anc_model, store = anc.out / "model.pt", str(root / "w.zarr")
+    gen_logits(GenLogitsOptions(tiny_data, store, split, anc_model, device="cpu"), quiet=True)
     return root / "anc" / "model.pt", root / "w.zarr"
 
 

@@ -12,15 +12,19 @@ from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig, poly_lr
 from boxseg.errors import BoxsegError
 from boxseg.models import ModelSpec, build_model
-from boxseg.train_anc import train_anc
+from boxseg.train_anc import AncOptions, train_anc
 
 SPEC = ModelSpec("resnet18", 16, 16, 16, 8)
 
 
+def anc_options(data, run, cfg: TrainConfig) -> AncOptions:
+    """A tiny ancillary run on 4 F images, without the val score at the end."""
+    return AncOptions(data, run, SplitSpec("train", 4, 0), SPEC, cfg, BoxSpec(4), val_split=None)
+
+
 def _train(data, run, **kw):
     cfg = TrainConfig(iters=6, batch_size=2, crop=32, device="cpu", log_every=1, **kw)
-    train_anc(data, run, SplitSpec("train", 4, 0), BoxSpec(4), SPEC, cfg, val_split=None,
-              quiet=True)  # fmt: skip
+    train_anc(anc_options(data, run, cfg), quiet=True)
     return torch.load(run / "model.pt", weights_only=True)["state_dict"]
 
 
@@ -51,8 +55,7 @@ def test_resume_refuses_a_state_of_another_run(tiny_data, tmp_path):
     _train(tiny_data, tmp_path / "a")
     cfg = TrainConfig(iters=9, batch_size=2, crop=32, device="cpu", resume=True)
     with pytest.raises(BoxsegError, match="last.pt: saved for a 6-step run"):
-        train_anc(tiny_data, tmp_path / "a", SplitSpec("train", 4, 0), BoxSpec(4), SPEC, cfg,
-                  val_split=None, quiet=True)  # fmt: skip
+        train_anc(anc_options(tiny_data, tmp_path / "a", cfg), quiet=True)
     (tmp_path / "a" / "last.pt").write_bytes(b"torn")
     with pytest.raises(BoxsegError, match="unreadable training state"):
         _train(tiny_data, tmp_path / "a", resume=True)
@@ -125,14 +128,17 @@ def test_primary_conv_resumed_mid_epoch_with_a_worker_ends_the_same(pipeline, tm
                                                                      monkeypatch):  # fmt: skip
     """Killed mid-epoch in stage 3 (F: 4 images, batches of 2; W: 8 images), resumed with a
     DataLoader worker: data position, alpha, stage and RNG all continue exactly."""
+    from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions
     from boxseg.train_primary import train_primary
+
+    weak = WeakOptions(logits=str(pipeline["store"]), anc_model=pipeline["anc"])
+    conv = CorrectionOptions("conv", conv_hidden=8, conv_warmup=3, allow_full_anc=True)
 
     def run(out, **kw):
         cfg = TrainConfig(iters=7, batch_size=2, crop=32, device="cpu", checkpoint_every=1, **kw)
-        train_primary(pipeline["data"], out, SplitSpec("train", 4, 0), SPEC, cfg,
-                      logits=str(pipeline["store"]), anc_model=pipeline["anc"], self_corr="conv",
-                      conv_hidden=8, conv_warmup=3, val_split=None, quiet=True,
-                      allow_full_anc=True)  # fmt: skip
+        split = SplitSpec("train", 4, 0)
+        opts = PrimaryOptions(pipeline["data"], out, split, SPEC, cfg, weak, conv, val_split=None)
+        train_primary(opts, quiet=True)
         return torch.load(out / "model.pt", weights_only=True)
 
     straight = run(tmp_path / "a")
@@ -236,3 +242,37 @@ def test_resume_before_the_first_checkpoint_starts_a_clean_metrics_file(tmp_path
     assert [r["step"] for r in records] == [1, 2, 3]
     records = _fit_logged(tmp_path, log_every=1, resume=True)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resolving_a_device_joins_no_process_group(monkeypatch):
+    """Under torchrun's environment, `resolve_device` (what eval, rank, viz and predict call)
+    only resolves; `distributed.join_group` joins the group and gives the rank's device."""
+    from boxseg import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    joined = []
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a: joined.append(a))
+    assert engine.resolve_device("cpu") == torch.device("cpu") and not joined
+    assert engine.resolve_device("auto").type in ("cpu", "cuda") and not joined
+    with pytest.raises(BoxsegError, match="--device tpu: choose auto, cpu or cuda"):
+        engine.resolve_device("tpu")
+    assert distributed.join_group(torch.device("cpu")) == torch.device("cpu")
+    assert joined == [("gloo",)]
+
+
+def test_only_the_commands_run_over_ranks_join_the_process_group():
+    """The trainers and gen-logits (which shares its passes over ranks) join the group under
+    torchrun; no other module does."""
+    import ast
+    from pathlib import Path
+
+    import boxseg
+
+    root = Path(boxseg.__file__).parent
+    callers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "join_group":
+                callers.add(path.stem)
+    assert callers == {"train_anc", "train_primary", "gen_logits"}

@@ -13,6 +13,7 @@ from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig
 from boxseg.export import TOLERANCE
 from boxseg.models import ModelSpec
+from boxseg.primary_options import PrimaryOptions
 from boxseg.train_primary import train_primary
 from tests.conftest import run_cli
 
@@ -22,8 +23,8 @@ def primary_model(pipeline, tmp_path_factory):
     run = tmp_path_factory.mktemp("primary") / "run"
     cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu")
     spec = ModelSpec("resnet18", 16, 16, 16, 8)
-    train_primary(pipeline["data"], run, SplitSpec("train", 4, 0), spec, cfg, val_split=None,
-                  quiet=True)  # fmt: skip
+    split = SplitSpec("train", 4, 0)
+    train_primary(PrimaryOptions(pipeline["data"], run, split, spec, cfg, val_split=None), True)
     return run / "model.pt"
 
 

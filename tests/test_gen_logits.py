@@ -1,7 +1,10 @@
 """gen-logits' batching: several images per forward pass, the same values as one at a time
 (to float16 precision), batches that do not depend on ranks or interruptions."""
 
+import dataclasses
+import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 
 import boxseg.gen_logits as gl
 from boxseg import distributed
+from boxseg.box_constraint import BoxConstraint
 from boxseg.checkpoint import load_model
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import load_weak, open_dataset
@@ -17,8 +21,14 @@ from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.errors import BoxsegError
 from boxseg.inference import predict_batch, predict_logits
 from boxseg.store import LogitsStore
+from tests.conftest import run_cli
 
 SPLIT = SplitSpec("train", 4, 0)
+
+
+def anc_store(data, anc_model, out: str, **options) -> gl.GenLogitsOptions:
+    """gen-logits' options for the store of SPLIT's W from the ancillary net, on the CPU."""
+    return gl.GenLogitsOptions(data, out, SPLIT, anc_model, device="cpu", **options)
 
 
 def test_a_batch_gives_each_image_its_own_logits(pipeline):
@@ -41,8 +51,7 @@ def test_batch_size_changes_values_only_below_float16_precision(pipeline, tmp_pa
     stores = {}
     for bs in (1, 3, 8):
         out = str(tmp_path / f"b{bs}.zarr")
-        gl.gen_logits(pipeline["data"], pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
-                      batch_size=bs)  # fmt: skip
+        gl.gen_logits(anc_store(pipeline["data"], pipeline["anc"], out, batch_size=bs), quiet=True)
         stores[bs] = LogitsStore.open(out).logits[:].astype(np.float32)
     np.testing.assert_allclose(stores[1], stores[8], atol=2e-2)
     np.testing.assert_allclose(stores[3], stores[8], atol=2e-2)
@@ -81,7 +90,7 @@ def test_an_image_changed_since_the_store_was_made_is_a_clear_error(
 
     monkeypatch.setattr(LogitsStore, "write_block", stop)
     with pytest.raises(RuntimeError):
-        gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True)
+        gl.gen_logits(anc_store(data, pipeline["anc"], out), quiet=True)
     monkeypatch.setattr(LogitsStore, "write_block", real)
     store, ds = LogitsStore.open(out), open_dataset(data)
     victim = store.image_ids[2]  # image and mask replaced by a larger pair
@@ -92,15 +101,13 @@ def test_an_image_changed_since_the_store_was_made_is_a_clear_error(
     cv2.imwrite(str(ds.mask_path("train", victim)), mask)
     with pytest.raises(BoxsegError, match=f"made from other images: {victim} is 48x40 here, "
                        "32x32 in the store"):  # (the resume check, before any image is read)
-        gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
-                      workers=workers)  # fmt: skip
+        gl.gen_logits(anc_store(data, pipeline["anc"], out, workers=workers), quiet=True)
     import boxseg.store  # an image changed after that check: the reader says so
 
     monkeypatch.setattr(boxseg.store, "_mismatch", lambda *a: None)
     changed = r"^\S+: its pixels are 48x40 but its header said 32x32"
     with pytest.raises(BoxsegError, match=changed) as e:
-        gl.gen_logits(data, pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
-                      workers=workers)  # fmt: skip
+        gl.gen_logits(anc_store(data, pipeline["anc"], out, workers=workers), quiet=True)
     assert "\n" not in str(e.value)
 
 
@@ -112,8 +119,8 @@ def test_reader_workers_and_the_writer_thread_write_the_same_store(pipeline, tmp
     stores = []
     for workers in (0, 2):
         out = str(tmp_path / f"w{workers}.zarr")
-        gl.gen_logits(pipeline["data"], pipeline["anc"], out, SPLIT, device="cpu", quiet=True,
-                      workers=workers, batch_size=batch_size)  # fmt: skip
+        opts = anc_store(pipeline["data"], pipeline["anc"], out, workers=workers)
+        gl.gen_logits(dataclasses.replace(opts, batch_size=batch_size), quiet=True)
         s = LogitsStore.open(out)
         assert s.done_mask().all()
         stores.append(s.logits[:])
@@ -143,3 +150,61 @@ def test_thread_count_changes_at_most_the_last_float16_bit(pipeline, tmp_path):
     ulp = np.spacing(np.abs(a).astype(np.float16)).astype(np.float32)
     assert (np.abs(a - b) <= ulp + 1e-12).all()
     np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
+
+
+@pytest.mark.parametrize(
+    "flags, source",
+    [
+        (
+            "--model m.pt --stride 2 --dtype int8 --batch-size 3 --workers 0 --box-prior 1 "
+            "--box-penalty 5 --box-uncovered void",
+            {
+                "model_path": Path("m.pt"),
+                "stride": 2,
+                "dtype": "int8",
+                "batch_size": 3,
+                "workers": 0,
+                "constraint": BoxConstraint(True, 1.0, 5.0, True),
+            },
+        ),
+        (
+            "--method grabcut --confidence 0.8 --grabcut-iters 2 --grabcut-margin 3 "
+            "--box-min-area 8 --workers 2",
+            {"box_method": gl.BoxMethod("grabcut", 0.8, 2, 3, 8), "workers": 2},
+        ),
+    ],
+)
+def test_the_cli_passes_one_options_value(tiny_data, tmp_path, capsys, monkeypatch, flags, source):
+    """Every gen-logits flag lands in its field of GenLogitsOptions."""
+    seen = []
+    monkeypatch.setattr(gl, "gen_logits", lambda opts, quiet: seen.append((opts, quiet)))
+    monkeypatch.chdir(tmp_path)
+    common = "--num-full 4 --seed-split 1 --device cpu --overwrite --skip-bad --quiet".split()
+    args = ["gen-logits", tiny_data, "--out", "w.zarr", *flags.split(), *common]
+    code, _, err = run_cli([*args, "--redo", "a, b"], capsys)
+    assert code == 0, err
+    split = SplitSpec("train", 4, 1)
+    options = {"device": "cpu", "overwrite": True, "skip_bad": True, "redo": ("a", "b")}
+    assert seen == [(gl.GenLogitsOptions(tiny_data, "w.zarr", split, **source, **options), True)]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stride": 0}, "--stride 0: must be a positive integer"),
+        ({"batch_size": 0}, "--batch-size 0: must be at least 1"),
+        ({"workers": -1}, "--workers -1: must be 0"),
+        ({"dtype": "int4"}, "--dtype int4: choose float16 or int8"),
+        ({"model_path": None}, "--method anc needs --model"),
+        ({"box_method": gl.BoxMethod("box", confidence=1.5)}, "--confidence 1.5: must be in"),
+        ({"constraint": BoxConstraint(prior=-1.0)}, "--box-prior -1.0: must be in [0, 100]"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_before_anything_is_read(tmp_path, change, message):
+    """validate() runs first: the option is named, not the missing dataset or model, and no
+    store is made."""
+    out = str(tmp_path / "w.zarr")
+    opts = gl.GenLogitsOptions(tmp_path / "no-data", out, SPLIT, tmp_path / "m.pt", device="cpu")
+    with pytest.raises(BoxsegError, match=re.escape(message)):
+        gl.gen_logits(dataclasses.replace(opts, **change), quiet=True)
+    assert not Path(out).exists()

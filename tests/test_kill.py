@@ -20,8 +20,9 @@ def _reference(pipeline) -> np.ndarray:
 
 
 def _finish(pipeline, out):
-    gl.gen_logits(pipeline["data"], pipeline["anc"], str(out), SplitSpec("train", 4, 0),
-                  device="cpu", quiet=True)  # fmt: skip
+    split = SplitSpec("train", 4, 0)
+    opts = gl.GenLogitsOptions(pipeline["data"], str(out), split, pipeline["anc"], device="cpu")
+    gl.gen_logits(opts, quiet=True)
     s = LogitsStore.open(out)
     assert s.done_mask().all()
     return s.logits[:]

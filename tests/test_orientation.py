@@ -276,8 +276,8 @@ def test_a_tagged_jpeg_gives_what_the_same_pixels_upright_give(tmp_path, one_thr
     they decode to, stored upright as PNG, and the store records sizes and boxes in the
     displayed frame. Tag 3 keeps the size, so only the pixels can show a missed turn."""
     from boxseg.checkpoint import load_model
-    from boxseg.gen_logits import gen_logits
-    from boxseg.train_anc import train_anc
+    from boxseg.gen_logits import GenLogitsOptions, gen_logits
+    from boxseg.train_anc import AncOptions, train_anc
 
     jpeg = photo_folder(tmp_path / "jpeg", tag=tag)
     png = photo_folder(tmp_path / "png", tag=tag, twin_of=jpeg)
@@ -291,16 +291,16 @@ def test_a_tagged_jpeg_gives_what_the_same_pixels_upright_give(tmp_path, one_thr
         out = tmp_path / f"{root.name}_run"
         cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu")
         spec = ModelSpec("mobilenet_v3_large", 16, 16, 16, 8)  # the smallest checkpoint to save
-        train_anc(root, out / "anc", SplitSpec("train"), BoxSpec(), spec, cfg, quiet=True)
-        gen_logits(
+        train_anc(AncOptions(root, out / "anc", SplitSpec("train"), spec, cfg), quiet=True)
+        opts = GenLogitsOptions(
             root,
-            out / "anc" / "model.pt",
             str(out / "w.zarr"),
             SplitSpec("train"),
+            out / "anc" / "model.pt",
             device="cpu",
-            quiet=True,
             workers=0,
         )
+        gen_logits(opts, quiet=True)
         store = LogitsStore.open(out / "w.zarr")
         assert np.asarray(store.sizes).tolist() == [[H, W]] * 4, root.name
         for i, image_id in enumerate(store.image_ids):
@@ -440,15 +440,15 @@ def test_gen_logits_names_a_header_that_disagrees_with_the_pixels(tmp_path, monk
     save_model(tmp_path / "m.pt", build_model(spec, len(CLASSES)).eval(), meta)
     monkeypatch.setattr(gl, "image_size", lambda path: (W, H))  # a header that lies
     with pytest.raises(BoxsegError) as err:
-        gl.gen_logits(
+        opts = gl.GenLogitsOptions(
             root,
-            tmp_path / "m.pt",
             str(tmp_path / "w.zarr"),
             SplitSpec("train"),
+            tmp_path / "m.pt",
             device="cpu",
-            quiet=True,
             workers=0,
         )
+        gl.gen_logits(opts, quiet=True)
     message = str(err.value)
     assert "photo4.jpg: its pixels are 32x48 but its header said 48x32" in message
     assert "--overwrite" not in message

@@ -13,6 +13,7 @@ from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig
 from boxseg.models import ModelSpec
 from boxseg.outputs import MARKER, output_dir
+from boxseg.primary_options import PrimaryOptions
 from boxseg.store import LogitsStore
 from boxseg.train_primary import train_primary
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
@@ -28,9 +29,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def primary_model(pipeline, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("primary") / "run"
     cfg = TrainConfig(iters=1, batch_size=2, crop=32, device="cpu")
-    train_primary(pipeline["data"], run, SplitSpec("train", 4, 0),
-                  ModelSpec("resnet18", 16, 16, 16, 8), cfg, val_split=None,
-                  quiet=True)  # fmt: skip
+    split, spec = SplitSpec("train", 4, 0), ModelSpec("resnet18", 16, 16, 16, 8)
+    train_primary(PrimaryOptions(pipeline["data"], run, split, spec, cfg, val_split=None), True)
     return run / "model.pt"
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig
 from boxseg.models import ModelSpec
+from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOptions
 from boxseg.train_primary import train_primary
 from tests.conftest import run_cli
 
@@ -25,8 +26,10 @@ def test_curves_of_two_runs_on_shared_axes(pipeline, tmp_path, capsys):
     runs = []
     for k, mode in enumerate(("none", "linear")):
         cfg = TrainConfig(iters=4, batch_size=2, crop=32, device="cpu", log_every=1, seed=k)
-        train_primary(pipeline["data"], tmp_path / mode, SplitSpec("train", 4, 0), spec, cfg,
-                      logits=str(pipeline["store"]), self_corr=mode, quiet=True)  # fmt: skip
+        weak, correction = WeakOptions(logits=str(pipeline["store"])), CorrectionOptions(mode)
+        split = SplitSpec("train", 4, 0)
+        opts = PrimaryOptions(pipeline["data"], tmp_path / mode, split, spec, cfg, weak, correction)
+        train_primary(opts, quiet=True)
         runs.append(tmp_path / mode)
     code, out, err = run_cli(["plot", *runs, "--out", tmp_path / "curves.png"], capsys)
     assert code == 0, err

@@ -2,12 +2,16 @@
 
 import csv
 import json
+import re
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import boxseg.rank as rk
 from boxseg.box_constraint import ConstraintRule
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import load_full, open_dataset
@@ -15,6 +19,7 @@ from boxseg.data.split import SplitSpec, split_dataset, split_full_weak
 from boxseg.errors import BoxsegError
 from boxseg.rank import (
     HEADER,
+    RankOptions,
     RankWeights,
     diverse_order,
     empty_boxes,
@@ -383,3 +388,45 @@ def test_rare_ranks_first_an_image_holding_a_class_f_lacks(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert [r["id"] for r in rows][0] == "img5"
     assert float(rows[0]["rare"]) > max(float(r["rare"]) for r in rows[1:])
+
+
+def test_the_cli_passes_one_options_value(tiny_data, tmp_path, capsys, monkeypatch):
+    """Every rank flag lands in its field of RankOptions."""
+    seen = []
+    monkeypatch.setattr(rk, "run_rank", lambda opts, quiet: seen.append((opts, quiet)) or [])
+    monkeypatch.chdir(tmp_path)
+    flags = (
+        "--logits w.zarr --out r.csv --model p.pt --top 2 --list l.txt --weights rare=0.5 "
+        "--diversity 0.25 --num-full 4 --seed-split 1 --device cpu --overwrite --quiet"
+    )
+    code, _, err = run_cli(["rank", tiny_data, *flags.split()], capsys)
+    assert code == 0, err
+    expected = RankOptions(
+        tiny_data,
+        "w.zarr",
+        SplitSpec("train", 4, 1),
+        out=Path("r.csv"),
+        model_path=Path("p.pt"),
+        top=2,
+        list_out=Path("l.txt"),
+        weights=RankWeights(rare=0.5),
+        diversity=0.25,
+        device="cpu",
+        overwrite=True,
+    )
+    assert seen == [(expected, True)]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"top": 2}, "--top and --list go together"),
+        ({"list_out": Path("l.txt")}, "--top and --list go together"),
+        ({"diversity": -0.5}, "--diversity -0.5: must be between 0 and 1"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_before_anything_is_read(tmp_path, change, message):
+    """validate() runs first: the option is named, not the missing dataset or store."""
+    opts = RankOptions(tmp_path / "no-data", str(tmp_path / "w.zarr"), SPLIT, tmp_path / "r.csv")
+    with pytest.raises(BoxsegError, match=re.escape(message)):
+        rk.run_rank(replace(opts, **change), quiet=True)

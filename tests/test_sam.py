@@ -2,6 +2,7 @@
 segment-anything package's own modules (no real weights can be downloaded here, so the
 pseudo-labels' quality is not what these tests check)."""
 
+import dataclasses
 from functools import partial
 
 import numpy as np
@@ -85,8 +86,9 @@ def test_sam_store_is_scored_trained_from_and_resumes(pipeline, tmp_path, monkey
     monkeypatch.setattr(gl, "WRITE_BLOCK", 3)
     monkeypatch.setattr(gl, "WRITER_DEPTH", 0)
     monkeypatch.setattr(LogitsStore, "write_block", crash_on_second)
-    run = partial(gl.gen_logits, pipeline["data"], None, str(out), SPLIT, stride=1, quiet=True,
-                  box_method=gl.BoxMethod("sam"), sam_predictor=predictor)  # fmt: skip
+    method = gl.BoxMethod("sam")
+    sam = gl.GenLogitsOptions(pipeline["data"], str(out), SPLIT, box_method=method, stride=1)
+    run = partial(gl.gen_logits, sam, quiet=True, sam_predictor=predictor)
     with pytest.raises(RuntimeError):
         run()
     monkeypatch.setattr(LogitsStore, "write_block", real)
@@ -99,8 +101,8 @@ def test_sam_store_is_scored_trained_from_and_resumes(pipeline, tmp_path, monkey
     assert labelled.any()
     np.testing.assert_allclose(x.max(0).values[labelled].numpy(), np.log(0.9), atol=2e-3)
     whole = tmp_path / "sam_whole.zarr"
-    fresh = gl.gen_logits(pipeline["data"], None, str(whole), SPLIT, stride=1, quiet=True,
-                          box_method=gl.BoxMethod("sam"), sam_predictor=tiny_sam())  # fmt: skip
+    sam_whole = dataclasses.replace(sam, out=str(whole))
+    fresh = gl.gen_logits(sam_whole, quiet=True, sam_predictor=tiny_sam())
     np.testing.assert_array_equal(fresh.logits[:], store.logits[:])  # resumed == uninterrupted
     code, _, err = run_cli(["eval", pipeline["data"], "--split", "train", "--logits", out],
                            capsys)  # fmt: skip

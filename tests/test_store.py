@@ -242,3 +242,27 @@ def test_resume_into_a_store_of_another_dataset_is_refused(pipeline, tmp_path, c
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and "other image" in err and wid in err, err
     assert {p.name: p.read_bytes() for p in (store_dir / "logits").iterdir()} == before
+
+
+def test_logits_in_memory_read_and_check_as_a_store_does(tmp_path):
+    """Both holders of logits are `LogitsSource`s. InMemoryLogits' decoded reads follow its
+    box rule (class 2 has no box: pushed down everywhere), and it refuses another dataset's W
+    as a store does, naming itself."""
+    from boxseg.box_constraint import BoxEvidence, ConstraintRule
+    from boxseg.store import InMemoryLogits, LogitsSource
+
+    assert isinstance(_store(tmp_path), LogitsSource)
+    logits = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(0))
+    boxes = (np.array([[0, 0, 4, 4]], np.float32), np.array([1]))
+    rule = ConstraintRule.of(3, 0, None)
+    source = InMemoryLogits({"a": logits}, ["bg", "x", "y"], {"a": boxes}, rule)
+    assert isinstance(source, LogitsSource)
+    torch.testing.assert_close(source.read_full(0, constrained=False), logits)
+    want = rule.apply(logits[None], BoxEvidence.whole([boxes[0]], [boxes[1]], 6, 8))[0]
+    torch.testing.assert_close(source.read_full(0), want)
+    assert (source.read_full(0)[2] < logits[2] - 100).all()
+    source.check_matches(["bg", "x", "y"], ["a"])
+    with pytest.raises(BoxsegError, match="<logits in memory>: 1 weak images of this split"):
+        source.check_matches(["bg", "x", "y"], ["a", "b"])
+    with pytest.raises(BoxsegError, match="<logits in memory>: the store's classes"):
+        source.check_matches(["bg", "y", "x"], ["a"])

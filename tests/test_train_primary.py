@@ -2,41 +2,40 @@
 
 import json
 import math
+import re
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from boxseg.box_constraint import BoxConstraint
 from boxseg.checkpoint import read_checkpoint
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.sample import VOID
 from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig
 from boxseg.errors import BoxsegError
-from boxseg.gen_logits import gen_logits
+from boxseg.gen_logits import GenLogitsOptions, gen_logits
 from boxseg.models import ModelSpec
+from boxseg.primary_options import CorrectionOptions, LossOptions, PrimaryOptions, WeakOptions
 from boxseg.store import LogitsStore
-from boxseg.train_anc import train_anc
-from boxseg.train_primary import train_primary, weak_loss_scale
+from boxseg.train_anc import AncOptions, train_anc
+from boxseg.train_primary import train_primary
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 
 SPEC = ModelSpec("resnet18", 16, 16, 16, 8)
 SPLIT = SplitSpec("train", 4, 0)
 
 
-def test_weak_term_is_weighted_per_image():
-    """mean_F + scale * mean_W equals the paper's per-image sum over F and W divided by n_F."""
-    f, w = torch.rand(2), torch.rand(6)
-    paper = (f.sum() + w.sum()) / len(f)
-    torch.testing.assert_close(f.mean() + weak_loss_scale(1.0, 2, 6) * w.mean(), paper)
-    assert weak_loss_scale(0.5, 4, 4) == 0.5
-
-
 def test_larger_weak_batch_scales_the_logged_loss(pipeline, tmp_path):
     cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu", log_every=1)
-    train_primary(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg,
-                  logits=str(pipeline["store"]), weak_batch_size=4, val_split=None,
-                  quiet=True)  # fmt: skip
+    weak = WeakOptions(logits=str(pipeline["store"]), batch_size=4)
+    train_primary(
+        PrimaryOptions(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg, weak, val_split=None),
+        quiet=True,
+    )
     config = json.loads((tmp_path / "p" / "config.json").read_text())
     assert config["weak_loss_scale"] == 2.0
     for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines():
@@ -49,8 +48,11 @@ def test_w_weighs_by_the_batches_delivered(pipeline, tmp_path, capsys):
     is scaled 8/3 (not 8/8): the logged loss is loss_f + 8/3 loss_w; config.json records the
     delivered sizes beside the requested ones, and a warning says F is short."""
     cfg = TrainConfig(iters=2, batch_size=8, crop=32, device="cpu", log_every=1)
-    train_primary(pipeline["data"], tmp_path / "p", SplitSpec("train", 3, 0), SPEC, cfg,
-                  anc_model=pipeline["anc"], val_split=None, quiet=True)  # fmt: skip
+    split, weak = SplitSpec("train", 3, 0), WeakOptions(anc_model=pipeline["anc"])
+    train_primary(
+        PrimaryOptions(pipeline["data"], tmp_path / "p", split, SPEC, cfg, weak, val_split=None),
+        quiet=True,
+    )
     err = capsys.readouterr().err
     assert "boxseg: warning: F has 3 images, fewer than --batch-size 8: each step takes 3 F" in err
     assert "W has" not in err  # 9 W images fill a batch of 8
@@ -70,7 +72,7 @@ def test_w_weighs_by_the_batches_delivered(pipeline, tmp_path, capsys):
 def f_only(pipeline, tmp_path_factory):
     out = tmp_path_factory.mktemp("f_only") / "run"
     cfg = TrainConfig(iters=3, batch_size=2, crop=32, device="cpu")
-    train_primary(pipeline["data"], out, SPLIT, SPEC, cfg, val_split=None, quiet=True)
+    train_primary(PrimaryOptions(pipeline["data"], out, SPLIT, SPEC, cfg, val_split=None), True)
     return out / "model.pt"
 
 
@@ -85,26 +87,33 @@ def test_self_training_store_from_a_primary_model_reads_no_mask(pipeline, f_only
 
     monkeypatch.setattr(formats.SegnetDataset, "read_boxes", no_masks, raising=False)
     monkeypatch.setattr(formats.SegnetDataset, "read_mask", no_masks, raising=False)
-    store = gen_logits(pipeline["data"], f_only, str(tmp_path / "self.zarr"), SPLIT,
-                       device="cpu", quiet=True)  # fmt: skip
+    self_zarr = str(tmp_path / "self.zarr")
+    own = GenLogitsOptions(pipeline["data"], self_zarr, SPLIT, f_only, device="cpu")
+    store = gen_logits(own, quiet=True)
+    boxed = replace(own, out=str(tmp_path / "anc.zarr"), model_path=pipeline["anc"])
     with pytest.raises(AssertionError, match="W mask"):  # the patch does stop a boxed run
-        gen_logits(pipeline["data"], pipeline["anc"], str(tmp_path / "anc.zarr"), SPLIT,
-                   device="cpu", quiet=True)  # fmt: skip
+        gen_logits(boxed, quiet=True)
     monkeypatch.undo()
     assert store.attrs["method"] == "primary" and store.attrs["box_constraint"] is None
     anc_store = LogitsStore.open(pipeline["store"])
     assert store.image_ids == anc_store.image_ids and store.done_mask().all()
     assert not np.array_equal(store.logits[:], anc_store.logits[:])
-    r = train_primary(pipeline["data"], tmp_path / "st", SPLIT, SPEC,
-                      TrainConfig(iters=2, batch_size=2, crop=32, device="cpu"),
-                      logits=str(tmp_path / "self.zarr"), quiet=True)  # fmt: skip
+    cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu")
+    weak = WeakOptions(logits=str(tmp_path / "self.zarr"))
+    r = train_primary(
+        PrimaryOptions(pipeline["data"], tmp_path / "st", SPLIT, SPEC, cfg, weak), quiet=True
+    )
     assert "miou" in r
+
+
+def half_f(data: Path, out: Path, cfg: TrainConfig) -> AncOptions:
+    """An ancillary run on half of SPLIT's F (the conv recipe's stage 1), no val score."""
+    return AncOptions(data, out, SPLIT, SPEC, cfg, BoxSpec(4), full_fraction=0.5, val_split=None)
 
 
 def test_ancillary_records_what_it_was_trained_on(tiny_data, tmp_path):
     cfg = TrainConfig(iters=1, batch_size=2, crop=32, device="cpu")
-    train_anc(tiny_data, tmp_path / "half", SPLIT, BoxSpec(4), SPEC, cfg, val_split=None,
-              quiet=True, full_fraction=0.5)  # fmt: skip
+    train_anc(half_f(tiny_data, tmp_path / "half", cfg), quiet=True)
     trained_on = read_checkpoint(tmp_path / "half" / "model.pt")["trained_on"]
     assert trained_on["full_fraction"] == 0.5 and trained_on["num_images"] == 2
     assert trained_on["num_full"] == 4 and trained_on["split"] == SPLIT.to_dict()
@@ -125,25 +134,23 @@ def test_conv_refuses_an_ancillary_net_trained_on_all_of_f(pipeline, tmp_path, c
 
 def test_conv_accepts_a_half_f_ancillary_net(pipeline, tmp_path):
     cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu")
-    train_anc(pipeline["data"], tmp_path / "half", SPLIT, BoxSpec(4), SPEC, cfg, val_split=None,
-              quiet=True, full_fraction=0.5)  # fmt: skip
-    train_primary(pipeline["data"], tmp_path / "c", SPLIT, SPEC, cfg,
-                  anc_model=tmp_path / "half" / "model.pt", self_corr="conv", conv_hidden=8,
-                  val_split=None, quiet=True)  # fmt: skip
+    train_anc(half_f(pipeline["data"], tmp_path / "half", cfg), quiet=True)
+    half = PrimaryOptions(
+        pipeline["data"],
+        tmp_path / "c",
+        SPLIT,
+        SPEC,
+        cfg,
+        WeakOptions(anc_model=tmp_path / "half" / "model.pt"),
+        CorrectionOptions("conv", conv_hidden=8),
+        val_split=None,
+    )
+    train_primary(half, quiet=True)
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["anc_trained_on"]["full_fraction"] == 0.5
+    full = replace(half, out=tmp_path / "c2", weak=WeakOptions(anc_model=pipeline["anc"]))
     with pytest.raises(BoxsegError, match="--allow-full-anc"):
-        train_primary(
-            pipeline["data"],
-            tmp_path / "c2",
-            SPLIT,
-            SPEC,
-            cfg,
-            anc_model=pipeline["anc"],
-            self_corr="conv",
-            val_split=None,
-            quiet=True,
-        )
+        train_primary(full, quiet=True)
 
 
 def test_hard_pixels_are_checked_and_recorded(pipeline, tmp_path, capsys):
@@ -153,9 +160,9 @@ def test_hard_pixels_are_checked_and_recorded(pipeline, tmp_path, capsys):
     assert code == 2 and "--hard-pixels 0.0: must be in (0, 1]" in err
     assert len(err.strip().splitlines()) == 1
     cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu", log_every=1)
-    train_primary(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg,
-                  logits=str(pipeline["store"]), val_split=None, quiet=True,
-                  hard_pixels=0.25)  # fmt: skip
+    weak, losses = WeakOptions(logits=str(pipeline["store"])), LossOptions(hard_pixels=0.25)
+    opts = PrimaryOptions(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg, weak, losses=losses)
+    train_primary(replace(opts, val_split=None), quiet=True)
     config = json.loads((tmp_path / "p" / "config.json").read_text())
     assert config["hard_pixels"] == 0.25
 
@@ -177,9 +184,9 @@ def test_hard_pixels_average_the_hardest_quarter(pipeline, tmp_path, monkeypatch
 
     monkeypatch.setattr(tp, "fit", capture)
     cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu")
-    train_primary(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg,
-                  logits=str(pipeline["store"]), val_split=None, quiet=True,
-                  hard_pixels=0.25)  # fmt: skip
+    weak, losses = WeakOptions(logits=str(pipeline["store"])), LossOptions(hard_pixels=0.25)
+    opts = PrimaryOptions(pipeline["data"], tmp_path / "p", SPLIT, SPEC, cfg, weak, losses=losses)
+    train_primary(replace(opts, val_split=None), quiet=True)
     nets, batch, hard = seen["nets"].eval(), seen["batch"], seen["objective"]
     assert hard.hard_pixels == 0.25
     f, w = batch["f"], batch["w"]
@@ -267,10 +274,11 @@ def test_a_store_run_refuses_box_rule_options_and_records_the_stores_rule(
     with pytest.raises(BoxsegError, match="not used without --anc-model"):
         from boxseg.box_constraint import BoxConstraint
 
-        train_primary(pipeline["data"], tmp_path / "api", SPLIT, SPEC,
-                      TrainConfig(iters=1, batch_size=2, crop=32, device="cpu"),
-                      logits=str(pipeline["store"]), box_constraint=BoxConstraint(True, 2.0),
-                      quiet=True)  # fmt: skip
+        cfg = TrainConfig(iters=1, batch_size=2, crop=32, device="cpu")
+        weak = WeakOptions(logits=str(pipeline["store"]), constraint=BoxConstraint(True, 2.0))
+        train_primary(
+            PrimaryOptions(pipeline["data"], tmp_path / "api", SPLIT, SPEC, cfg, weak), quiet=True
+        )
     code, _, err = run_cli([*base, "--out", tmp_path / "store"], capsys)
     assert code == 0, err
     recorded = json.loads((tmp_path / "store" / "config.json").read_text())["box_constraint"]
@@ -309,3 +317,70 @@ def test_a_store_run_refuses_box_rule_options_and_records_the_stores_rule(
     f_only = ["train-primary", pipeline["data"], "--num-full", "4", *TINY_MODEL, *TINY_TRAIN]
     code, _, err = run_cli([*f_only, "--out", tmp_path / "f", "--box-prior", "2"], capsys)
     assert code == 2 and "--box-prior: not used without --anc-model" in err
+
+
+CONFIG_KEYS = """command data split num_full num_weak weak_source logits anc_model self_corr
+anc_trained_on alpha conv weak_weight batch_size batch_size_requested weak_batch_size
+weak_batch_size_requested weak_loss_scale model pretrained pretrained_loaded class_weights
+box_constraint train iters w_steps stage2_steps weak_boxes hard_pixels environment""".split()
+
+
+def test_config_json_records_every_option_under_the_keys_runs_always_had(pipeline, tmp_path):
+    """config.json, written from the PrimaryOptions value, keeps the keys (and their order)
+    that scripts and earlier runs read, and holds each non-default option's value."""
+    from boxseg.box_losses import WeakBoxLoss
+
+    cfg = TrainConfig(iters=2, batch_size=2, crop=32, device="cpu", seed=3, lr=0.02)
+    weak = WeakOptions(
+        logits=str(pipeline["store"]),
+        anc_model=pipeline["anc"],
+        weight=0.5,
+        batch_size=3,
+        boxes=WeakBoxLoss(True, 0.5),
+    )
+    correction = CorrectionOptions("conv", 20.0, 2.0, 0.7, 8, 1, True, allow_full_anc=True)
+    losses = LossOptions(class_weights="median-freq", hard_pixels=0.5)
+    opts = PrimaryOptions(pipeline["data"], tmp_path / "c", SPLIT, SPEC, cfg, weak, correction)
+    train_primary(replace(opts, losses=losses, val_split=None), quiet=True)
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert list(config) == CONFIG_KEYS
+    assert (config["split"], config["model"]) == (SPLIT.to_dict(), SPEC.to_dict())
+    assert config["train"] == cfg.to_dict() and config["pretrained"] == "none"
+    assert (config["logits"], config["anc_model"]) == (str(pipeline["store"]), str(weak.anc_model))
+    assert config["self_corr"] == "conv" and config["weak_source"] == "store"
+    assert config["alpha"] == {"start": 20.0, "end": 2.0, "decay_fraction": 0.7}
+    assert config["conv"] == {"hidden": 8, "warmup": 1, "grad_to_primary": True}
+    assert (config["iters"], config["w_steps"], config["stage2_steps"]) == (3, 2, 1)
+    assert (config["weak_weight"], config["weak_batch_size_requested"]) == (0.5, 3)
+    assert config["weak_boxes"] == WeakBoxLoss(True, 0.5).to_dict()
+    assert config["class_weights"]["option"] == "median-freq"
+    assert len(config["class_weights"]["values"]) == 5 and config["hard_pixels"] == 0.5
+    store = LogitsStore.open(pipeline["store"])
+    assert config["box_constraint"] == {
+        "rule": store.rule.to_dict(),
+        "option": store.attrs["box_constraint"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": TrainConfig(iters=0)}, "--iters 0: must be at least 1"),
+        ({"correction": CorrectionOptions("cubic")}, "--self-corr cubic: choose from none"),
+        ({"correction": CorrectionOptions("linear", 1.0, 2.0)}, "need 0 < alpha-end <="),
+        ({"weak": WeakOptions(weight=-1.0)}, "--weak-weight -1.0: must be >= 0"),
+        ({"weak": WeakOptions(batch_size=0)}, "--weak-batch-size 0: must be at least 1"),
+        ({"losses": LossOptions(hard_pixels=0.0)}, "--hard-pixels 0.0: must be in"),
+        ({"correction": CorrectionOptions("conv")}, "--self-corr conv needs --anc-model"),
+        ({"weak": WeakOptions("w.zarr", Path("a.pt"))}, "not both (both only with conv)"),
+        ({"weak": WeakOptions(constraint=BoxConstraint(False))}, "not used without --anc-model"),
+    ],
+)
+def test_options_refuse_what_cannot_work_before_any_file_is_read(change, message, tmp_path):
+    """validate() holds the one-line refusals: a run with them reads no data (there is none)
+    and writes no run directory."""
+    opts = PrimaryOptions(tmp_path / "no-data", tmp_path / "run", SPLIT, SPEC, TrainConfig())
+    opts.validate()
+    with pytest.raises(BoxsegError, match=re.escape(message)):
+        train_primary(replace(opts, **change), quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -39,28 +39,36 @@ def read_yolo(path: Path, num_classes: int, height: int, width: int):
             continue
         where = f"{path}: line {n}"
         if len(fields) != 5:
-            raise BoxsegError(f"{where}: {len(fields)} columns; YOLO boxes are "
-                              "'class cx cy w h' (polygons are not boxes)")  # fmt: skip
+            raise BoxsegError(
+                f"{where}: {len(fields)} columns; YOLO boxes are "
+                "'class cx cy w h' (polygons are not boxes)"
+            )
         try:
             cls = int(fields[0])
             cx, cy, w, h = (float(v) for v in fields[1:])
         except ValueError as e:
             raise BoxsegError(f"{where}: not numbers: '{line.strip()}'") from e
         if not 0 <= cls < num_classes:
-            raise BoxsegError(f"{where}: class id {cls} unknown (the class names have "
-                              f"{num_classes}: 0..{num_classes - 1})")  # fmt: skip
+            raise BoxsegError(
+                f"{where}: class id {cls} unknown (the class names have "
+                f"{num_classes}: 0..{num_classes - 1})"
+            )
         values = np.array([cx, cy, w, h])
         # w or h 0 (a click) passes: a box covering no pixel, which every consumer leaves out
         # and the stage's check counts (data.boxes.pixel_boxes)
         if not np.isfinite(values).all() or w < 0 or h < 0:
-            raise BoxsegError(f"{where}: box {cx:g} {cy:g} {w:g} {h:g} has a negative or "
-                              "non-finite size")  # fmt: skip
+            raise BoxsegError(
+                f"{where}: box {cx:g} {cy:g} {w:g} {h:g} has a negative or non-finite size"
+            )
         x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
         if min(x1, y1) < -TOLERANCE or max(x2, y2) > 1 + TOLERANCE:
-            raise BoxsegError(f"{where}: box {cx:g} {cy:g} {w:g} {h:g} leaves the image "
-                              "(YOLO coordinates are fractions of its size, 0..1)")  # fmt: skip
-        boxes.append([max(x1, 0) * width, max(y1, 0) * height,
-                      min(x2, 1) * width, min(y2, 1) * height])  # fmt: skip
+            raise BoxsegError(
+                f"{where}: box {cx:g} {cy:g} {w:g} {h:g} leaves the image "
+                "(YOLO coordinates are fractions of its size, 0..1)"
+            )
+        boxes.append(
+            [max(x1, 0) * width, max(y1, 0) * height, min(x2, 1) * width, min(y2, 1) * height]
+        )
         labels.append(cls)
     return _boxes(boxes, labels)
 
@@ -101,8 +109,9 @@ def _xml_objects(path: Path) -> list[dict]:
     except OSError as e:
         raise BoxsegError(f"{path}: cannot read ({e.strerror or e})") from e
     except xml.parsers.expat.ExpatError as e:
-        raise BoxsegError(f"{path}: line {e.lineno}: not valid XML "
-                          f"({xml.parsers.expat.ErrorString(e.code)})") from e  # fmt: skip
+        raise BoxsegError(
+            f"{path}: line {e.lineno}: not valid XML ({xml.parsers.expat.ErrorString(e.code)})"
+        ) from e
     return objects
 
 
@@ -114,16 +123,18 @@ def read_voc_xml(path: Path, class_names: tuple[str, ...] | list[str]):
         name = obj.get("name", "")
         where = f"{path}: line {obj['line']}: object '{name}'"
         if name not in class_names:
-            raise BoxsegError(f"{where}: unknown class name (the class names are "
-                              f"{', '.join(class_names)})")  # fmt: skip
+            raise BoxsegError(
+                f"{where}: unknown class name (the class names are {', '.join(class_names)})"
+            )
         corners = []
         for key in ("xmin", "ymin", "xmax", "ymax"):
             value, line = obj["box"].get(key, ("", obj["line"]))
             try:
                 corners.append(float(value))
             except ValueError as e:
-                raise BoxsegError(f"{path}: line {line}: object '{name}': {key} "
-                                  f"'{value}' is not a number") from e  # fmt: skip
+                raise BoxsegError(
+                    f"{path}: line {line}: object '{name}': {key} '{value}' is not a number"
+                ) from e
         x1, y1, x2, y2 = corners
         if not np.isfinite(corners).all() or x2 < x1 or y2 < y1 or min(x1, y1) < 0:
             raise BoxsegError(f"{where}: bad box ({x1:g}, {y1:g}, {x2:g}, {y2:g})")
@@ -137,8 +148,10 @@ def read_yaml_names(path: Path) -> list[str]:
     try:
         import yaml
     except ImportError as e:
-        raise BoxsegError(f"{path}: reading it needs PyYAML (pip install pyyaml); or list the "
-                          "class names in classes.txt, one a line") from e  # fmt: skip
+        raise BoxsegError(
+            f"{path}: reading it needs PyYAML (pip install pyyaml); or list the "
+            "class names in classes.txt, one a line"
+        ) from e
     try:
         doc = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
@@ -147,8 +160,10 @@ def read_yaml_names(path: Path) -> list[str]:
     if isinstance(names, dict):
         keys = list(names)
         if not all(type(k) is int for k in keys) or sorted(keys) != list(range(len(keys))):
-            raise BoxsegError(f"{path}: names must map the integer ids 0..{len(keys) - 1} to "
-                              f"names (found keys {', '.join(map(repr, keys[:5]))})")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: names must map the integer ids 0..{len(keys) - 1} to "
+                f"names (found keys {', '.join(map(repr, keys[:5]))})"
+            )
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise BoxsegError(f"{path}: no class names (a 'names' list or id: name mapping)")

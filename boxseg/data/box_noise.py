@@ -43,8 +43,10 @@ class BoxNoise:
                 limits = "between 0 and 1" if f.name in ("drop", "flip") else "0 or more"
                 raise BoxsegError(f"box noise {f.name}={v}: must be {limits}")
         if self.shift >= 0.5:
-            raise BoxsegError(f"box noise shift={self.shift}: must be below 0.5 (two edges "
-                              "moving half the side towards each other leave no box)")  # fmt: skip
+            raise BoxsegError(
+                f"box noise shift={self.shift}: must be below 0.5 (two edges "
+                "moving half the side towards each other leave no box)"
+            )
 
     @property
     def active(self) -> bool:
@@ -90,8 +92,10 @@ def parse_box_noise(text: str) -> BoxNoise:
         key, eq, value = part.partition("=")
         key = key.strip()
         if not eq or key not in names:
-            raise BoxsegError(f"--box-noise {text!r}: use a level ({', '.join(LEVELS)}) or "
-                              f"key=value pairs with keys {', '.join(sorted(names))}")  # fmt: skip
+            raise BoxsegError(
+                f"--box-noise {text!r}: use a level ({', '.join(LEVELS)}) or "
+                f"key=value pairs with keys {', '.join(sorted(names))}"
+            )
         try:
             values[key] = float(value)
         except ValueError as e:

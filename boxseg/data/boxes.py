@@ -129,12 +129,18 @@ def fit_boxes(boxes: np.ndarray, height: int, width: int, source) -> np.ndarray:
     `BOX_SLACK` outside it is an error naming `source` (the box file) and the box; boxes within
     the slack are clipped to the image."""
     b = np.asarray(boxes, np.float32).reshape(-1, 4)
-    out = (b[:, 0] < -BOX_SLACK) | (b[:, 1] < -BOX_SLACK) | (b[:, 2] > width + BOX_SLACK) | (
-        b[:, 3] > height + BOX_SLACK)  # fmt: skip
+    out = (
+        (b[:, 0] < -BOX_SLACK)
+        | (b[:, 1] < -BOX_SLACK)
+        | (b[:, 2] > width + BOX_SLACK)
+        | (b[:, 3] > height + BOX_SLACK)
+    )
     if out.any():
         x1, y1, x2, y2 = (float(v) for v in b[int(np.argmax(out))])
-        raise BoxsegError(f"{source}: box {int(np.argmax(out))} (x1 {x1:g}, y1 {y1:g}, x2 {x2:g}, "
-                          f"y2 {y2:g} in pixels) lies outside the {width}x{height} image")
+        raise BoxsegError(
+            f"{source}: box {int(np.argmax(out))} (x1 {x1:g}, y1 {y1:g}, x2 {x2:g}, "
+            f"y2 {y2:g} in pixels) lies outside the {width}x{height} image"
+        )
     return np.clip(b, 0, [width, height, width, height]).astype(np.float32)
 
 

@@ -26,12 +26,47 @@ from boxseg.errors import BoxsegError
 from boxseg.io import read_label_png
 
 TRAIN_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)  # fmt: skip
-LABEL_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                  24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic_light",
+    "traffic_sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+LABEL_TO_TRAIN = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 THINGS = tuple(range(11, 19))
 LUT = np.full(256, VOID, np.uint8)
 for _label, _train in LABEL_TO_TRAIN.items():
@@ -58,8 +93,10 @@ class CityscapesDataset(ReaderBase):
         folder = self.root / "leftImg8bit" / split
         if not folder.is_dir():
             raise BoxsegError(f"{folder}: no such split")
-        ids = sorted(f"{p.parent.name}/{p.name[: -len('_leftImg8bit.png')]}"
-                     for p in folder.glob("*/*_leftImg8bit.png"))  # fmt: skip
+        ids = sorted(
+            f"{p.parent.name}/{p.name[: -len('_leftImg8bit.png')]}"
+            for p in folder.glob("*/*_leftImg8bit.png")
+        )
         if not ids:
             raise BoxsegError(f"{folder}: no *_leftImg8bit.png images")
         return ids
@@ -100,14 +137,20 @@ class CityscapesDataset(ReaderBase):
             if train not in THINGS or train not in wanted:
                 continue
             if value < 1000:  # a crowd region: its connected components
-                b, _ = boxes_from_mask(np.where(inst == value, train, VOID).astype(np.uint8),
-                                       self.num_classes, spec.min_area, [train], None)  # fmt: skip
+                b, _ = boxes_from_mask(
+                    np.where(inst == value, train, VOID).astype(np.uint8),
+                    self.num_classes,
+                    spec.min_area,
+                    [train],
+                    None,
+                )
                 out_b.append(b)
                 out_l.append(np.full(len(b), train, np.int64))
                 continue
             ys, xs = np.nonzero(inst == value)
             if len(ys) >= spec.min_area:
-                out_b.append(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]],
-                                      np.float32))  # fmt: skip
+                out_b.append(
+                    np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+                )
                 out_l.append(np.array([train], np.int64))
         return np.concatenate(out_b).astype(np.float32), np.concatenate(out_l)

@@ -78,8 +78,10 @@ def read_coco(path: Path, mtime: float, class_names: tuple[str, ...]) -> CocoBox
         if "id" not in c or not isinstance(c.get("name"), str):
             raise BoxsegError(f"{path}: category {n} needs an 'id' and a 'name'")
         if c["name"] not in class_names:
-            raise BoxsegError(f"{path}: unknown class name '{c['name']}' "
-                              f"(classes.txt has {', '.join(class_names)})")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: unknown class name '{c['name']}' "
+                f"(classes.txt has {', '.join(class_names)})"
+            )
         if _key(c["id"]) in cats:
             raise BoxsegError(f"{path}: category id {c['id']!r} used twice")
         cats[_key(c["id"])] = class_names.index(c["name"])
@@ -98,16 +100,19 @@ def read_coco(path: Path, mtime: float, class_names: tuple[str, ...]) -> CocoBox
             try:
                 out.sizes[stem] = (int(im["height"]), int(im["width"]))
             except (TypeError, ValueError) as e:
-                raise BoxsegError(f"{path}: image {stem}: height and width must be whole "
-                                  "numbers") from e  # fmt: skip
+                raise BoxsegError(
+                    f"{path}: image {stem}: height and width must be whole numbers"
+                ) from e
     for a in doc["annotations"]:
         stem = stems.get(_key(a.get("image_id")))
         if stem is None:
-            raise BoxsegError(f"{path}: annotation {a.get('id')} refers to unknown image "
-                              f"{a.get('image_id')}")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: annotation {a.get('id')} refers to unknown image {a.get('image_id')}"
+            )
         if _key(a.get("category_id")) not in cats:
-            raise BoxsegError(f"{path}: annotation {a.get('id')} has unknown category "
-                              f"{a.get('category_id')}")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: annotation {a.get('id')} has unknown category {a.get('category_id')}"
+            )
         out.boxes[stem].append(a | {"label": cats[_key(a["category_id"])]})
     return out
 
@@ -182,11 +187,17 @@ class FolderDataset(ReaderBase):
                 except ImportError as e:
                     msg = f"{self.root / BOXES_FILE}: image {image_id} has an RLE mask"
                     raise BoxsegError(f"{msg}; pip install pycocotools to decode it") from e
-                mask[rle.decode(rle.frPyObjects(seg, h, w) if isinstance(seg["counts"], list)
-                                else seg).astype(bool)] = a["label"]  # fmt: skip
+                mask[
+                    rle.decode(
+                        rle.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+                    ).astype(bool)
+                ] = a["label"]
                 continue
-            polys = [np.round(np.array(p, np.float64).reshape(-1, 2)).astype(np.int32)
-                     for p in seg if len(p) >= 6]  # fmt: skip
+            polys = [
+                np.round(np.array(p, np.float64).reshape(-1, 2)).astype(np.int32)
+                for p in seg
+                if len(p) >= 6
+            ]
             cv2.fillPoly(mask, polys, int(a["label"]))
         return mask
 
@@ -216,16 +227,19 @@ class FolderDataset(ReaderBase):
         said = self.coco.sizes.get(image_id)
         if said is not None and said != (h, w):
             image = self.image_path(split, image_id)
-            raise BoxsegError(f"{path}: image {image_id} is {said[1]}x{said[0]} there, but "
-                              f"{image} is {w}x{h} (boxes made for other copies of the "
-                              f"images?){turned_hint(image, said, (h, w))}")  # fmt: skip
+            raise BoxsegError(
+                f"{path}: image {image_id} is {said[1]}x{said[0]} there, but "
+                f"{image} is {w}x{h} (boxes made for other copies of the "
+                f"images?){turned_hint(image, said, (h, w))}"
+            )
         boxes, labels = [], []
         for a in self.coco.boxes[image_id]:
             try:
                 x, y, bw, bh = (float(v) for v in a["bbox"])
             except (KeyError, TypeError, ValueError) as e:
-                raise BoxsegError(f"{path}: annotation {a.get('id')} of {image_id} has no "
-                                  "bbox [x, y, w, h]") from e  # fmt: skip
+                raise BoxsegError(
+                    f"{path}: annotation {a.get('id')} of {image_id} has no bbox [x, y, w, h]"
+                ) from e
             where = f"{path}: box {[x, y, bw, bh]} of {image_id} (annotation {a.get('id')})"
             if not np.isfinite([x, y, bw, bh]).all():
                 raise BoxsegError(f"{where} is not finite")
@@ -248,9 +262,11 @@ def check_box_file_names(root: Path, source: str) -> None:
         return
     images = {p.stem for p in (root / "images").iterdir()}
     if not images & set(files):
-        raise BoxsegError(f"{root / folder}: none of its {len(files)} {suffix} files is named "
-                          f"after an image in {root / 'images'} (first: {files[0]}{suffix}); a "
-                          "box file takes its image's name")  # fmt: skip
+        raise BoxsegError(
+            f"{root / folder}: none of its {len(files)} {suffix} files is named "
+            f"after an image in {root / 'images'} (first: {files[0]}{suffix}); a "
+            "box file takes its image's name"
+        )
 
 
 def open_folder(root: Path) -> FolderDataset:

@@ -104,11 +104,16 @@ class SegnetDataset(ReaderBase):
 
         def derive():
             m = self.read_mask(split, image_id) if mask is None else mask
-            return boxes_from_mask(m, self.num_classes, spec.min_area, spec.classes,
-                                   self.background)  # fmt: skip
+            return boxes_from_mask(
+                m, self.num_classes, spec.min_area, spec.classes, self.background
+            )
 
-        return derived_boxes([self.mask_path(split, image_id)], spec, derive,
-                             (self.num_classes, self.background, self.void_value))  # fmt: skip
+        return derived_boxes(
+            [self.mask_path(split, image_id)],
+            spec,
+            derive,
+            (self.num_classes, self.background, self.void_value),
+        )
 
 
 def _open_segnet(root: Path) -> SegnetDataset:

@@ -86,8 +86,10 @@ def check_mask(mask: np.ndarray, path: Path, num_classes: int, void: int = VOID)
     otherwise one line naming the file, the largest bad id and the valid range."""
     bad = (mask >= num_classes) & (mask != VOID)
     if bad.any():
-        raise BoxsegError(f"{path}: class id {int(mask[bad].max())} out of range "
-                          f"(0..{num_classes - 1}, void {void})")  # fmt: skip
+        raise BoxsegError(
+            f"{path}: class id {int(mask[bad].max())} out of range "
+            f"(0..{num_classes - 1}, void {void})"
+        )
     return mask
 
 

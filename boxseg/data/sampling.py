@@ -30,12 +30,15 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 class ShardedBatches(Sampler):
     """Endless batches of (index, augmentation seed) keys for one rank, from batch `start` on."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start: int = 0):  # fmt: skip
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0
+    ):
         self.per_rank = size // world
         if self.per_rank < 2:  # batch norm layers need two images a batch in training
-            raise BoxsegError(f"too little to train on: {size} images for {world} processes; "
-                              "a training batch needs at least 2 (batch norm)")  # fmt: skip
+            raise BoxsegError(
+                f"too little to train on: {size} images for {world} processes; "
+                "a training batch needs at least 2 (batch norm)"
+            )
         self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
         self.batch_size = min(batch_size, self.per_rank)
         self.per_epoch = self.per_rank // self.batch_size  # the partial batch is dropped
@@ -84,8 +87,9 @@ class Batches:
         if len(ds) == 0:
             raise BoxsegError("nothing to train on: the set is empty")
         self.ds, self.workers, self.seed, self.offset = ds, workers, seed, offset
-        self.sampler = ShardedBatches(len(ds), batch_size, seed, distributed.rank(),
-                                      distributed.world())  # fmt: skip
+        self.sampler = ShardedBatches(
+            len(ds), batch_size, seed, distributed.rank(), distributed.world()
+        )
         self.requested, self.batch_size = batch_size, self.sampler.batch_size
         self._it: Iterator | None = None
         self._next = 0
@@ -96,8 +100,9 @@ class Batches:
     def __call__(self, step: int) -> dict:
         if self._it is None:
             s = self.sampler
-            sampler = ShardedBatches(s.size, self.batch_size, s.seed, s.rank, s.world,
-                                     step - self.offset)  # fmt: skip
+            sampler = ShardedBatches(
+                s.size, self.batch_size, s.seed, s.rank, s.world, step - self.offset
+            )
             own_rng = torch.Generator().manual_seed(s.seed)  # leaves the global RNG untouched
             loader = DataLoader(
                 self.ds,
@@ -122,8 +127,11 @@ def warn_if_short(batches: Batches, what: str, option: str) -> None:
     if batches.batch_size >= batches.requested or not distributed.is_main():
         return
     held = f"{s.size} images" if s.world == 1 else f"{s.per_rank} images per process"
-    print(f"boxseg: warning: {what} has {held}, fewer than {option} {batches.requested}: each "
-          f"step takes {batches.batch_size} {what} images", file=sys.stderr)  # fmt: skip
+    print(
+        f"boxseg: warning: {what} has {held}, fewer than {option} {batches.requested}: each "
+        f"step takes {batches.batch_size} {what} images",
+        file=sys.stderr,
+    )
 
 
 Stream = Callable[[int], dict]

@@ -46,8 +46,9 @@ class AugmentSpec:
         return draw_params(rng, height, width, self.crop, self.scale_range, self.hflip)
 
 
-def crop_evidence(boxes: np.ndarray, labels: np.ndarray, height: int, width: int,
-                  p: AugParams, crop: int) -> dict[str, torch.Tensor]:  # fmt: skip
+def crop_evidence(
+    boxes: np.ndarray, labels: np.ndarray, height: int, width: int, p: AugParams, crop: int
+) -> dict[str, torch.Tensor]:
     """What the box constraint needs of one training crop (`box_constraint.BoxEvidence`): the
     boxes' pixel bounds in the original image and the source pixel of each crop row and
     column (the lookup the crop's mask gets)."""
@@ -85,12 +86,14 @@ class FullTrainSet(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         i, rng = item_key(key)
-        s = load_full(self.ds, self.split, self.ids[i], self.box_spec,
-                      self.with_boxes or self.evidence)  # fmt: skip
+        s = load_full(
+            self.ds, self.split, self.ids[i], self.box_spec, self.with_boxes or self.evidence
+        )
         p = self.aug.draw(rng, *s.size)
         if self.box_noise.active:
-            boxes, labels = noisy_boxes(s.boxes, s.labels, *s.size, self.box_noise,
-                                        noise_rng(key), self.flip_classes)  # fmt: skip
+            boxes, labels = noisy_boxes(
+                s.boxes, s.labels, *s.size, self.box_noise, noise_rng(key), self.flip_classes
+            )
             s = dataclasses.replace(s, boxes=boxes, labels=labels)
         a = apply(Aligned(s.image, s.mask, s.boxes, s.labels), p, self.aug.crop)
         out = {

@@ -1,13 +1,14 @@
 """Joint augmentation: random scale, crop and horizontal flip applied identically to an image,
-its mask, its boxes and its soft-label logits, so that all stay aligned.
+its mask and its boxes, so that all stay aligned; W's soft-label logits follow the same crop
+window (`window`) from the store's cells (weak_targets.py).
 
 Crop first: the crop window is worked out in the original image's coordinates and only that
-window is resampled (the image by one affine warp, the mask by nearest-pixel lookup, logits
-held at a store's stride by one bilinear pass straight from the cells under the crop). A
-2048x1024 image at scale 2 never exists as a 4096x2048 array, nor its logits as a KxHxW float
-map: the cost of a sample follows the crop, not the image. `resize_then_crop` is the plain
-path (resize all, then crop), kept as the reference the crop-first path is tested and
-benchmarked against.
+window is resampled (the image by one affine warp, the mask by nearest-pixel lookup; logits
+held at a store's stride by one bilinear pass straight from the cells under the crop, on the
+training device). A 2048x1024 image at scale 2 never exists as a 4096x2048 array, nor its
+logits as a KxHxW float map: the cost of a sample follows the crop, not the image. The plain
+path (resize all, then crop), the reference the crop-first path is tested and benchmarked
+against, is tests/helpers/plain_path.py.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from boxseg.cells import Window, crop_coords, resample_cells, source_pixels
+from boxseg.cells import Window, source_pixels
 from boxseg.data.boxes import box_pixels
 from boxseg.data.sample import VOID
 
@@ -43,7 +43,6 @@ class Aligned:
     mask: np.ndarray | None = None  # HxW uint8, VOID = ignore
     boxes: np.ndarray | None = None  # Nx4 xyxy
     labels: np.ndarray | None = None  # N
-    logits: torch.Tensor | None = None  # KxHxW float32
     valid: np.ndarray | None = None  # HxW bool: False on padding
 
 
@@ -69,25 +68,14 @@ def window(height: int, width: int, p: AugParams, crop: int) -> Window:
     return Window(height, width, h, w, p.top, p.left, crop, p.flip)
 
 
-def crop_logits(
-    cells: torch.Tensor, win: Window, stride: int = 1, origin: tuple[int, int] = (0, 0)
-) -> torch.Tensor:
-    """The crop window (KxCxC, flipped with it) of logits held at `stride` (`cells`: Kxhxw;
-    `origin`: the index of cells[:, 0, 0] when only `cells_needed` were read)."""
-    rows, cols = crop_coords(win, stride)
-    rows = torch.from_numpy(rows - origin[0]).float()[None]
-    cols = torch.from_numpy(cols - origin[1]).float()[None]
-    cells = cells.float()[None]
-    return resample_cells(cells, rows, cols, bool(torch.isnan(cells[:, :1]).any()))[0]
-
-
 def _warp_image(image: np.ndarray, win: Window) -> np.ndarray:
     """The crop of the scaled image by one affine warp (cv2.resize's INTER_LINEAR mapping,
     edge pixels replicated inside the image, zeros on padding)."""
     sx, sy = win.w / win.src_w, win.h / win.src_h
     m = np.array([[sx, 0, 0.5 * sx - 0.5 - win.left], [0, sy, 0.5 * sy - 0.5 - win.top]])
-    out = cv2.warpAffine(image, m, (win.crop, win.crop), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    out = cv2.warpAffine(
+        image, m, (win.crop, win.crop), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     out[win.rows :] = 0
     out[:, win.cols :] = 0
     return out
@@ -110,8 +98,15 @@ def _crop_boxes(boxes: np.ndarray, labels: np.ndarray | None, win: Window):
     rows, cols = source_pixels(replace(win, flip=False))
     rows, cols = rows[: win.rows], cols[: win.cols]  # nondecreasing: a box is a run of them
     b = box_pixels(boxes, win.src_h, win.src_w)
-    out = np.stack([np.searchsorted(cols, b[:, 0]), np.searchsorted(rows, b[:, 1]),
-                    np.searchsorted(cols, b[:, 2]), np.searchsorted(rows, b[:, 3])], 1)
+    out = np.stack(
+        [
+            np.searchsorted(cols, b[:, 0]),
+            np.searchsorted(rows, b[:, 1]),
+            np.searchsorted(cols, b[:, 2]),
+            np.searchsorted(rows, b[:, 3]),
+        ],
+        1,
+    )
     out = out.astype(np.float32).reshape(-1, 4)
     keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
     return out[keep], None if labels is None else labels[keep]
@@ -119,20 +114,18 @@ def _crop_boxes(boxes: np.ndarray, labels: np.ndarray | None, win: Window):
 
 def apply(x: Aligned, p: AugParams, crop: int) -> Aligned:
     """Scale, pad to at least `crop` (padding is void / invalid), crop, then maybe flip, with
-    only the crop window ever resampled. `x.logits` are at pixel resolution; logits held at a
-    store's stride go through `cells_needed` and `crop_logits` instead."""
+    only the crop window ever resampled."""
     win = window(*x.image.shape[:2], p, crop)
     image = _warp_image(x.image, win)
     valid = _nearest(np.ones(x.image.shape[:2], bool) if x.valid is None else x.valid, win, False)
     mask = None if x.mask is None else _nearest(x.mask, win, VOID)
-    logits = None if x.logits is None else crop_logits(x.logits, win)
     boxes, labels = (None, x.labels) if x.boxes is None else _crop_boxes(x.boxes, x.labels, win)
-    return _flip_and_pack(Aligned(image, mask, boxes, labels, logits, valid), p.flip, crop)
+    return _flip_and_pack(Aligned(image, mask, boxes, labels, valid), p.flip, crop)
 
 
 def _flip_and_pack(a: Aligned, flip: bool, crop: int) -> Aligned:
-    """Mirror the crop's image, valid map, mask and boxes when `flip` (its logits come
-    mirrored already), and make the arrays contiguous."""
+    """Mirror the crop's image, valid map, mask and boxes when `flip`, and make the arrays
+    contiguous."""
     image, mask, valid, boxes = a.image, a.mask, a.valid, a.boxes
     if flip:
         image, valid = image[:, ::-1], valid[:, ::-1]
@@ -140,64 +133,8 @@ def _flip_and_pack(a: Aligned, flip: bool, crop: int) -> Aligned:
         if boxes is not None:
             boxes = np.stack([crop - boxes[:, 2], boxes[:, 1], crop - boxes[:, 0], boxes[:, 3]], 1)
     contiguous = np.ascontiguousarray
-    return Aligned(contiguous(image), None if mask is None else contiguous(mask), boxes, a.labels,
-                   a.logits, contiguous(valid))  # fmt: skip
-
-
-def resize_then_crop(x: Aligned, p: AugParams, crop: int) -> Aligned:
-    """The plain path: resize the whole image (and its pixel-resolution logits), pad, crop,
-    maybe flip. Not used in training: the reference `apply` is tested and benchmarked against."""
-    height, width = x.image.shape[:2]
-    h, w = max(1, round(height * p.scale)), max(1, round(width * p.scale))
-    image = cv2.resize(x.image, (w, h), interpolation=cv2.INTER_LINEAR)
-    mask = None if x.mask is None else cv2.resize(x.mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    valid = (
-        np.ones((h, w), bool)
-        if x.valid is None
-        else cv2.resize(x.valid.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(
-            bool
-        )
-    )
-    logits = None
-    if x.logits is not None:
-        logits = F.interpolate(x.logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    planes = None
-    if x.boxes is not None:  # each box as a plane, resized like the mask (nearest)
-        planes = np.zeros((len(x.boxes), h, w), np.uint8)
-        for k, (x1, y1, x2, y2) in enumerate(box_pixels(x.boxes, height, width)):
-            plane = np.zeros((height, width), np.uint8)
-            plane[y1:y2, x1:x2] = 1
-            planes[k] = cv2.resize(plane, (w, h), interpolation=cv2.INTER_NEAREST)
-
-    ph, pw = max(crop - h, 0), max(crop - w, 0)
-    if ph or pw:
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
-        valid = np.pad(valid, ((0, ph), (0, pw)))
-        if mask is not None:
-            mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=VOID)
-        if logits is not None:
-            logits = F.pad(logits, (0, pw, 0, ph))
-
-    t, l_ = p.top, p.left
-    image = image[t : t + crop, l_ : l_ + crop]
-    valid = valid[t : t + crop, l_ : l_ + crop]
-    mask = None if mask is None else mask[t : t + crop, l_ : l_ + crop]
-    logits = None if logits is None else logits[:, t : t + crop, l_ : l_ + crop]
-    labels, boxes = x.labels, None
-    if planes is not None:  # each box: the extent of its plane in the crop
-        boxes = np.zeros((len(planes), 4), np.float32)
-        for k, plane in enumerate(planes[:, t : t + crop, l_ : l_ + crop]):
-            ys, xs = np.nonzero(plane)
-            if len(ys):
-                boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, labels = boxes[keep], None if labels is None else labels[keep]
-
-    if p.flip and logits is not None:
-        logits = logits.flip(-1)
-    return _flip_and_pack(
-        Aligned(image, mask, boxes, labels, logits, valid), p.flip, image.shape[1]
-    )
+    mask = None if mask is None else contiguous(mask)
+    return Aligned(contiguous(image), mask, boxes, a.labels, contiguous(valid))
 
 
 def to_tensor(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

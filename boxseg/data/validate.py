@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
@@ -22,6 +23,9 @@ from boxseg.data.boxes import BoxSpec, pixel_boxes
 from boxseg.data.reader import SegDataset
 from boxseg.errors import BoxsegError
 from boxseg.io import displayed_size, exif_orientation, write_json
+
+if TYPE_CHECKING:  # (the store stands above the dataset checks)
+    from boxseg.store import LogitsSource
 
 MAX_CHECKED = 200_000  # file versions remembered as decoded per process (~200 bytes each)
 _decoded: set[tuple] = set()
@@ -133,8 +137,9 @@ def turned_hint(image: Path, got: tuple[int, int], displayed: tuple[int, int]) -
     )
 
 
-def check_sample(ds: SegDataset, split: str, image_id: str,
-                 with_mask: bool) -> tuple[int, int] | None:  # fmt: skip
+def check_sample(
+    ds: SegDataset, split: str, image_id: str, with_mask: bool
+) -> tuple[int, int] | None:
     """The image (and its mask) of one id: present, complete, same size, class ids in range;
     returns, where boxes come from box files, its number of boxes that count and of boxes
     covering no pixel (left out everywhere: `pixel_boxes`); None where they come from masks."""
@@ -154,8 +159,9 @@ def check_sample(ds: SegDataset, split: str, image_id: str,
     mask = ds.read_mask(split, image_id)  # channels and class ids (or drawn from polygons)
     if mask.shape != (h, w):
         hint = turned_hint(ds.image_path(split, image_id), mask.shape, (h, w))
-        raise BoxsegError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its "
-                          f"image is {w}x{h}{hint}")  # fmt: skip
+        raise BoxsegError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}{hint}"
+        )
     return n_boxes
 
 
@@ -184,8 +190,10 @@ def usable_ids(
     if bad:
         if report is not None:
             write_json(report, {"split": split, "set": what, "skipped": bad})
-        print(f"boxseg: skipped {len(bad)} bad {what} images"
-              + (f", listed in {report}" if report else ""))  # fmt: skip
+        print(
+            f"boxseg: skipped {len(bad)} bad {what} images"
+            + (f", listed in {report}" if report else "")
+        )
     if ids and not good:
         first = bad[0]["problem"]
         raise BoxsegError(f"every {what} image of split '{split}' is bad (first: {first})")
@@ -193,8 +201,9 @@ def usable_ids(
     return good
 
 
-def say_counts(ds: SegDataset, split: str, what: str, n_images: int, boxes: list,
-               quiet: bool) -> None:  # fmt: skip
+def say_counts(
+    ds: SegDataset, split: str, what: str, n_images: int, boxes: list, quiet: bool
+) -> None:
     """What a stage found: '<what>: N images of split S, M boxes' (and how many boxes covering
     no pixel were left out); a warning (shown even when quiet) when W's box files hold no box
     at all. `boxes`: `check_sample`'s counts."""
@@ -207,5 +216,23 @@ def say_counts(ds: SegDataset, split: str, what: str, n_images: int, boxes: list
             source += f"; {empty} covering no pixel left out"
         print(f"{what}: {n_images} images of split '{split}' ({source})")
     if what == "W" and counted and n_boxes == 0:
-        print(f"boxseg: warning: the {n_images} W images of split '{split}' have no boxes in "
-              f"{ds.root}'s box files: their targets carry no box evidence", file=sys.stderr)
+        print(
+            f"boxseg: warning: the {n_images} W images of split '{split}' have no boxes in "
+            f"{ds.root}'s box files: their targets carry no box evidence",
+            file=sys.stderr,
+        )
+
+
+def check_sizes(
+    ds: SegDataset, split: str, store: LogitsSource, weak_ids: list[str], location: str
+) -> None:
+    """Every W image has the size its logits were made for (another dataset with the same ids
+    would not); image headers only."""
+    for image_id in weak_ids:
+        h, w = image_size(ds.image_path(split, image_id))
+        sh, sw = (int(v) for v in store.sizes[store.index(image_id)])
+        if (sh, sw) != (h, w):
+            raise BoxsegError(
+                f"{location}: logits of {image_id} are for a {sw}x{sh} image, "
+                f"{ds.image_path(split, image_id)} is {w}x{h}"
+            )

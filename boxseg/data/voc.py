@@ -27,10 +27,28 @@ from boxseg.data.validate import image_size
 from boxseg.errors import BoxsegError
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 LIST_DIRS = ("ImageSets/Segmentation", "ImageSets/SegmentationAug", "ImageSets/Main", ".")
 
 
@@ -73,8 +91,10 @@ class VocDataset(ReaderBase):
     def ids(self, split: str) -> list[str]:
         path = self._list(split)
         if path is None:
-            raise BoxsegError(f"{self.root}/ImageSets: no {split}.txt split list "
-                              f"(looked in {', '.join(LIST_DIRS)})")  # fmt: skip
+            raise BoxsegError(
+                f"{self.root}/ImageSets: no {split}.txt split list "
+                f"(looked in {', '.join(LIST_DIRS)})"
+            )
         return read_id_list(path)
 
     def image_path(self, split: str, image_id: str) -> Path:

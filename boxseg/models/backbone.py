@@ -18,8 +18,14 @@ class Backbone(nn.Module):
     `pretrained`: what weights were loaded (source, tensors filled of the backbone's), or
     None."""
 
-    def __init__(self, low: nn.Module, high: nn.Module, low_channels: int, high_channels: int,
-                 pretrained: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        low: nn.Module,
+        high: nn.Module,
+        low_channels: int,
+        high_channels: int,
+        pretrained: dict | None = None,
+    ):
         super().__init__()
         self.low, self.high = low, high
         self.low_channels, self.high_channels = low_channels, high_channels

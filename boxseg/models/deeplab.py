@@ -101,5 +101,7 @@ def say_pretrained(model: DeepLabV3Plus, quiet: bool = False) -> None:
     """Print which pretrained weights filled how much of the backbone (rank 0, not quiet)."""
     loaded = model.backbone.pretrained
     if loaded and not quiet and distributed.is_main():
-        print(f"pretrained: {loaded['tensors_filled']} of the backbone's {loaded['tensors']} "
-              f"tensors from {loaded['source']}")  # fmt: skip
+        print(
+            f"pretrained: {loaded['tensors_filled']} of the backbone's {loaded['tensors']} "
+            f"tensors from {loaded['source']}"
+        )

@@ -5,9 +5,10 @@ from torch.utils.data import default_collate
 
 from boxseg.data.formats import open_dataset
 from boxseg.data.torchsets import AugmentSpec
-from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Aligned, resize_then_crop
+from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Aligned
 from boxseg.store import LogitsStore
 from boxseg.weak_targets import StoredLogits, WeakTrainSet
+from tests.helpers.plain_path import resize_then_crop
 
 
 @pytest.mark.parametrize("stride, tol", [(1, 0.6), (2, 25.0)])
@@ -45,11 +46,12 @@ def pixels(item: dict, void: bool = True) -> torch.Tensor:
 @pytest.mark.parametrize("stride", [1, 4])
 def test_weak_items_equal_the_resize_everything_path(tiny_data, tmp_path, stride):
     """A W item (crop first: only the store cells under the crop are read, resampled once,
-    on the device) gives what the plain path gave (`read_full`, then `resize_then_crop` with
-    the same draw): for stride 1 the same logits; for stride 4 one bilinear resampling
-    instead of two, so the same q up to interpolation (mean difference under 0.005), the
-    same argmax on 97% of pixels, and q at least as close to the net's own logits before
-    pooling (the old path's second resampling blurs peaks the cells still hold)."""
+    on the device) gives what the plain path gave (`read_full`, then `resize_then_crop`,
+    tests/helpers/plain_path.py, with the same draw): for stride 1 the same logits; for
+    stride 4 one bilinear resampling instead of two, so the same q up to interpolation (mean
+    difference under 0.005), the same argmax on 97% of pixels, and q at least as close to the
+    net's own logits before pooling (the old path's second resampling blurs peaks the cells
+    still hold)."""
     ds = open_dataset(tiny_data)
     ids = ds.ids("train")[:3]
     sizes = np.array([ds.read_image("train", i).shape[:2] for i in ids])
@@ -68,15 +70,15 @@ def test_weak_items_equal_the_resize_everything_path(tiny_data, tmp_path, stride
         item = weak[key]
         image = ds.read_image("train", ids[key[0]])
         p = aug.draw(np.random.default_rng(key[1]), *image.shape[:2])
-        old = resize_then_crop(Aligned(image, logits=store.read_full(key[0])), p, 24)
+        old, old_logits = resize_then_crop(Aligned(image), p, 24, store.read_full(key[0]))
         valid = torch.from_numpy(old.valid)
         assert torch.equal(item["valid"], valid)
         old_image = torch.from_numpy(old.image).permute(2, 0, 1).float()
         assert (item["image"] * 255 - old_image).abs().max() < 1.01
-        got, want = pixels(item, void=False)[:, valid], old.logits[:, valid]
+        got, want = pixels(item, void=False)[:, valid], old_logits[:, valid]
         if stride == 1:
             torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
-        net = resize_then_crop(Aligned(image, logits=truth[key[0]]), p, 24).logits[:, valid]
+        net = resize_then_crop(Aligned(image), p, 24, truth[key[0]])[1][:, valid]
         q, q_old, q_net = got.softmax(0), want.softmax(0), net.softmax(0)
         q_diff.append((q - q_old).abs().mean())
         moved.append((got.argmax(0) != want.argmax(0)).float().mean())

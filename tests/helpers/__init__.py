@@ -1,0 +1,1 @@
+"""Code the tests (and benchmarks) use that the package itself never runs."""
