@@ -503,7 +503,44 @@ def summarise(results: dict[str, dict], seeds: list[int]) -> dict:
             if by_seed:
                 m, sd = mean_sd(list(by_seed.values()))
                 out_primaries[name][where] = {"miou_mean": m, "miou_sd": sd, "miou_seeds": by_seed}
-    return {"stores": out_stores, "primaries": out_primaries}
+    return {"stores": out_stores, "primaries": out_primaries, "paired": paired_primaries(primaries)}
+
+
+def references(name: str) -> list[str]:
+    """The rows a primary is compared with, seed for seed: a correction with `none` on the
+    graceful store of today's net (conv's stage-1 store is its half-F twin), a noisy-box `none`
+    with box-fill's under the same boxes and with today's store on exact boxes, the void
+    store's with today's store under the same boxes."""
+    mode, rest = name.split("_", 1)
+    source, setting = rest.rsplit("_", 1)
+    if mode != "none":
+        return [f"none_{source.replace('anc_half', 'anc_soft')}_{setting}"]
+    refs = [] if source == "box" else [f"none_box_{setting}"]
+    if source.startswith("anc_soft"):
+        refs.append(f"none_anc_{setting}")
+    if setting != "exact":
+        refs.append("none_anc_exact")
+    return refs
+
+
+def paired_primaries(primaries: dict[str, dict]) -> dict:
+    """'A minus B' -> per evaluation, the per-seed differences (seeds both rows have), their
+    mean and sd: the comparisons issue 38 asks for, paired by training seed."""
+    out: dict = {}
+    for name, ev in sorted(primaries.items()):
+        for ref in references(name):
+            if ref not in primaries:
+                continue
+            diff: dict = {}
+            for where in ("val", "unseen"):
+                a, b = ev[where], primaries[ref][where]
+                d = {s: a[s] - b[s] for s in a if s in b}
+                if d:
+                    m, sd = mean_sd(list(d.values()))
+                    diff[where] = {"miou_mean": m, "miou_sd": sd, "miou_seeds": d}
+            if diff:
+                out[f"{name} minus {ref}"] = diff
+    return out
 
 
 def print_tables(summary: dict, dataset: str) -> None:
@@ -561,6 +598,10 @@ def markdown_tables(summary: dict, dataset: str) -> None:
     if summary["primaries"]:
         print("\n| primary, --self-corr and store | val (in-domain) | unseen |\n|---|---|---|")
         for name, e in summary["primaries"].items():
+            print(f"| {name} | {cell(e.get('val'))} | {cell(e.get('unseen'))} |")
+    if summary.get("paired"):
+        print("\n| paired by seed | val (in-domain) | unseen |\n|---|---|---|")
+        for name, e in summary["paired"].items():
             print(f"| {name} | {cell(e.get('val'))} | {cell(e.get('unseen'))} |")
 
 

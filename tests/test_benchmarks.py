@@ -294,3 +294,21 @@ def test_box_noise_copies_keep_f_exact_and_make_w_imprecise(tmp_path):
     robust = summary["stores"]["robust_half_mixed"]
     assert robust["minus_box_fill"] == {0: 10.0, 1: 9.0}
     assert summary["primaries"]["none_robust_half_mixed"]["unseen"]["miou_mean"] == 20.0
+    # primaries compared seed for seed: only seeds both rows have, each evaluation apart
+    rows = {
+        "none_anc_soft_void_mixed_s0": {"miou": 40.0, "unseen": {"miou": 20.0}},
+        "none_anc_soft_void_mixed_s1": {"miou": 44.0, "unseen": {"miou": 22.0}},
+        "conv_anc_half_void_mixed_s0": {"miou": 43.0, "unseen": {"miou": 19.0}},
+        "conv_anc_half_void_mixed_s1": {"miou": 45.0, "unseen": {"miou": 25.0}},
+        "linear_anc_soft_void_mixed_s1": {"miou": 41.0, "unseen": {"miou": 23.0}},
+        "none_anc_exact_s0": {"miou": 41.5, "unseen": {"miou": 21.0}},
+    }
+    paired = bench.summarise(rows, [0, 1])["paired"]
+    conv = paired["conv_anc_half_void_mixed minus none_anc_soft_void_mixed"]
+    assert conv["val"]["miou_seeds"] == {0: 3.0, 1: 1.0} and conv["val"]["miou_mean"] == 2.0
+    assert conv["unseen"]["miou_seeds"] == {0: -1.0, 1: 3.0}
+    linear = paired["linear_anc_soft_void_mixed minus none_anc_soft_void_mixed"]
+    assert linear["val"]["miou_seeds"] == {1: -3.0}
+    void = paired["none_anc_soft_void_mixed minus none_anc_exact"]
+    assert void["val"]["miou_seeds"] == {0: -1.5} and void["unseen"]["miou_seeds"] == {0: -1.0}
+    assert not any(k.startswith("none_anc_exact minus") for k in paired)
