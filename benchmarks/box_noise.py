@@ -509,14 +509,15 @@ def summarise(results: dict[str, dict], seeds: list[int]) -> dict:
 def references(name: str) -> list[str]:
     """The rows a primary is compared with, seed for seed: a correction with `none` on the
     graceful store of today's net (conv's stage-1 store is its half-F twin), a noisy-box `none`
-    with box-fill's under the same boxes and with today's store on exact boxes, the void
-    store's with today's store under the same boxes."""
+    with box-fill's under the same boxes, the void store's with today's store under the same
+    boxes, and every noisy-box row with today's store on exact boxes."""
     mode, rest = name.split("_", 1)
     source, setting = rest.rsplit("_", 1)
     if mode != "none":
-        return [f"none_{source.replace('anc_half', 'anc_soft')}_{setting}"]
-    refs = [] if source == "box" else [f"none_box_{setting}"]
-    if source.startswith("anc_soft"):
+        refs = [f"none_{source.replace('anc_half', 'anc_soft')}_{setting}"]
+    else:
+        refs = [] if source == "box" else [f"none_box_{setting}"]
+    if mode == "none" and source.startswith("anc_soft"):
         refs.append(f"none_anc_{setting}")
     if setting != "exact":
         refs.append("none_anc_exact")

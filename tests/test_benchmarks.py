@@ -309,6 +309,7 @@ def test_box_noise_copies_keep_f_exact_and_make_w_imprecise(tmp_path):
     assert conv["unseen"]["miou_seeds"] == {0: -1.0, 1: 3.0}
     linear = paired["linear_anc_soft_void_mixed minus none_anc_soft_void_mixed"]
     assert linear["val"]["miou_seeds"] == {1: -3.0}
+    assert paired["conv_anc_half_void_mixed minus none_anc_exact"]["val"]["miou_seeds"] == {0: 1.5}
     void = paired["none_anc_soft_void_mixed minus none_anc_exact"]
     assert void["val"]["miou_seeds"] == {0: -1.5} and void["unseen"]["miou_seeds"] == {0: -1.0}
     assert not any(k.startswith("none_anc_exact minus") for k in paired)
