@@ -116,13 +116,58 @@ class ImageSignals:
     boxes: int
 
 
-def box_masks(ev: BoxEvidence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B x H, B x W) float and B labels: the rows and the columns each box of a whole image
-    covers (its pixels are their outer product) and its class, for the boxes that count
-    (`pixel_boxes`): the pixels and the boxes the box constraint uses."""
+def box_rects(ev: BoxEvidence) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x 4 int64 pixel bounds (x1, y1, x2, y2; [x1, x2) x [y1, y2), clamped to the image, so
+    a box covering no pixel is empty) and B labels of the boxes of a whole image that count
+    (`pixel_boxes`): the pixels and the boxes the box constraint uses (`BoxEvidence.extents`)."""
     real = ev.labels[0] >= 0
-    in_rows, in_cols = ev.extents()
-    return in_rows[0][real].float(), in_cols[0][real].float(), ev.labels[0][real]
+    h, w = ev.rows.shape[1], ev.cols.shape[1]
+    x1, y1, x2, y2 = ev.bounds[0][real].long().unbind(1)
+    x1, y1 = x1.clamp(0, w), y1.clamp(0, h)
+    x2, y2 = torch.maximum(x2.clamp(0, w), x1), torch.maximum(y2.clamp(0, h), y1)
+    return torch.stack([x1, y1, x2, y2], 1), ev.labels[0][real]
+
+
+def summed_area(mask: torch.Tensor) -> torch.Tensor:
+    """(H + 1) x (W + 1) int64 summed-area table of an H x W mask: entry (y, x) counts the set
+    pixels above and left of it, so any box's count is four look-ups (`rect_sums`)."""
+    h, w = mask.shape
+    table = torch.zeros(h + 1, w + 1, dtype=torch.int64)
+    torch.cumsum(mask.to(torch.int64).cumsum(0), 1, out=table[1:, 1:])
+    return table
+
+
+def rect_sums(table: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
+    """B int64: the set pixels of `summed_area`'s mask in each of the B x 4 `box_rects`."""
+    x1, y1, x2, y2 = rects.unbind(1)
+    return table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]
+
+
+def box_cover(rects: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """H x W bool: the pixels some of the B x 4 `box_rects` cover. Each box adds +1 / -1 at its
+    corners to a difference table whose 2-D running sum counts the boxes over each pixel: one
+    plane for all the boxes, never one per box."""
+    x1, y1, x2, y2 = rects.unbind(1)
+    diff = torch.zeros(h + 1, w + 1, dtype=torch.int64)
+    ones = torch.ones_like(x1)
+    for rows, cols, sign in ((y1, x1, 1), (y1, x2, -1), (y2, x1, -1), (y2, x2, 1)):
+        diff.index_put_((rows, cols), ones * sign, accumulate=True)
+    return diff.cumsum(0).cumsum(1)[:h, :w] > 0
+
+
+def box_fills(
+    pred: torch.Tensor, valid: torch.Tensor, rects: torch.Tensor, labels: torch.Tensor
+) -> list[tuple[int, float]]:
+    """(class, fill) of each box with a valid pixel: the share of its valid pixels whose
+    pseudo-label is the box's class. Counted from summed-area tables (one of the valid pixels,
+    one per box class of its pixels), so memory grows with the pixels, not pixels x boxes."""
+    area = rect_sums(summed_area(valid), rects)
+    hits = torch.zeros_like(area)
+    for c in labels.unique().tolist():
+        of_class = labels == c
+        hits[of_class] = rect_sums(summed_area((pred == c) & valid), rects[of_class])
+    fill = hits.float() / area.float()  # float32, as the fills always were
+    return [(int(c), float(f)) for c, f, a in zip(labels, fill, area, strict=True) if a > 0]
 
 
 def image_signals(
@@ -132,8 +177,9 @@ def image_signals(
     primary_logits: torch.Tensor | None = None,
 ) -> ImageSignals:
     """The signals of store image i (see the module docstring); `primary_logits`: the primary
-    net's K x H x W logits for it (None: no `disagree`). Whole-image tensor operations: no
-    loop over pixels or boxes."""
+    net's K x H x W logits for it (None: no `disagree`). Whole-image tensor operations, with
+    per-box statistics from summed-area tables: memory grows with pixels plus boxes, never
+    pixels x boxes (a loop over the boxes' classes, none over pixels or boxes)."""
     raw = store.read_full(i, constrained=False)
     k, h, w = raw.shape
     boxes, stored_labels = store.read_boxes(i)
@@ -146,9 +192,7 @@ def image_signals(
     validf = valid.float()
     n_valid = max(float(validf.sum()), 1.0)
     raw = raw.nan_to_num(0.0)
-    in_rows, in_cols, labels = box_masks(ev)  # the boxes that count (`pixel_boxes`)
-    box_class = F.one_hot(labels, k).float()  # B x K
-    covered = torch.einsum("bk,bh,bw->khw", box_class, in_rows, in_cols) > 0  # by class
+    rects, labels = box_rects(ev)  # the boxes that count (`pixel_boxes`)
     logits = raw if bias is None else raw + bias
     probs = torch.softmax(logits, 0) * validf
     pred = class_map(probs)
@@ -165,14 +209,8 @@ def image_signals(
     if primary_logits is not None:
         other = primary_logits.max(0).indices
         values["disagree"] = float(((other != pred) & valid).sum() / n_valid)
-    # each box's fill: the share of its valid pixels whose pseudo-label is the box's class
-    own = (pred[None] == labels[:, None, None]).float() * validf  # B x H x W
-    hits = torch.einsum("bh,bw,bhw->b", in_rows, in_cols, own)
-    area = torch.einsum("bh,bw,hw->b", in_rows, in_cols, validf)
-    fills = [
-        (int(c), float(hit / a)) for c, hit, a in zip(labels, hits, area, strict=True) if a > 0
-    ]
-    share = holds(pred, valid, covered, store.rule)
+    fills = box_fills(pred, valid, rects, labels)
+    share = holds(pred, valid, rects, labels, k, store.rule)
     values["rare"] = float((share * class_weights).sum() / share.sum().clamp_min(1e-12))
     layout = F.adaptive_avg_pool2d(probs[None], LAYOUT_GRID)[0].flatten()
     order = torch.argsort(share, descending=True, stable=True)
@@ -181,18 +219,25 @@ def image_signals(
 
 
 def holds(
-    pred: torch.Tensor, valid: torch.Tensor, covered: torch.Tensor, rule: ConstraintRule | None
+    pred: torch.Tensor,
+    valid: torch.Tensor,
+    rects: torch.Tensor,
+    labels: torch.Tensor,
+    k: int,
+    rule: ConstraintRule | None,
 ) -> torch.Tensor:
-    """The share of the image each class holds, by the evidence a user trusts: for a class
-    that gets boxes, the area of its boxes' union (`covered`: K x H x W); for the others (the
-    background, classes without boxes: `rule.free`, or all classes of a store without rule),
-    the pseudo-label's pixels outside every box. (The pseudo-label alone would hide the
-    objects an ancillary net missed: those images would look poorer in rare classes than
-    they are.)"""
-    k, h, w = covered.shape
-    outside = valid & ~covered.any(0)
+    """The share of the image each of the k classes holds, by the evidence a user trusts: for
+    a class that gets boxes, the area of its boxes' union (`rects`, `labels`: `box_rects`);
+    for the others (the background, classes without boxes: `rule.free`, or all classes of a
+    store without rule), the pseudo-label's pixels outside every box. (The pseudo-label alone
+    would hide the objects an ancillary net missed: those images would look poorer in rare
+    classes than they are.)"""
+    h, w = pred.shape
+    outside = valid & ~box_cover(rects, h, w)
     from_label = torch.bincount(pred[outside], minlength=k).float()
-    from_boxes = (covered & valid).flatten(1).sum(1).float()
+    from_boxes = torch.zeros(k)
+    for c in labels.unique().tolist():
+        from_boxes[c] = float((box_cover(rects[labels == c], h, w) & valid).sum())
     free = torch.zeros(k, dtype=torch.bool)
     if rule is None:
         free[:] = True

@@ -4,15 +4,19 @@ import csv
 import json
 import re
 import shutil
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import boxseg.rank as rk
-from boxseg.box_constraint import ConstraintRule
+from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.formats import load_full, open_dataset
 from boxseg.data.split import SplitSpec, split_dataset, split_full_weak
@@ -30,6 +34,7 @@ from boxseg.rank import (
 )
 from boxseg.store import LogitsStore
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
+from tests.helpers import rank_reference
 
 SPLIT = SplitSpec("train", 4, 0)
 
@@ -430,3 +435,174 @@ def test_options_that_cannot_work_are_refused_before_anything_is_read(tmp_path, 
     opts = RankOptions(tmp_path / "no-data", str(tmp_path / "w.zarr"), SPLIT, tmp_path / "r.csv")
     with pytest.raises(BoxsegError, match=re.escape(message)):
         rk.run_rank(replace(opts, **change), quiet=True)
+
+
+# --- per-box statistics from summed-area tables: today's values, memory without B x H x W ---
+
+
+def _random_boxes(rng, h: int, w: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """n boxes with fractional corners in an h x w image, many overlapping, of k classes (the
+    background's too); the first few the edge cases: the whole image, a click (zero width),
+    one over the right and bottom edges, one thinner than a pixel, one left of the image."""
+    x1, y1 = rng.uniform(-0.9, w, n), rng.uniform(-0.9, h, n)
+    x2, y2 = x1 + rng.uniform(0, 0.7 * w, n), y1 + rng.uniform(0, 0.7 * h, n)
+    boxes = np.stack([x1, y1, np.minimum(x2, w + 0.9), np.minimum(y2, h + 0.9)], 1)
+    edge_cases = [
+        [0, 0, w, h],
+        [3.5, 2.0, 3.5, 9.0],
+        [w - 4.3, h - 2.6, w + 0.9, h + 0.9],
+        [5.2, 4.1, 5.6, 4.4],
+        [-0.9, 1.0, 0.0, 6.0],
+    ]
+    boxes[: min(n, len(edge_cases))] = np.reshape(edge_cases[:n], (-1, 4))
+    return boxes.astype(np.float32), rng.integers(0, k, n)
+
+
+RULES = {  # name: (rule of k classes, the store's method: "box" stores may hold void)
+    "none": (lambda k: None, "anc"),
+    "background": (lambda k: ConstraintRule.of(k, 0, None), "box"),
+    "free classes": (lambda k: ConstraintRule.of(k, 0, [1, 2]), "anc"),
+    "void uncovered": (lambda k: ConstraintRule.of(k, None, None, void_uncovered=True), "box"),
+    "prior": (lambda k: ConstraintRule.of(k, 0, None, prior=2.0), "box"),
+}
+
+
+def _random_store(
+    location, seed: int, rule_name: str, h: int, w: int, n: int, k: int = 5, stride: int = 1
+) -> LogitsStore:
+    """A store of one h x w image ("a") with random logits (void pixels where its method may
+    hold them) and n random boxes (`_random_boxes`)."""
+    rng = np.random.default_rng(seed)
+    make_rule, method = RULES[rule_name]
+    store = LogitsStore.create(
+        str(location),
+        ["a"],
+        np.array([[h, w]], np.int32),
+        [f"c{c}" for c in range(k)],
+        stride,
+        {"method": method},
+        rule=make_rule(k),
+    )
+    logits = torch.from_numpy(rng.normal(0, 4, (k, h, w))).float()
+    if method == "box":
+        logits[:, torch.from_numpy(rng.random((h, w)) < 0.1)] = torch.nan
+    store.write(0, logits, _random_boxes(rng, h, w, n, k))
+    return store
+
+
+def _same_signals(got: rk.ImageSignals, want: rk.ImageSignals) -> None:
+    assert got.values == want.values  # bitwise
+    assert got.fills == want.fills
+    assert got.classes == want.classes and got.boxes == want.boxes
+    assert torch.equal(got.layout, want.layout)
+
+
+@pytest.mark.parametrize("rule_name", list(RULES))
+@pytest.mark.parametrize(
+    "seed, h, w, n, stride",
+    [(0, 17, 23, 40, 1), (1, 32, 32, 7, 2), (2, 9, 40, 1, 1), (3, 24, 16, 0, 1)],
+)
+def test_signals_are_todays_on_random_images(tmp_path, rule_name, seed, h, w, n, stride):
+    """The summed-area tables give bitwise today's signals (tests/helpers/rank_reference.py):
+    fills, the classes an image holds, every signal, on random logits and boxes."""
+    store = _random_store(tmp_path / "s.zarr", seed, rule_name, h, w, n, stride=stride)
+    weights = torch.from_numpy(np.random.default_rng(seed).uniform(0.5, 3, 5)).float()
+    primary = torch.randn(5, h, w, generator=torch.Generator().manual_seed(seed))
+    got = image_signals(store, 0, weights, primary)
+    want = rank_reference.image_signals(store, 0, weights, primary)
+    _same_signals(got, want)
+    assert n < 2 or len(got.fills) >= 2  # (the boxes were seen: the comparison says something)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_box_cover_and_holds_are_todays(seed):
+    """Each class's union of boxes (`box_cover`) is today's K x H x W einsum, plane by plane,
+    and the shares each class holds are equal."""
+    rng = np.random.default_rng(seed)
+    h, w, k = int(rng.integers(5, 30)), int(rng.integers(5, 30)), 4
+    boxes, labels = _random_boxes(rng, h, w, int(rng.integers(1, 60)), k)
+    ev = BoxEvidence.whole([boxes], [labels], h, w)
+    in_rows, in_cols, kept = rank_reference.box_masks(ev)
+    covered = torch.einsum("bk,bh,bw->khw", F.one_hot(kept, k).float(), in_rows, in_cols) > 0
+    rects, got_labels = rk.box_rects(ev)
+    assert torch.equal(got_labels, kept)
+    for c in range(k):
+        assert torch.equal(rk.box_cover(rects[got_labels == c], h, w), covered[c])
+    pred = torch.from_numpy(rng.integers(0, k, (h, w)))
+    valid = torch.from_numpy(rng.random((h, w)) < 0.8)
+    for rule in (None, ConstraintRule.of(k, 0, None), ConstraintRule.of(k, 0, [1])):
+        got = rk.holds(pred, valid, rects, got_labels, k, rule)
+        assert torch.equal(got, rank_reference.holds(pred, valid, covered, rule))
+
+
+def test_summed_area_counts_each_box(tmp_path):
+    mask = torch.zeros(6, 7, dtype=torch.bool)
+    mask[1:4, 2:6] = True
+    mask[5, 0] = True
+    table = rk.summed_area(mask)
+    rects = torch.tensor([[0, 0, 7, 6], [2, 1, 6, 4], [3, 2, 4, 3], [0, 4, 7, 6], [4, 4, 4, 6]])
+    assert rk.rect_sums(table, rects).tolist() == [13, 12, 1, 1, 0]
+
+
+def test_rankings_are_todays(tiny_data, tmp_path, monkeypatch):
+    """rank_store's rows (order, scores, gains, signals) equal those of today's signals, on a
+    store of W with random logits and boxes."""
+    ds = open_dataset(tiny_data)
+    full, weak = split_dataset(ds, SPLIT)
+    k, rng = ds.num_classes, np.random.default_rng(7)
+    sizes = np.array([ds.read_mask("train", i).shape for i in weak], np.int32)
+    rule = ConstraintRule.of(k, ds.background, None)
+    store = LogitsStore.create(
+        str(tmp_path / "w.zarr"), weak, sizes, list(ds.class_names), 2, {"method": "anc"}, rule=rule
+    )
+    for i, (h, w) in enumerate(sizes):
+        logits = torch.from_numpy(rng.normal(0, 3, (k, h, w))).float()
+        store.write(i, logits, _random_boxes(rng, h, w, int(rng.integers(0, 30)), k))
+    for diversity in (0.0, 1.0):
+        got = rank_store(ds, "train", full, store, RankWeights(), diversity)
+        with monkeypatch.context() as m:
+            m.setattr(rk, "image_signals", rank_reference.image_signals)
+            want = rank_store(ds, "train", full, store, RankWeights(), diversity)
+        assert got == want
+        assert len({r["score"] for r in got}) > len(got) // 2  # (scores that tell images apart)
+
+
+class LargestOutput(TorchDispatchMode):
+    """While active: the most elements of any tensor a torch op returns (the dispatcher sees
+    every op, those inside einsum too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("rule_name", ["none", "background"])
+def test_no_tensor_or_array_of_boxes_times_pixels(tmp_path, rule_name):
+    """150 boxes on a 64 x 64 image: no torch op returns B x H x W elements (B: the boxes that
+    count; today's code did: the recorder sees it) and no numpy allocation reaches B x H x W
+    bytes (tracemalloc traces numpy's buffers). The box prior (`prior` > 0) is
+    box_constraint's, left out here."""
+    h, w = 64, 64
+    store = _random_store(tmp_path / "s.zarr", 0, rule_name, h, w, 150, k=3)
+    weights = torch.ones(3)
+    tracemalloc.start()
+    try:
+        with LargestOutput() as after:
+            signals = image_signals(store, 0, weights)
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    b = signals.boxes
+    assert b > 140
+    with LargestOutput() as before:
+        rank_reference.image_signals(store, 0, weights)
+    assert before.numel >= b * h * w
+    assert after.numel < b * h * w // 10
+    assert numpy_peak < b * h * w
