@@ -20,7 +20,9 @@ keeps what the net said (pooled cells), and the constraint is applied after the 
 decoded to pixels, never to the cells themselves.
 
 The rule is an additive bias on the logits: 0 where a class is allowed, -`NEG` where it is not,
-+`prior` for the smallest box's class; computed on the logits' device, vectorised over boxes.
++`prior` for the smallest box's class; computed on the logits' device, vectorised over boxes
+(the prior's 62 at a time), in memory linear in pixels: per-box rows and columns and per-pixel
+maps, never a boxes x pixels tensor.
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ class BoxEvidence:
     """A batch's boxes, as the constraint reads them (tensors, on one device):
     bounds N x B x 4 int64 pixel bounds (x1, y1, x2, y2; `pixel_boxes`) in each original
     image, labels N x B int64 (-1: padding), rows N x H and cols N x W int64: the original
-    image's row / column each output row / column shows (-1: padding, outside every box)."""
+    image's row / column each output row / column shows (-1: padding, outside every box).
+    Over the rows (columns) they show they are monotone, as a crop's lookup makes them
+    (`cells.source_pixels`: scaled, shifted, flipped), so the output rows (columns) of a box
+    are one run: the weak-box projections rely on it (`box_losses.run_max`)."""
 
     bounds: torch.Tensor
     labels: torch.Tensor
@@ -264,22 +269,56 @@ class ConstraintRule:
         return bias
 
     def _smallest(self, ev: BoxEvidence) -> torch.Tensor:
-        """N x K x H x W one-hot of the class of the smallest box covering each pixel (box-fill's
-        painting order: among equal areas the later box), zeros where none covers it."""
-        b = ev.bounds.float()
-        area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-        area = torch.where(ev.labels >= 0, area, torch.inf)
-        in_rows, in_cols = ev.extents()
-        inside = in_rows[..., :, None] & in_cols[..., None, :]  # N x B x H x W
-        score = torch.where(inside, area[..., None, None], torch.inf).flip(1)  # later first
-        best = score.argmin(1)  # N x H x W, index into the flipped boxes
-        label = ev.labels.flip(1).gather(1, best.flatten(1)).view_as(best)
-        hit = torch.isfinite(score.amin(1)) & (label >= 0)
-        return F.one_hot(label.clamp_min(0), self.num_classes).permute(0, 3, 1, 2) * hit[:, None]
+        """N x K x H x W bool one-hot of the class of the smallest box covering each pixel
+        (box-fill's painting order: among equal areas the later box), all False where no box
+        covers it; in memory linear in pixels (`first_covering`)."""
+        order = smallest_first(ev)
+        in_rows, in_cols = (x.gather(1, order[..., None].expand_as(x)) for x in ev.extents())
+        first = first_covering(in_rows, in_cols)  # N x H x W, into `order`; -1: no box
+        labels = ev.labels.gather(1, order)
+        label = labels.gather(1, first.clamp_min(0).flatten(1)).view_as(first)
+        hit = (first >= 0) & (label >= 0)
+        classes = torch.arange(self.num_classes, device=label.device)
+        return (label[:, None] == classes[:, None, None]) & hit[:, None]
 
     def apply(self, logits: torch.Tensor, ev: BoxEvidence) -> torch.Tensor:
         """N x K x H x W logits made box-consistent (NaN, void, stays NaN)."""
         return logits + self.bias(ev.to(logits.device)).to(logits.dtype)
+
+
+def smallest_first(ev: BoxEvidence) -> torch.Tensor:
+    """N x B: each image's boxes in box-fill's order of precedence, the smallest (in float32
+    area) first, among equal areas the later box first; padding boxes last."""
+    b = ev.bounds.float()
+    area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    area = torch.where(ev.labels >= 0, area, torch.inf)
+    later_first = torch.sort(area.flip(1), dim=1, stable=True).indices
+    return area.shape[1] - 1 - later_first
+
+
+BITS = 62  # boxes a bit set holds: bits 0-61 of an int64 (the sign bit unused)
+
+
+def _bit_sets(inside: torch.Tensor) -> torch.Tensor:
+    """N x c x L bool (c <= BITS boxes) -> N x L int64: bit i set where box i covers."""
+    bits = torch.arange(inside.shape[1], device=inside.device)
+    return (inside.long() << bits[:, None]).sum(1)
+
+
+def first_covering(in_rows: torch.Tensor, in_cols: torch.Tensor) -> torch.Tensor:
+    """N x H x W int64: the first box (of `extents`' N x B x H, N x B x W) covering each
+    pixel, -1 where none does. A pixel's boxes are a bit set, its row's AND its column's, the
+    lowest bit the first box: BITS boxes at a time, in memory linear in pixels (never a box x
+    pixel tensor)."""
+    n, b, h = in_rows.shape
+    first = torch.full((n, h, in_cols.shape[-1]), -1, dtype=torch.int64, device=in_rows.device)
+    for start in range(0, b, BITS):
+        rows = _bit_sets(in_rows[:, start : start + BITS])
+        cols = _bit_sets(in_cols[:, start : start + BITS])
+        both = rows[:, :, None] & cols[:, None, :]
+        lowest = torch.frexp((both & -both).float()).exponent - 1  # powers of 2: exact
+        first = torch.where((first < 0) & (both != 0), start + lowest, first)
+    return first
 
 
 def rule_of(meta: dict | None, option: BoxConstraint | None) -> ConstraintRule | None:

@@ -13,10 +13,11 @@ Two facts hold for every box, whatever is inside it:
   to which the boxes allow no common class (two abutting boxes of different classes).
 
 The box constraint keeps a class out of the pixels outside its boxes; these terms shape it
-inside them. They run on a batch's crops at training resolution, with shifted views and
-tensors over all boxes at once (no Python loop over pixels or boxes), from the crop's box
-evidence (`box_constraint.BoxEvidence`): never from a mask. `WeakBoxLoss` is the user's option,
-`BoxTerms` the training step's term.
+inside them. They run on a batch's crops at training resolution, from the crop's box
+evidence (`box_constraint.BoxEvidence`), never from a mask, over all boxes at once (no Python
+loop over pixels or boxes) and in memory linear in pixels: the colour term on shifted views,
+the projections from the per-class maps by a max tree along each axis (`run_max`), never a
+boxes x pixels tensor. `WeakBoxLoss` is the user's option, `BoxTerms` the training step's term.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from boxseg.box_constraint import BoxEvidence, ConstraintRule
 from boxseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -106,6 +108,164 @@ def _dice_to_ones(pred: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return 1 - 2 * inter / ((pred * pred * w).sum(-1) + w.sum(-1)).clamp_min(1e-6)
 
 
+# Each box's max along an axis, from the per-class maps, in memory linear in pixels: the
+# maps' positions along the axis are paired up level by level (a max tree: positions 2i and
+# 2i+1 of one level make position i of the next), and a box's run of positions is tiled by at
+# most two aligned blocks a level. Nothing of size boxes x pixels is ever made; the gradient
+# is amax's (shared evenly by the positions tied for the max), pushed down the tree.
+
+
+def _halves(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tree level (... x L x S, along L) as views: its even and its odd positions (the
+    pairs), and the unpaired last position of an odd L."""
+    h = v.shape[-2] // 2
+    return v[..., 0 : 2 * h : 2, :], v[..., 1 : 2 * h : 2, :], v[..., 2 * h :, :]
+
+
+def _max_tree(maps: torch.Tensor, levels: int) -> tuple[list, list]:
+    """The tree's levels (level 0: the maps) and, for each level above 0, which halves of each
+    block hold its max: (even, odd) bool."""
+    tree, holders = [maps], []
+    for _ in range(levels - 1):
+        even, odd, tail = _halves(tree[-1])
+        top = torch.maximum(even, odd)
+        tree.append(torch.cat([top, tail], -2))
+        holders.append((even == top, odd == top))
+    return tree, holders
+
+
+def _count_up(v: torch.Tensor, count: torch.Tensor | None, holders: tuple) -> torch.Tensor:
+    """How many positions of each block of the level above `v` hold the block's max, from
+    `count`, the same of `v` (None: level 0, one position a block)."""
+    if count is None:  # a view: no pixel-sized tensor of ones
+        count = torch.ones((), dtype=torch.int32, device=v.device).expand(v.shape)
+    even, odd, tail = _halves(count)
+    return torch.cat([even * holders[0] + odd * holders[1], tail], -2)
+
+
+def _push_down(grad_up: torch.Tensor, v: torch.Tensor, holders: tuple) -> torch.Tensor:
+    """The gradient of level `v` from the one above it (each block's share for its positions
+    that hold its max): to the halves of each block that hold it."""
+    grad = torch.empty_like(v, dtype=grad_up.dtype)
+    even, odd, tail = _halves(grad)
+    pairs = grad_up[..., : even.shape[-2], :]
+    torch.mul(pairs, holders[0], out=even)
+    torch.mul(pairs, holders[1], out=odd)
+    tail.copy_(grad_up[..., even.shape[-2] :, :])
+    return grad
+
+
+def _blocks(lo: torch.Tensor, hi: torch.Tensor, levels: int) -> list:
+    """Per tree level, bottom up, the aligned blocks that tile each run [lo, hi) (N x B): two
+    pairs (the block's index at that level, N x B; whether the run takes it, N x B bool)."""
+    out, left, right = [], lo, hi
+    for _ in range(levels):
+        active = left < right
+        take_left, take_right = active & (left % 2 == 1), active & (right % 2 == 1)
+        out.append(((left, take_left), (right - 1, take_right)))
+        left, right = (left + take_left.long()) // 2, (right - take_right.long()) // 2
+    return out
+
+
+def _levels(length: int) -> int:
+    """The levels of a max tree over `length` positions, up to the one block of them all."""
+    return (max(length, 1) - 1).bit_length() + 1
+
+
+def _at(level: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """N x B x S: each box's class map (`labels` N x B) at its block `index` (N x B) of a tree
+    level (N x K x L x S)."""
+    n = torch.arange(level.shape[0], device=level.device)[:, None]
+    return level[n, labels, index.clamp(0, level.shape[-2] - 1)]
+
+
+def _inner_max(maps: torch.Tensor, labels: torch.Tensor, blocks: list) -> torch.Tensor:
+    """N x B x S: the max over each box's run (-inf for an empty one), one level at a time."""
+    inner = maps.new_full((*labels.shape, maps.shape[-1]), -torch.inf)
+    level = maps
+    for j, pair in enumerate(blocks):
+        if j:
+            even, odd, tail = _halves(level)
+            level = torch.cat([torch.maximum(even, odd), tail], -2)
+        for index, take in pair:
+            at = _at(level, labels, index)
+            inner = torch.where(take[..., None], torch.maximum(inner, at), inner)
+    return inner
+
+
+def _holds(level, labels, block, inner) -> torch.Tensor:
+    """N x B x S bool: the runs that take this block, where it holds their max."""
+    index, take = block
+    return take[..., None] & (_at(level, labels, index) == inner)
+
+
+def _tie_counts(tree: list, holders: list, labels, blocks: list, inner) -> torch.Tensor:
+    """N x B x S: how many positions of each box's run hold its max (`inner`)."""
+    ties, count = torch.zeros_like(inner, dtype=torch.int64), None
+    for j, pair in enumerate(blocks):
+        count = _count_up(tree[j - 1], count, holders[j - 1]) if j else None
+        for block in pair:
+            held = _holds(tree[j], labels, block, inner)
+            ties += held if count is None else held * _at(count, labels, block[0])
+    return ties
+
+
+def _spread(tree: list, holders: list, labels, blocks: list, inner, share) -> torch.Tensor:
+    """The maps' gradient: each box's `share` (N x B x S) to every position of its run that
+    holds its max, added at the blocks that tile the run and pushed down the tree (which
+    empties as it goes)."""
+    n = torch.arange(labels.shape[0], device=labels.device)[:, None]
+    grad = None
+    for j in reversed(range(len(blocks))):
+        level = tree.pop()
+        if grad is None:
+            grad = torch.zeros_like(level, dtype=share.dtype)
+        else:
+            grad = _push_down(grad, level, holders.pop())
+        for index, take in blocks[j]:
+            held = _holds(level, labels, (index, take), inner)
+            where = (n, labels, index.clamp(0, level.shape[-2] - 1))
+            grad.index_put_(where, share * held, accumulate=True)
+    return grad
+
+
+class _RunMax(torch.autograd.Function):
+    """Per box, the max of its class's map (N x K x L x S) over its run [lo, hi) along L, for
+    each of the S positions across: `(maps[labels] * in_run).amax(2)`, runs shorter than L
+    taking the max with the zeros outside them; value and gradient (amax's: shared evenly by
+    the positions tied for the max, the zeros outside included) without a box x pixel tensor."""
+
+    @staticmethod
+    def forward(ctx, maps, labels, lo, hi):
+        inner = _inner_max(maps, labels, _blocks(lo, hi, _levels(maps.shape[-2])))
+        outside = (hi - lo < maps.shape[-2])[..., None]  # the run leaves zeros out
+        out = torch.where(outside, inner.clamp_min(0), inner)
+        ctx.save_for_backward(maps, labels, lo, hi, inner, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        maps, labels, lo, hi, inner, out = ctx.saved_tensors
+        blocks = _blocks(lo, hi, _levels(maps.shape[-2]))
+        tree, holders = _max_tree(maps, len(blocks))
+        in_run = inner == out  # the max lies in the run (else it is a zero outside it)
+        ties = torch.where(in_run, _tie_counts(tree, holders, labels, blocks, inner), 0)
+        ties = ties + torch.where(out == 0, maps.shape[-2] - (hi - lo)[..., None], 0)
+        share = torch.where(in_run, grad / ties.clamp_min(1), 0)
+        return _spread(tree, holders, labels, blocks, inner, share), None, None, None
+
+
+def run_max(maps: torch.Tensor, labels: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """N x B x S: `(maps[labels] * inside).amax(2)`, value and gradient, in memory linear in
+    pixels: per box, the max of its class's map (`maps` N x K x L x S, `labels` N x B) over
+    the positions along L it covers (`inside` N x B x L; one run of them, as `BoxEvidence`'s
+    monotone rows and columns make it), with the zeros of those it leaves out."""
+    lo = inside.byte().argmax(-1)
+    hi = lo + inside.sum(-1)
+    return _RunMax.apply(maps, labels, lo, hi)
+
+
 Extents = tuple[torch.Tensor, torch.Tensor]  # BoxEvidence.extents: (in_rows, in_cols)
 
 
@@ -115,12 +275,10 @@ def projection_loss(
     """Tightness: mean over boxes and axes of the dice loss between the max-projection of the
     box class's probability (N x K x H x W) inside the box and the box's extent (all ones).
     `extents`: `ev.extents()` if the caller has them already (the box constraint's pixels)."""
-    n, _, h, w = probs.shape
     in_rows, in_cols = ev.extents() if extents is None else extents
     labels = ev.labels.clamp_min(0)
-    p = probs.gather(1, labels[..., None, None].expand(-1, -1, h, w))  # N x B x H x W
-    col_max = (p * in_rows[..., :, None]).amax(2)  # per column, over the box's rows
-    row_max = (p * in_cols[..., None, :]).amax(3)  # per row, over the box's columns
+    col_max = run_max(probs, labels, in_rows)  # per column, over the box's rows
+    row_max = run_max(probs.transpose(2, 3), labels, in_cols)  # per row, over its columns
     real = ev.labels >= 0
     use_x = real & in_cols.any(-1) & shows_whole(ev.rows, ev.bounds[..., 1], ev.bounds[..., 3])
     use_y = real & in_rows.any(-1) & shows_whole(ev.cols, ev.bounds[..., 0], ev.bounds[..., 2])

@@ -136,7 +136,7 @@ def test_every_consumer_agrees_on_which_pixels_a_box_covers(box, pixels):
     from boxseg.box_labels import box_fill
     from boxseg.box_losses import projection_loss
     from boxseg.data.boxes import pixel_boxes, rasterize_boxes
-    from boxseg.rank import box_masks
+    from boxseg.rank import box_cover, box_rects
 
     h = w = 32
     boxes, labels = np.array([box], np.float32), np.array([1])
@@ -152,8 +152,8 @@ def test_every_consumer_agrees_on_which_pixels_a_box_covers(box, pixels):
     bias = _bias(boxes, labels, 3, h, w, 0, prior=3.0)
     allowed, prior = (bias[1] > -NEG / 2).numpy(), (bias[1] == 3.0).numpy()
     ev = BoxEvidence.whole([boxes], [labels], h, w)
-    in_rows, in_cols, kept = box_masks(ev)
-    ranked = (in_rows.T @ in_cols > 0).numpy() if len(kept) else np.zeros((h, w), bool)
+    rects, kept = box_rects(ev)
+    ranked = box_cover(rects, h, w).numpy()
     for got in (raster, filled, allowed, prior, ranked):
         np.testing.assert_array_equal(got, want)
     assert len(kept) == int(pixels is not None)
@@ -579,3 +579,59 @@ def test_void_uncovered_gives_no_target_where_no_box_covers_a_pixel(pipeline, tm
                             tmp_path / "x.zarr", "--num-full", "4", "--quiet",
                             "--box-uncovered", "maybe"], capsys)  # fmt: skip
     assert code == 2 and "--box-uncovered maybe: choose net or void" in err
+
+
+# --- the prior in memory linear in pixels (issue 41): as the N x B x H x W painting was ---
+
+
+def _prior_rules(classes: int) -> list[ConstraintRule]:
+    """The rule with a prior, with and without a background class, and void where no box is."""
+    return [
+        ConstraintRule.of(classes, None, None, 2.5),
+        ConstraintRule.of(classes, 0, None, 2.5),
+        ConstraintRule.of(classes, None, None, 2.5, void_uncovered=True),
+    ]
+
+
+@pytest.mark.parametrize("crop", [None, 13, 16])
+@pytest.mark.parametrize("count", [1, 7, 62, 63, 130])
+def test_prior_matches_the_previous_implementation(crop, count):
+    """Random boxes of a few sizes (many equal areas, where the later box wins), overlapping,
+    at the edges, fractional or covering no pixel, batches of 3 with padding boxes, whole
+    15 x 18 images and crops as training cuts them; 62 boxes to a bit set and beyond: the
+    prior, and the whole bias, equal the previous implementation's bit for bit."""
+    from tests.helpers import box_reference as before
+
+    rng, decided_by_order = np.random.default_rng(count + (crop or 0)), 0
+    for _ in range(4):
+        ev = before.random_evidence(rng, 3, 15, 18, 5, count, crop)
+        for rule in _prior_rules(5):
+            want = before.smallest(rule, ev)
+            assert torch.equal(rule._smallest(ev).long(), want)
+            got, old = rule.bias(ev), before.bias(rule, ev)
+            torch.testing.assert_close(got, old, rtol=0, atol=0, equal_nan=True)
+        backwards = BoxEvidence(ev.bounds.flip(1), ev.labels.flip(1), ev.rows, ev.cols)
+        decided_by_order += not torch.equal(before.smallest(rule, backwards).flip(1), want)
+    assert count == 1 or decided_by_order  # equal areas of different classes did occur
+
+
+def test_prior_memory_does_not_grow_with_boxes_times_pixels():
+    """The largest tensor the bias with a prior makes (batch 2, 5 classes, 64 x 64): the
+    previous painting's is N x B x H x W float32; with 150 boxes this one's stays below one
+    byte a box and pixel (per-box rows and columns, pixel maps), and the prior's own part
+    does not grow at all from 5 boxes to 150."""
+    from tests.helpers import box_reference as before
+    from tests.helpers.tensor_peak import largest_tensor
+
+    def evidence_of(count: int) -> BoxEvidence:
+        rng = np.random.default_rng(count)
+        corner, side = rng.uniform(0, 63, (2, count, 2)), rng.uniform(1, 30, (2, count, 2))
+        boxes = np.concatenate([corner, np.minimum(corner + side, 64)], -1).astype(np.float32)
+        return BoxEvidence.whole(list(boxes), list(rng.integers(0, 5, (2, count))), 64, 64)
+
+    rule, few, many = ConstraintRule.of(5, 0, None, 2.0), evidence_of(5), evidence_of(150)
+    assert many.labels.shape == (2, 150)
+    assert largest_tensor(lambda: rule.bias(many)) < 2 * 150 * 64 * 64
+    prior_few = largest_tensor(lambda: rule._smallest(few))
+    assert largest_tensor(lambda: rule._smallest(many)) == prior_few
+    assert largest_tensor(lambda: before.bias(rule, many)) >= 2 * 150 * 64 * 64 * 4

@@ -16,6 +16,7 @@ from boxseg.box_losses import (
     pairwise_loss,
     projection_loss,
     rgb_to_lab,
+    run_max,
 )
 from boxseg.data.boxes import BoxSpec
 from boxseg.data.folder import FolderDataset
@@ -31,6 +32,8 @@ from boxseg.train_anc import AncOptions, train_anc
 from boxseg.weak_targets import OnlineWeakTrainSet
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 from tests.data.test_folder import write_folder
+from tests.helpers import box_reference as before
+from tests.helpers.tensor_peak import largest_tensor
 
 
 def evidence(boxes, labels, h=16, w=16, rows=None, cols=None) -> BoxEvidence:
@@ -97,6 +100,99 @@ def test_projection_ignores_an_axis_the_crop_cuts():
     # cut off, so the per-column projection says nothing; the per-row one still holds
     assert projection_loss(probs_of(m), ev_cut) < 1e-4
     assert projection_loss(probs_of(m), evidence([BOX], [1])) > 0.2
+
+
+PROBS = {  # kinds of maps: probabilities (generic, many exact ties, exact 0 and 1), signed
+    "generic": lambda shape, g: torch.randn(shape, generator=g).softmax(1),
+    "signed": lambda shape, g: torch.randn(shape, generator=g) - 2,  # vs the zeros outside
+    "ties": lambda shape, g: torch.randint(0, 2, shape, generator=g).float().softmax(1),
+    "hard": lambda shape, g: (torch.randint(0, 2, shape, generator=g) * 200.0).softmax(1),
+}
+
+
+def _leaf_pair(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return probs.clone().requires_grad_(), probs.clone().requires_grad_()
+
+
+def _tied(probs: torch.Tensor, ev: BoxEvidence) -> int:
+    """How many (box, column) pairs have their max held by several of the box's rows."""
+    col_max, _ = before.box_maxima(probs, ev)
+    p = probs.gather(1, ev.labels.clamp_min(0)[..., None, None].expand(-1, -1, *probs.shape[2:]))
+    held = (p == col_max[:, :, None, :]) & ev.extents()[0][..., None]
+    return int((held.sum(2) > 1).sum())
+
+
+@pytest.mark.parametrize("kind", PROBS)
+@pytest.mark.parametrize("crop", [None, 13, 16])
+def test_projection_matches_the_previous_implementation(kind, crop):
+    """Random boxes (overlapping, at the edges, fractional, covering no pixel), batches of 3
+    with padding boxes, on whole 15 x 18 images and on crops as training cuts them (scaled,
+    shifted, padded, flipped): each box's row and column maxima, and the loss, equal the
+    previous N x B x H x W implementation's bit for bit, their gradients (amax's, shared by
+    tied positions) within 1e-5."""
+    rng, g = np.random.default_rng(len(kind) + (crop or 0)), torch.Generator().manual_seed(0)
+    tied = 0
+    for _ in range(5):
+        ev = before.random_evidence(rng, 3, 15, 18, 4, 12, crop)
+        probs = PROBS[kind]((3, 4, ev.rows.shape[1], ev.cols.shape[1]), g)
+        tied += _tied(probs, ev)
+        new, old = _leaf_pair(probs)
+        in_rows, in_cols = ev.extents()
+        labels = ev.labels.clamp_min(0)
+        maxima = run_max(new, labels, in_rows), run_max(new.transpose(2, 3), labels, in_cols)
+        old_maxima = before.box_maxima(old, ev)
+        upstream = [torch.randn(m.shape, generator=g) for m in old_maxima]
+        for got, want, up in zip(maxima, old_maxima, upstream, strict=True):
+            assert torch.equal(got, want)
+            (got * up).sum().backward(retain_graph=True)
+            (want * up).sum().backward(retain_graph=True)
+        torch.testing.assert_close(new.grad, old.grad, rtol=0, atol=1e-5)
+        new, old = _leaf_pair(probs)
+        loss, old_loss = projection_loss(new, ev), before.projection_loss(old, ev)
+        assert torch.equal(loss, old_loss)
+        loss.backward()
+        old_loss.backward()
+        torch.testing.assert_close(new.grad, old.grad, rtol=0, atol=1e-5)
+    assert kind in ("generic", "signed") or tied > 0  # the ties these kinds are for occurred
+
+
+def test_a_crop_shows_each_box_as_one_run_of_rows_and_columns():
+    """What `run_max` relies on: on the crops training cuts (scaled, shifted, padded, flipped)
+    the output rows (columns) inside a box are consecutive."""
+    rng = np.random.default_rng(0)
+    for crop in (7, 13, 16, 40):
+        for _ in range(10):
+            ev = before.random_evidence(rng, 3, 15, 18, 4, 12, crop)
+            for inside in ev.extents():
+                first, count = inside.byte().argmax(-1), inside.sum(-1)
+                at = torch.arange(inside.shape[-1])
+                run = (at >= first[..., None]) & (at < (first + count)[..., None])
+                assert torch.equal(run, inside)
+
+
+def _spread_evidence(count: int, size: int = 64, n: int = 2, classes: int = 5) -> BoxEvidence:
+    """n whole size x size images with `count` boxes each (1-30 pixels a side)."""
+    rng = np.random.default_rng(count)
+    corner, side = rng.uniform(0, size - 1, (n, count, 2)), rng.uniform(1, 30, (n, count, 2))
+    boxes = np.concatenate([corner, np.minimum(corner + side, size)], -1).astype(np.float32)
+    labels = rng.integers(0, classes, (n, count))
+    return BoxEvidence.whole(list(boxes), list(labels), size, size)
+
+
+def test_projection_memory_does_not_grow_with_boxes_times_pixels():
+    """The largest tensor of a forward and backward pass (batch 2, 5 classes, 64 x 64): the
+    previous implementation's is N x B x H x W, this one's the probabilities' own size, with
+    5 boxes as with 150."""
+
+    def largest(loss_fn, count: int) -> int:
+        ev = _spread_evidence(count)
+        probs = torch.randn(2, 5, 64, 64).softmax(1).requires_grad_()
+        return largest_tensor(lambda: loss_fn(probs, ev).backward())
+
+    assert _spread_evidence(150).labels.shape == (2, 150)
+    pixels = 2 * 5 * 64 * 64 * 4  # the probabilities, float32
+    assert largest(projection_loss, 5) == largest(projection_loss, 150) == pixels
+    assert largest(before.projection_loss, 150) >= 2 * 150 * 64 * 64 * 4  # the probe sees it
 
 
 def two_colours(h=12, w=16, edge=8) -> torch.Tensor:
