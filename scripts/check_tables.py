@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from boxseg.data.formats import CAMVID_CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
 LOST_MARK = "†"
 NUMBER = re.compile(r"([+-]?\d+(?:\.\d+)?)(" + LOST_MARK + r")?")
@@ -122,19 +124,7 @@ MODES = {
 MF = {m: seeds(f"camvid_unseen_mf/{m}_s{{s}}.json") for m in ("none", "full")}
 OHEM_NONE = seeds("camvid_unseen_ohem/none_s{s}.json")
 RECIPE = "camvid_unseen_recipe/"
-CLASSES = (
-    "sky",
-    "building",
-    "pole",
-    "road",
-    "pavement",
-    "tree",
-    "sign_symbol",
-    "fence",
-    "car",
-    "pedestrian",
-    "bicyclist",
-)
+CLASSES = CAMVID_CLASSES  # the per-class columns, in the dataset's order
 SEEDS_1_2 = slice(1, 3)
 
 
