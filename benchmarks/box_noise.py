@@ -248,19 +248,19 @@ def main() -> None:
         "--penalty",
         type=float,
         default=NEG,
-        help="the graceful rule (robust, anc_soft stores): --box-penalty",
+        help="the graceful rule (anc_soft, anc_half, robust, robust_half stores): --box-penalty",
     )
     ap.add_argument(
         "--uncovered",
         default="net",
         choices=("net", "void"),
-        help="the graceful rule (robust, anc_soft stores): --box-uncovered",
+        help="the graceful rule (anc_soft, anc_half, robust, robust_half stores): --box-uncovered",
     )
     ap.add_argument(
         "--prior",
         type=float,
         default=0.0,
-        help="the graceful rule (robust, anc_soft stores): --box-prior",
+        help="the graceful rule (anc_soft, anc_half, robust, robust_half stores): --box-prior",
     )
     ap.add_argument(
         "--kinds", default="anc", help=f"stores stage: net stores to make ({', '.join(NET_KINDS)})"
@@ -353,7 +353,7 @@ def main() -> None:
 
     def rule_of_kind(kind: str) -> BoxConstraint:
         """The graceful rule (--penalty, --uncovered, --prior) for the robust,
-        robust_half and anc_soft stores, the hard rule for the others."""
+        robust_half, anc_soft and anc_half stores, the hard rule for the others."""
         if kind not in GRACEFUL:
             return BoxConstraint()
         return BoxConstraint(True, args.prior, args.penalty, args.uncovered == "void")
