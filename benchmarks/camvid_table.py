@@ -85,8 +85,16 @@ ROWS = ("f_only", "ancillary", "anc_half", "none", "linear", "linear_a5", "conv"
 STAGES = ("box_stores", "stores", "anc_stride1", "recipe")  # --rows may name these: W stores
 PRIORS = (1.0, 2.0, 4.0)  # the smaller-box priors the recipe stage scores
 CODE = code_version()  # the code this process runs (taken once: a later commit is not it)
-BOX_ROWS = ("none", "linear", "linear_a5", "conv", "online_linear", "box_fill", "grabcut",
-            "none_weakbox")
+BOX_ROWS = (
+    "none",
+    "linear",
+    "linear_a5",
+    "conv",
+    "online_linear",
+    "box_fill",
+    "grabcut",
+    "none_weakbox",
+)
 
 
 def resized_copy(src: Path, dst: Path, splits: list[str], scale: float) -> Path:
@@ -152,6 +160,22 @@ def cached_row(rows: Path, name: str, fn, summary=lambda r: "") -> dict:
     return result
 
 
+def same_network(out: Path, spec: ModelSpec) -> None:
+    """Rows are cached by name: refuse an OUT whose rows another network made (OUT/model.json
+    records it; a folder of rows from before it was written holds boxseg's own net's)."""
+    record = out / "model.json"
+    if record.is_file():
+        old = ModelSpec(**json.loads(record.read_text()))
+        if old != spec:
+            raise SystemExit(f"{out}: its rows are {old.describe()}'s; give {spec} its own --out")
+    elif spec.arch != "boxseg" and any((out / "rows").glob("*.json")):
+        raise SystemExit(
+            f"{out}: its rows are boxseg's own net's; give {spec.describe()} its own --out"
+        )
+    else:
+        write_json(record, spec.to_dict())
+
+
 def scores(r: dict) -> dict:
     return {"miou": r["miou"], "pixel_acc": r["pixel_acc"], "per_class_iou": r["per_class_iou"]}
 
@@ -193,8 +217,9 @@ def _claims(table: dict, key: str) -> dict:
     if box and "self_training" in rows:
         best_box = max(box, key=lambda k: rows[k]["miou_mean"])
         claims["best_box_row"] = best_box
-        claims["best_box_minus_self_training"] = (rows[best_box]["miou_mean"]
-                                                  - rows["self_training"]["miou_mean"])
+        claims["best_box_minus_self_training"] = (
+            rows[best_box]["miou_mean"] - rows["self_training"]["miou_mean"]
+        )
     if {"linear", "none"} <= rows.keys():
         claims["linear_minus_none"] = rows["linear"]["miou_mean"] - rows["none"]["miou_mean"]
     claims["max_row_sd"] = max((r["miou_sd"] for r in rows.values()), default=None)
@@ -211,10 +236,14 @@ def report(results: dict[str, dict], seeds: list[int]) -> dict:
         if not runs:
             continue
         first = next(iter(runs.values()))
-        table[name] = {"in_domain": _summary(runs, None), "unseen": _summary(runs, "unseen"),
-                       "w_steps": first.get("w_steps"), "steps": first.get("steps"),
-                       "commits": sorted({r.get("commit", "?") for r in runs.values()}),
-                       "seconds_mean": statistics.mean(r["seconds"] for r in runs.values())}
+        table[name] = {
+            "in_domain": _summary(runs, None),
+            "unseen": _summary(runs, "unseen"),
+            "w_steps": first.get("w_steps"),
+            "steps": first.get("steps"),
+            "commits": sorted({r.get("commit", "?") for r in runs.values()}),
+            "seconds_mean": statistics.mean(r["seconds"] for r in runs.values()),
+        }
     return {"table": table, "claims": {"in_domain": _claims(table, "in_domain"),
                                        "unseen": _claims(table, "unseen")}}  # fmt: skip
 
@@ -270,6 +299,12 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--channels", type=int, default=64, help="ASPP and decoder channels")
+    ap.add_argument(
+        "--arch",
+        default="boxseg",
+        help="boxseg (its own DeepLabv3+) or an smp architecture (its own --out)",
+    )
+    ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--primary-class-weights", default="none",
                     help="class weights of every primary row (none, median-freq: for thin "
                     "classes; give it its own --out: rows keep their names)")  # fmt: skip
@@ -281,8 +316,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (several processes)")
-    ap.add_argument("--unseen-video", default="0006R0",
-                    help="frames of this drive are only evaluated ('': none held out)")
+    ap.add_argument(
+        "--unseen-video",
+        default="0006R0",
+        help="frames of this drive are only evaluated ('': none held out)",
+    )
     ap.add_argument("--report", action="store_true", help="only print the table from the cache")
     args = ap.parse_args()
     if args.threads:
@@ -305,7 +343,8 @@ def main() -> None:
     if args.full_list:
         split = SplitSpec(train_split, None, 0, args.full_list.resolve())
     num_full = len(split_dataset(ds, split)[0])
-    spec = ModelSpec("resnet18", 16, args.channels, args.channels)
+    spec = ModelSpec(args.encoder, 16, args.channels, args.channels, arch=args.arch)
+    same_network(out, spec)
     box_spec = BoxSpec(min_area=4)  # 16 pixels at scale 0.5, as the ablation
     val, runs, stores = args.eval_split, out / "runs", out / "stores"
 
@@ -327,8 +366,13 @@ def main() -> None:
         r = evaluate_model(model, meta, ds, unseen, resolve_device(args.device), quiet=True)
         return {"unseen": scores(r)}
 
-    def store_row(name: str, model: Path | None, method: str = "anc", stride: int = 4,
-                  constraint: BoxConstraint | None = None) -> dict:
+    def store_row(
+        name: str,
+        model: Path | None,
+        method: str = "anc",
+        stride: int = 4,
+        constraint: BoxConstraint | None = None,
+    ) -> dict:
         """Make a W store (once) and score its pseudo-labels against W's held-back masks; the
         box rules' stores at pixel level (stride 1: exact), the nets' at `stride`."""
         path = stores / f"{name}.zarr"
@@ -352,8 +396,7 @@ def main() -> None:
 
         return row(f"store_{name}", make) | {"path": str(path)}
 
-    def anc_row(name: str, seed: int, fraction: float, weak_boxes: bool = False,
-                **variant) -> Path:
+    def anc_row(name: str, seed: int, fraction: float, weak_boxes: bool = False, **variant) -> Path:
         """An ancillary net (`variant`: AncOptions fields such as class_weights or box_path,
         else their defaults), scored with boxes given on val and on the unseen drive."""
         run = runs / name
@@ -391,8 +434,11 @@ def main() -> None:
         def fit() -> dict:
             r = train_primary(opts, quiet=True)
             config = json.loads((run / "config.json").read_text())
-            return scores(r) | {"steps": config["iters"], "w_steps": config["w_steps"]} | (
-                on_unseen(run))
+            return (
+                scores(r)
+                | {"steps": config["iters"], "w_steps": config["w_steps"]}
+                | (on_unseen(run))
+            )
 
         row(name, fit)
         return run / "model.pt"

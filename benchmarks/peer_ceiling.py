@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import types
 from pathlib import Path
 
 import torch
@@ -57,7 +56,7 @@ class PeerNet(nn.Module):
         self.net = smp.DeepLabV3Plus("resnet18", encoder_weights=None, classes=num_classes,
                                      encoder_output_stride=16,
                                      decoder_channels=decoder_channels)  # fmt: skip
-        self.backbone = types.SimpleNamespace(pretrained=None)  # (what say_pretrained reads)
+        self.pretrained = None  # (what say_pretrained reads)
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         h, w = image.shape[-2:]
@@ -114,8 +113,11 @@ def main() -> None:
         r = train_primary(PrimaryOptions(data, run, split, spec, cfg, val_split="val"), quiet=True)
         net = built["net"].eval()
         meta = primary_meta(spec, ds, "f_only", None, 0)
-        result = scores(r) | {"steps": args.iters, "network": "smp DeepLabV3Plus resnet18",
-                              "parameters": sum(p.numel() for p in net.parameters())}
+        result = scores(r) | {
+            "steps": args.iters,
+            "network": "smp DeepLabV3Plus resnet18",
+            "parameters": sum(p.numel() for p in net.parameters()),
+        }
         if unseen:
             result["unseen"] = scores(evaluate_model(net, meta, ds, unseen, dev, quiet=True))
         return result
@@ -127,8 +129,11 @@ def main() -> None:
     for key, get in (("in_domain", lambda r: r["miou"]), ("unseen", lambda r: r["unseen"]["miou"])):
         values = [get(r) for r in rows.values() if key == "in_domain" or "unseen" in r]
         if values:
-            summary[key] = {"mean": statistics.mean(values), "values": values,
-                            "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+            summary[key] = {
+                "mean": statistics.mean(values),
+                "values": values,
+                "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))

@@ -31,14 +31,29 @@ SplitSeed = Annotated[int, typer.Option(help="Seed of the F/W draw.")]
 FullList = Annotated[
     Path | None, typer.Option(help="File listing F's ids (instead of --num-full).")
 ]
-Backbone = Annotated[
-    str, typer.Option(help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3_large")
+Arch = Annotated[
+    str,
+    typer.Option(
+        help="Network: boxseg (its own DeepLabv3+) or a segmentation_models.pytorch "
+        "architecture (deeplabv3plus, unet, fpn, segformer, upernet ...)."
+    ),
+]
+Encoder = Annotated[
+    str,
+    typer.Option(
+        "--encoder",
+        "--backbone",
+        help="Encoder: --arch boxseg takes resnet18|resnet34|resnet50|resnet101|"
+        "mobilenet_v3_large (torchvision); smp architectures any smp encoder (resnet18, "
+        "efficientnet-b0, mit_b0, tu-convnext_atto ...).",
+    ),
 ]
 OutputStride = Annotated[int, typer.Option(help="Backbone output stride: 8 or 16.")]
 Pretrained = Annotated[
     str,
     typer.Option(
-        help="none, imagenet (torchvision's weights), a torchvision weights name, or a file."
+        help="Encoder weights: none, imagenet, a torchvision weights name (--arch boxseg) or "
+        "another smp weights name of the encoder (ssl, swsl ...), or a local state dict file."
     ),
 ]
 AsppChannels = Annotated[int, typer.Option(help="ASPP output channels.")]
@@ -146,10 +161,13 @@ def _train_cfg(args: dict):
     return TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args})
 
 
-def _model_spec(backbone: str, output_stride: int, aspp_channels: int, decoder_channels: int):
+def _model_spec(args: dict):
+    """ModelSpec from a command's arguments."""
     from boxseg.models import ModelSpec
 
-    return ModelSpec(backbone, output_stride, aspp_channels, decoder_channels)
+    _refuse_unused_widths(args["arch"])
+    keys = ("output_stride", "aspp_channels", "decoder_channels")
+    return ModelSpec(args["encoder"], **{k: args[k] for k in keys}, arch=args["arch"])
 
 
 def _refuse_unused(uses: dict[str, bool], mode: str) -> None:
@@ -161,6 +179,18 @@ def _refuse_unused(uses: dict[str, bool], mode: str) -> None:
     for name, used in uses.items():
         if not used and ctx.get_parameter_source(name) in given:
             raise BoxsegError(f"--{name.replace('_', '-')}: not used {mode}")
+
+
+def _refuse_unused_widths(arch: str) -> None:
+    """The width options only some architectures read: the DeepLab family (boxseg's own and
+    smp's) reads --output-stride and --decoder-channels, boxseg's own also --aspp-channels."""
+    deeplab = arch in ("boxseg", "deeplabv3plus", "deeplabv3")
+    uses = {
+        "aspp_channels": arch == "boxseg",
+        "decoder_channels": deeplab,
+        "output_stride": deeplab,
+    }
+    _refuse_unused(uses, f"with --arch {arch}")
 
 
 def _box_rule(enabled: bool, prior: float, penalty: float, uncovered: str):
@@ -197,7 +227,8 @@ def train_anc_cmd(
             help="Comma-separated class names that get boxes (default: all but background)."
         ),
     ] = None,
-    backbone: Backbone = "resnet50",
+    arch: Arch = "boxseg",
+    encoder: Encoder = "resnet50",
     output_stride: OutputStride = 16,
     pretrained: Pretrained = "none",
     aspp_channels: AsppChannels = 256,
@@ -281,7 +312,7 @@ def train_anc_cmd(
         data,
         out,
         _split(split, num_full, seed_split, full_list),
-        _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
+        _model_spec(locals()),
         _train_cfg(locals()),
         boxes=BoxSpec(box_min_area, classes),
         pretrained=pretrained,
@@ -488,7 +519,8 @@ def train_primary_cmd(
     seed_split: SplitSeed = 0,
     full_list: FullList = None,
     split: Split = "train",
-    backbone: Backbone = "resnet50",
+    arch: Arch = "boxseg",
+    encoder: Encoder = "resnet50",
     output_stride: OutputStride = 16,
     pretrained: Pretrained = "none",
     aspp_channels: AsppChannels = 256,
@@ -554,7 +586,7 @@ def train_primary_cmd(
         data,
         out,
         _split(split, num_full, seed_split, full_list),
-        _model_spec(backbone, output_stride, aspp_channels, decoder_channels),
+        _model_spec(locals()),
         _train_cfg(locals()),
         weak=WeakOptions(
             logits=logits,

@@ -13,6 +13,8 @@ import typer
 from boxseg.errors import BoxsegError
 from boxseg.io import read_text
 
+ALIASES = {"backbone": "encoder"}  # option names a config file may still use
+
 
 def read_config(path: Path) -> dict:
     """The file's options as {python_name: value}."""
@@ -47,7 +49,8 @@ def read_config(path: Path) -> dict:
         raise BoxsegError(f"{path}: not a valid config file ({first})") from e
     if not isinstance(values, dict):
         raise BoxsegError(f"{path}: a config file holds option = value pairs")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    return {ALIASES.get(k, k): v for k, v in values.items()}
 
 
 def apply_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:

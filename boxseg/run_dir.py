@@ -80,7 +80,7 @@ def model_meta(kind: str, spec, ds, box_spec, box_channels: int | None, mean, st
     """The plain-data part of model.pt: everything needed to rebuild and use the model."""
     return {
         "kind": kind,
-        "arch": "deeplabv3plus",
+        "arch": spec.describe(),  # for people; the model is rebuilt from "model"
         "model": spec.to_dict(),
         "class_names": list(ds.class_names),
         "background": ds.background,

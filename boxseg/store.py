@@ -389,7 +389,8 @@ class LogitsStore(SharedReads):
             if self.dtype == "int8":
                 canvas[k, :, :hs, :ws] = encode_int8(x)
             else:
-                canvas[k, :, :hs, :ws] = x.numpy().astype(np.float16)
+                fp16 = float(np.finfo(np.float16).max)  # beyond it a logit would become inf
+                canvas[k, :, :hs, :ws] = x.clamp(-fp16, fp16).numpy().astype(np.float16)
         end = start + len(logits)
         sums = np.array(
             [[_crc(canvas[k]), _crc(box_rows[k])] for k in range(len(logits))], np.uint32

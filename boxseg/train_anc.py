@@ -172,7 +172,7 @@ def train_anc(opts: AncOptions, quiet: bool = False) -> dict:
                 "batch_size": w_batches.batch_size if w_batches else None,
             },
             "class_weights": None if weights is None else weights.tolist(),
-            "pretrained_loaded": model.backbone.pretrained,
+            "pretrained_loaded": model.pretrained,
             "iters": iters,
         }
         write_config(out, "train-anc", run_config(opts, found), device)

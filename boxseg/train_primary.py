@@ -133,7 +133,7 @@ def train_primary(opts: PrimaryOptions, quiet: bool = False) -> dict:
     w_logits = weak.logits if weak else None
     objective = Objective(correction, w_logits, weights, w_scale, terms, opts.losses.hard_pixels)
     if distributed.is_main():
-        pretrained_loaded = model.backbone.pretrained
+        pretrained_loaded = model.pretrained
         facts = RunFacts(
             full_ids, weak, anc, iters, warmup, sizes, w_scale, weights, pretrained_loaded
         )

@@ -313,3 +313,38 @@ def test_box_noise_copies_keep_f_exact_and_make_w_imprecise(tmp_path):
     void = paired["none_anc_soft_void_mixed minus none_anc_exact"]
     assert void["val"]["miou_seeds"] == {0: -1.5} and void["unseen"]["miou_seeds"] == {0: -1.0}
     assert not any(k.startswith("none_anc_exact minus") for k in paired)
+
+
+def test_realsize_bench_measures_every_stage_and_the_reads(tmp_path):
+    # small: each stage's peak and baseline at 2 and 8 boxes, the ratios, the crop/whole reads
+    args = "--size 256x128 --crop 96 --boxes 2,8 --repeats 2 --baseline inline".split()
+    args += ["--json", str(tmp_path / "realsize.json")]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "realsize_bench.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (version,) = json.loads((tmp_path / "realsize.json").read_text())["versions"]
+    stages = ("weak-step", "prior-batch", "rank", "eval")
+    rows = {(r["stage"], r["boxes"]): r for r in version["memory"]}
+    assert set(rows) == {(s, n) for s in stages for n in (2, 8)}
+    for (stage, n), r in rows.items():
+        assert "error" not in r, r
+        assert math.isfinite(r["peak_mb"]) and r["peak_mb"] >= r["baseline_mb"] > 100  # torch
+        assert r["stage_mb"] == pytest.approx(r["peak_mb"] - r["baseline_mb"])
+        if stage in ("weak-step", "prior-batch"):  # the boxes each of the 2 crops shows
+            assert len(r["boxes_seen"]) == 2 and all(0 <= b <= n for b in r["boxes_seen"])
+    for stage in stages:
+        peaks = rows[(stage, 8)]["peak_mb"] / rows[(stage, 2)]["peak_mb"]
+        assert version["ratios"][stage]["peak"] == pytest.approx(peaks)
+    assert [r["store"] for r in version["reads"]] == ["ancillary net's logits", "box-fill"]
+    for r in version["reads"]:
+        assert r["crop_ms"] > 0 and r["whole_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["crop_ms"] / r["whole_ms"])
+    table = done.stdout.splitlines()
+    for title in ("(a) ", "(b) ", "(c) ", "(d) "):  # its 2-box, 8-box and 8/2 rows, numbers
+        mine = [line for line in table if line.startswith(f"| {title}")]
+        mine += [line for line in table if line.startswith(f"| **{title}")]
+        assert len(mine) == 3 and not any("n/a" in line for line in mine), mine

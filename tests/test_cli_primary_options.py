@@ -24,17 +24,17 @@ CASES = {
         "--logits w.zarr --self-corr linear --alpha-start 7 --alpha-end 3 "
         "--alpha-decay-fraction 0.25 --weak-weight 0.75 --weak-batch-size 5 --weak-boxes "
         "--weak-box-weight 0.4 --class-weights median-freq --hard-pixels 0.6 --split trainval "
-        "--num-full 6 --seed-split 2 --backbone resnet34 --output-stride 8 --pretrained imagenet "
-        "--aspp-channels 24 --decoder-channels 40 --iters 11 --batch-size 4 --crop 48 "
+        "--num-full 6 --seed-split 2 --arch deeplabv3plus --encoder resnet34 --output-stride 8 "
+        "--pretrained imagenet --decoder-channels 40 --iters 11 --batch-size 4 --crop 48 "
         "--scale-min 0.8 --scale-max 1.5 --lr 0.02 --optimizer adamw --weight-decay 0.001 "
         "--seed 9 --device cpu --workers 1 --amp bf16 --channels-last --compile "
         "--checkpoint-every 13 --resume --val-split test --skip-bad",
         {
             "split": {"split": "trainval", "num_full": 6, "seed": 2},
             "model": {
+                "arch": "deeplabv3plus",
                 "backbone": "resnet34",
                 "output_stride": 8,
-                "aspp_channels": 24,
                 "decoder_channels": 40,
             },
             "train": {

@@ -87,3 +87,18 @@ def check_conv_two_ranks_like_one(data, tmp_path, anc, common) -> None:
     g1, g2, g3 = (_params(m["merger_state_dict"]) for m in (m1, m2, other))
     assert (g2 - g1).norm() < 0.5 * (g3 - g1).norm(), (float((g2 - g1).norm()),
                                                         float((g3 - g1).norm()))  # fmt: skip
+
+
+def test_two_ranks_train_smp_nets(tiny_data, tmp_path):
+    """An smp ancillary net (the box encoder on the features UNet reads, the box tensor into
+    the head) and an smp primary train under DDP: DDP fails a step on a parameter without a
+    gradient, so this also proves the box path leaves none unused."""
+    smp = ["--arch", "unet", "--encoder", "resnet18", *SPLIT, *TINY_TRAIN]
+    torchrun("train-anc", tiny_data, "--out", tmp_path / "anc", *smp)
+    anc = tmp_path / "anc" / "model.pt"
+    torchrun("train-primary", tiny_data, "--out", tmp_path / "p", "--anc-model", anc, *smp)
+    for run in ("anc", "p"):
+        ckpt = torch.load(tmp_path / run / "model.pt", weights_only=True)
+        assert (ckpt["model"]["arch"], ckpt["model"]["backbone"]) == ("unet", "resnet18")
+        config = json.loads((tmp_path / run / "config.json").read_text())
+        assert config["environment"]["world_size"] == 2

@@ -102,7 +102,7 @@ def _load_file(net: nn.Module, name: str, path: str) -> dict:
         left = f" ({unused} of the file's {len(body)} left unused)" if unused else ""
         raise BoxsegError(
             f"{path}: fills {filled} of the {of} tensors of a {name} backbone{left}; it looks "
-            f"like {looks_like(state)} (pick that --backbone, or another file)"
+            f"like {looks_like(state)} (pick that --encoder, or another file)"
         )
     net.load_state_dict(usable, strict=False)
     return {"source": str(path), "tensors_filled": filled, "tensors": of}

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from boxseg import distributed
 from boxseg.models.backbone import build_backbone
 from boxseg.models.box_encoder import BoxEncoder, BoxPathSpec, resize_boxes
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild the network (stored in every checkpoint)."""
-
-    backbone: str = "resnet50"
-    output_stride: int = 16
-    aspp_channels: int = 256
-    decoder_channels: int = 256
-    skip_channels: int = 48
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from boxseg.models.spec import ModelSpec
 
 
 class DeepLabV3Plus(nn.Module):
@@ -69,6 +53,11 @@ class DeepLabV3Plus(nn.Module):
         )
         self.box_direct = bool(direct)
 
+    @property
+    def pretrained(self) -> dict | None:
+        """What the backbone's pretrained weights filled (None: trained from scratch)."""
+        return self.backbone.pretrained
+
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at the input's resolution (N x K x H x W)."""
         low, high = self.backbone(image)
@@ -84,24 +73,3 @@ class DeepLabV3Plus(nn.Module):
             parts.append(resize_boxes(boxes.to(skip.dtype), skip.shape[-2:], "max"))
         logits = self.classifier(self.decoder(torch.cat(parts, dim=1)))
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def build_model(
-    spec: ModelSpec,
-    num_classes: int,
-    box_channels: int | None = None,
-    pretrained: str = "none",
-    box_path: BoxPathSpec | None = None,
-) -> DeepLabV3Plus:
-    """A primary net (no `box_channels`) or an ancillary net with the box path `box_path`."""
-    return DeepLabV3Plus(spec, num_classes, box_channels, pretrained, box_path)
-
-
-def say_pretrained(model: DeepLabV3Plus, quiet: bool = False) -> None:
-    """Print which pretrained weights filled how much of the backbone (rank 0, not quiet)."""
-    loaded = model.backbone.pretrained
-    if loaded and not quiet and distributed.is_main():
-        print(
-            f"pretrained: {loaded['tensors_filled']} of the backbone's {loaded['tensors']} "
-            f"tensors from {loaded['source']}"
-        )
