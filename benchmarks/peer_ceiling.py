@@ -17,7 +17,10 @@ boxseg's own network with the field's default width is camvid_table.py's `full` 
         --threads 1 --json peer.json
 
 (RUN/model.pt of a peer run holds smp's weights under boxseg's metadata: boxseg cannot load it;
-the scores are taken from the network in memory.)
+the scores are taken from the network in memory. Since issue 40 boxseg trains smp's networks
+itself: `camvid_table.py --arch deeplabv3plus --encoder resnet18 --channels 256` gives every
+row with smp's DeepLabV3+, loadable checkpoints included; this script stays as the record of
+the peer rows it made, padded by reflection where boxseg's --arch pads with zeros.)
 """
 
 from __future__ import annotations

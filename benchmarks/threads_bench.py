@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 def step_times(threads: int, steps: int, warmup: int = 3) -> list[float]:
     """Seconds of each of `steps` training steps (after `warmup`) with `threads` threads."""
-    from boxseg.models import ModelSpec
-    from boxseg.models import build_model
+    from boxseg.models import ModelSpec, build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -23,16 +23,29 @@ INT8_RANGE = 16.0  # int8 codes cover log-probabilities in [-16, 0]; below is cl
 INT8_STEPS = 254  # codes 0..254 hold log-probabilities; 255 marks a void pixel (NaN logits)
 
 
-def encode_int8(logits: torch.Tensor) -> np.ndarray:
-    """KxHxW logits -> uint8 codes of log-probabilities: round(-log_softmax * 254 / 16).
+def int8_codes(logits: torch.Tensor) -> torch.Tensor:
+    """KxHxW (or NxKxHxW) logits -> uint8 codes of log-probabilities over the class dimension
+    (-3), round(-log_softmax * 254 / 16), on the logits' device (no host round trip).
 
     Softmax ignores a per-pixel shift, so log-probabilities keep all the information in the
     logits; they lie in (-inf, 0], and classes below -16 (probability < 1.2e-7) are clamped.
     The step is 16/254 = 0.063 nats, so a decoded logit is within 0.032 of the original and
     each probability within about 3% of its value (docs/store.md). NaN (void) -> code 255."""
-    logp = torch.log_softmax(logits.float(), dim=0).clamp_min(-INT8_RANGE)
+    logp = torch.log_softmax(logits.float(), dim=-3).clamp_min(-INT8_RANGE)
     codes = torch.round(-logp * (INT8_STEPS / INT8_RANGE)).nan_to_num(255)
-    return codes.to(torch.uint8).numpy()
+    return codes.to(torch.uint8)
+
+
+def int8_values(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes (a tensor, on any device) -> float32 log-probabilities, NaN where void:
+    `decode_int8` without leaving the device, bit for bit the same values."""
+    out = codes.float() * (-INT8_RANGE / INT8_STEPS)
+    return out.masked_fill(codes == 255, torch.nan)
+
+
+def encode_int8(logits: torch.Tensor) -> np.ndarray:
+    """KxHxW logits on the CPU -> the store's uint8 codes (`int8_codes`) as an array."""
+    return int8_codes(logits).numpy()
 
 
 def decode_int8(codes: np.ndarray) -> torch.Tensor:
@@ -110,13 +123,12 @@ def as_stored(logits: torch.Tensor, stride: int, dtype: str) -> torch.Tensor:
     for pixel-resolution logits (KxHxW, or a batch NxKxHxW; no void pixels): pooled to the
     stride, rounded to the dtype, resampled to HxW. The conv merger's F inputs are made this
     way in store mode, so it learns on the kind of input it corrects on W; a whole batch at
-    once, without host syncs (but for int8, whose codes are made on the CPU)."""
+    once on the logits' device, without host syncs (int8: `int8_codes` and `int8_values`, the
+    store's codes and values made on the device)."""
     h, w = logits.shape[-2:]
     pooled = pool_logits(logits.float(), stride, void_free=True)
     if dtype == "int8":
-        per_image = pooled if pooled.dim() == 4 else pooled[None]
-        codes = [decode_int8(encode_int8(x.cpu())) for x in per_image]
-        pooled = torch.stack(codes).to(logits.device).reshape(pooled.shape)
+        pooled = int8_values(int8_codes(pooled))
     else:
         pooled = pooled.half().float()
     return upsample_logits(pooled, stride, h, w, void_free=True)

@@ -212,12 +212,14 @@ def checked_losses(
     state_path: Path,
     extra: list[torch.Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """The losses logged since the last check, and `extra` (a window's log sums), brought to
-    the host in one sync; a clear error naming the first step whose loss was not finite.
-    Checked before every checkpoint, so RUN/last.pt never holds a state trained through a
-    NaN."""
+    """The losses logged since the last check, as their means over ranks (one all-reduce for
+    them all), and `extra` (a window's log sums, this rank's), brought to the host in one
+    sync; a clear error naming the first step whose loss was not finite (on every rank, as
+    they all see the same means). Checked before every checkpoint, so RUN/last.pt never holds
+    a state trained through a NaN."""
     extra = extra or []
-    values = torch.stack([v.float() for _, v in losses] + [v.float() for v in extra]).cpu()
+    means = distributed.mean_over_ranks(torch.stack([v.float() for _, v in losses]))
+    values = torch.cat([means, *(v.float().reshape(1) for v in extra)]).cpu()
     losses_at = values[: len(losses)]
     finite = torch.isfinite(losses_at)
     if not finite.all():
@@ -281,8 +283,11 @@ def fit(
     RUN/last.pt every `checkpoint_every` steps (atomically) and continues from it with
     `resume` (without one, a resumed run starts over, and so does its metrics.jsonl); stops
     with a clear error on a NaN/Inf loss, keeping the last good RUN/last.pt.
-    The losses stay on the device between logged (or saved) steps: one host sync per
-    `log_every` steps, not one per step; a non-finite loss is still reported at its step.
+    The losses stay on the device between logged (or saved) steps: one host sync (and under
+    torchrun one all-reduce of the losses) per `log_every` steps, not one per step; a
+    non-finite loss is still reported at its step. One exception: with `--amp fp16`,
+    GradScaler's step reads its inf/NaN check on the host every step (dynamic loss scaling
+    cannot skip a step without it); bf16 and off have none.
     """
     nets.train()
     optimizer = make_optimizer(nets, cfg)
@@ -322,7 +327,7 @@ def fit(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, logs, n = train_step(batch, step)
             window.add(logs)
-            losses.append((step, distributed.mean_over_ranks(loss.detach())))  # no host sync
+            losses.append((step, loss.detach()))  # no host sync: averaged over ranks when checked
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

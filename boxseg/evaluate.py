@@ -19,9 +19,9 @@ from boxseg.data.sample import VOID
 from boxseg.data.split import SplitSpec, split_dataset
 from boxseg.engine import resolve_device
 from boxseg.errors import BoxsegError
-from boxseg.inference import predict_logits
+from boxseg.inference import predict_on_device
 from boxseg.io import read_label_png, write_json, write_label_png
-from boxseg.metrics import class_map, confusion_matrix, scores
+from boxseg.metrics import class_map, confusion_counts, confusion_matrix, scores
 from boxseg.outputs import is_boxseg_json, output_dir, output_file
 from boxseg.store import LogitsStore
 
@@ -65,24 +65,26 @@ def evaluate_model(
 ) -> dict:
     """Scores of a model on a split (or the images `ids` of it), whole images, run as
     `test_time` says; an ancillary model gets boxes from the masks. `save_pred`: also write
-    <id>.png predictions."""
+    <id>.png predictions. The logits, their argmax and the confusion matrix stay on `device`:
+    K x K counts come to the host once, at the end (and each prediction with `save_pred`)."""
     box_spec = BoxSpec.from_dict(meta.get("boxes") or {})
     test_time.validate()
     rule = rule_of(meta, test_time.constraint)
     scales, flip, window = test_time.scales, test_time.flip, test_time.window
-    conf = np.zeros((ds.num_classes, ds.num_classes), np.int64)
+    conf = torch.zeros((ds.num_classes, ds.num_classes), dtype=torch.int64, device=device)
     model.eval()
     chosen = ds.ids(split) if ids is None else ids
     for image_id in track(chosen, description=f"eval {split}", disable=quiet):
         s = load_full(ds, split, image_id, box_spec, with_boxes=meta["kind"] == "ancillary")
-        logits = predict_logits(
+        logits = predict_on_device(
             model, meta, s.image, device, s.boxes, s.labels, scales, flip, window, rule
         )
         pred = class_map(logits)
         if save_pred is not None:
-            write_label_png(Path(save_pred) / f"{image_id}.png", pred.numpy().astype(np.uint8))
-        conf += confusion_matrix(pred, torch.from_numpy(s.mask), ds.num_classes)
-    return scores(conf, list(ds.class_names))
+            out = pred.cpu().numpy().astype(np.uint8)
+            write_label_png(Path(save_pred) / f"{image_id}.png", out)
+        conf += confusion_counts(pred, torch.from_numpy(s.mask), ds.num_classes)
+    return scores(conf.cpu().numpy(), list(ds.class_names))
 
 
 def evaluate_pred_dir(ds: SegDataset, split: str, pred_dir: Path) -> dict:

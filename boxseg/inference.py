@@ -88,8 +88,29 @@ def predict_logits(
     window: int = 0,
     constraint: ConstraintRule | None = None,
 ) -> torch.Tensor:
-    """K x H x W float32 logits on the CPU. An ancillary model needs boxes and labels;
-    `constraint` (box_constraint.rule_of) makes its output box-consistent, at pixel level.
+    """K x H x W float32 logits on the CPU: `predict_on_device`'s, copied to the host."""
+    return predict_on_device(
+        model, meta, image, device, boxes, labels, scales, flip, window, constraint
+    ).cpu()
+
+
+@torch.no_grad()
+def predict_on_device(
+    model: torch.nn.Module,
+    meta: dict,
+    image: np.ndarray,
+    device: torch.device,
+    boxes: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+    window: int = 0,
+    constraint: ConstraintRule | None = None,
+) -> torch.Tensor:
+    """K x H x W float32 logits left on `device`, for a caller that reduces them there, as
+    eval's argmax and confusion matrix do (a Cityscapes image's are about 160 MB). An
+    ancillary model needs boxes and labels; `constraint`
+    (box_constraint.rule_of) makes its output box-consistent, at pixel level.
 
     Test-time augmentation: with several `scales` or `flip`, the image is resized / mirrored
     (its boxes are scaled and rasterised at that size, so a thin box keeps a pixel at every
@@ -102,7 +123,7 @@ def predict_logits(
     h, w = image.shape[:2]
     box_tensor = None if raster is None else raster[None].to(device)
     if tuple(scales) == (1.0,) and not flip:
-        out = windowed(model, x, box_tensor, window)[0].float().cpu()
+        out = windowed(model, x, box_tensor, window)[0].float()
         return constrain_whole(out, constraint, boxes, labels)
     probs = None
     for scale in scales:
@@ -125,5 +146,5 @@ def predict_logits(
                 F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False), dim=1
             )[0]
             probs = p if probs is None else probs + p
-    out = torch.log(probs / probs.sum(0, keepdim=True)).cpu()
+    out = torch.log(probs / probs.sum(0, keepdim=True))
     return constrain_whole(out, constraint, boxes, labels)

@@ -16,16 +16,31 @@ def class_map(scores: torch.Tensor) -> torch.Tensor:
     return scores.max(0).indices
 
 
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """K x K int64 counts on `pred`'s device (rows = ground truth, columns = prediction; void
+    target pixels are skipped), for eval to sum over images there and bring K x K to the host
+    once. Void pixels are counted in bin 0 and their number taken off it again rather than
+    filtered out, as boolean indexing would read their number on the host; `torch.bincount`
+    itself reads its input's range on the host on CUDA (two scalars, not the image). A pair
+    past the last bin (a class index out of range) is an error."""
+    k = num_classes
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).to(pred.device, non_blocking=True).long()
+    void = target == VOID
+    counts = torch.bincount(torch.where(void, 0, target * k + pred), minlength=k * k)
+    if counts.numel() != k * k:
+        raise ValueError(f"a class index of the prediction or the target is not below {k}")
+    counts[0] -= void.sum()
+    return counts.reshape(k, k)
+
+
 def confusion_matrix(
     pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int
 ) -> np.ndarray:
-    """KxK counts, rows = ground truth, columns = prediction; void target pixels are skipped."""
-    pred = torch.as_tensor(pred).reshape(-1).long()
-    target = torch.as_tensor(target).reshape(-1).long()
-    keep = target != VOID
-    idx = target[keep] * num_classes + pred[keep]
-    counts = torch.bincount(idx, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+    """KxK counts, rows = ground truth, columns = prediction; void target pixels are skipped
+    (`confusion_counts`, brought to the host)."""
+    counts = confusion_counts(torch.as_tensor(pred), torch.as_tensor(target), num_classes)
+    return counts.cpu().numpy().astype(np.int64)
 
 
 def scores(conf: np.ndarray, class_names: list[str], unlabelled: np.ndarray | None = None) -> dict:

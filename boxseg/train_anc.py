@@ -177,6 +177,8 @@ def train_anc(opts: AncOptions, quiet: bool = False) -> dict:
         }
         write_config(out, "train-anc", run_config(opts, found), device)
 
+    on_device = None if weights is None else weights.to(device)  # moved once, not every step
+
     def step(nets: nn.ModuleDict, batch: dict, i: int):
         f, w = batch["f"], batch["w"]
         nf = f["image"].shape[0]
@@ -190,7 +192,7 @@ def train_anc(opts: AncOptions, quiet: bool = False) -> dict:
             out = out.float() + bias
             ruled_out = bias.gather(1, mask.clamp_max(ds.num_classes - 1)[:, None])
             mask = torch.where(ruled_out[:, 0] < 0, torch.full_like(mask, VOID), mask)
-        loss, all_void = hard_cross_entropy(out, mask, weights)
+        loss, all_void = hard_cross_entropy(out, mask, on_device)
         logs = {"skipped_f": all_void}
         if w is not None:  # W's boxes: shapes inside them, on what gen-logits will decode
             out_w = logits[nf:].float() + rule.bias(BoxEvidence.of_batch(w).to(out.device))

@@ -131,7 +131,8 @@ def train_primary(opts: PrimaryOptions, quiet: bool = False) -> dict:
     w_scale = weak_loss_scale(opts.weak.weight, sizes["batch_size"], sizes["weak_batch_size"])
     terms = box_terms(opts.weak.boxes, weak, iters, ds.background, anc)
     w_logits = weak.logits if weak else None
-    objective = Objective(correction, w_logits, weights, w_scale, terms, opts.losses.hard_pixels)
+    on_device = None if weights is None else weights.to(device)  # moved once, not every step
+    objective = Objective(correction, w_logits, on_device, w_scale, terms, opts.losses.hard_pixels)
     if distributed.is_main():
         pretrained_loaded = model.pretrained
         facts = RunFacts(

@@ -348,3 +348,44 @@ def test_realsize_bench_measures_every_stage_and_the_reads(tmp_path):
         mine = [line for line in table if line.startswith(f"| {title}")]
         mine += [line for line in table if line.startswith(f"| **{title}")]
         assert len(mine) == 3 and not any("n/a" in line for line in mine), mine
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_times_every_stage(tmp_path):
+    """benchmarks/gpu_check.py --dry-run (issue 41's GPU check, on the CPU): every stage runs
+    and reports its steps, rates over the images each step holds and a peak memory figure."""
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--dry-run", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["data"]["boxes_per_image"] == 20
+    rows = {r["stage"]: r for r in result["stages"]}
+    per_step = {  # images a step at batch 2 (F; F + W), then gen-logits' W and eval's val
+        "train-anc": 2,
+        "train-anc --weak-boxes": 4,
+        "gen-logits": 1,
+        "train-primary store": 4,
+        "train-primary online": 4,
+        "train-anc half": 2,
+        "gen-logits half": 1,
+        "train-primary conv": 4,  # its one F-only step (3 // 3) is the first, left out
+        "eval primary": 1,
+        "eval ancillary": 1,
+    }
+    assert list(rows) == list(per_step)
+    steps = {"gen-logits": 4, "gen-logits half": 4, "eval primary": 2, "eval ancillary": 2}
+    steps["train-primary conv"] = 4  # 3 steps with W and a third of them before
+    for name, r in rows.items():
+        assert r["steps"] == steps.get(name, 3), name
+        assert math.isfinite(r["steps_per_s"]) and r["steps_per_s"] > 0, name
+        assert r["images_per_s"] == pytest.approx(per_step[name] * r["steps_per_s"]), name
+        assert r["peak_gpu_gib"] is None and r["peak_rss_mib"] > 100, name  # torch alone
+        assert 0 < r["seconds"] < 120, name
+    lines = done.stdout.splitlines()
+    for name in per_step:  # one table row a stage
+        assert sum(line.startswith(f"| {name} | ") for line in lines) == 1, name

@@ -51,13 +51,13 @@ def test_the_cli_passes_one_options_value(tiny_data, tmp_path, capsys, monkeypat
 def test_test_time_settings_reach_every_prediction(pipeline, monkeypatch):
     """run_eval hands its TestTime to evaluate_model, which runs each image with it."""
     calls, rules = [], []
-    real_predict, real_rule = ev.predict_logits, ev.rule_of
+    real_predict, real_rule = ev.predict_on_device, ev.rule_of
 
     def predict(model, meta, image, device, boxes, labels, scales, flip, window, rule):
         calls.append((scales, flip, window))
         return real_predict(model, meta, image, device, boxes, labels, scales, flip, 0, rule)
 
-    monkeypatch.setattr(ev, "predict_logits", predict)
+    monkeypatch.setattr(ev, "predict_on_device", predict)
     monkeypatch.setattr(
         ev, "rule_of", lambda meta, option: rules.append(option) or real_rule(meta, option)
     )

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from boxseg.metrics import class_map, confusion_matrix, scores
+from boxseg.metrics import class_map, confusion_counts, confusion_matrix, scores
 
 
 def test_confusion_and_miou_by_hand():
@@ -32,3 +32,21 @@ def test_class_map_is_argmax_with_the_first_class_on_ties():
     pred = class_map(scores_)
     assert torch.equal(pred, scores_.argmax(0))
     assert pred[0, 0] == 0 and pred[1, 1] == 1
+
+
+def test_confusion_counts_skip_void_without_filtering_and_refuse_a_class_out_of_range():
+    """The device-side counts (void pixels binned then taken off, no boolean indexing) equal
+    numpy's count of the non-void pixels; a class index past K is an error, not a count."""
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 5, (40, 30)).astype(np.uint8)
+    target[rng.random((40, 30)) < 0.3] = 255
+    target[0, 0] = 255  # a void pixel where pred and target would land in bin 0
+    pred = rng.integers(0, 5, (40, 30))
+    pred[0, 0] = 0
+    keep = target != 255
+    want = np.bincount(target[keep] * 5 + pred[keep], minlength=25).reshape(5, 5)
+    got = confusion_counts(torch.from_numpy(pred), torch.from_numpy(target), 5)
+    assert got.dtype == torch.int64 and np.array_equal(got.numpy(), want)
+    assert got.sum() == keep.sum() < target.size
+    with pytest.raises(ValueError, match="not below 5"):
+        confusion_counts(torch.tensor([5]), torch.tensor([4]), 5)
