@@ -107,10 +107,10 @@ def seeds(pattern: str, instead: dict[int, Source] | None = None, n: int = 3) ->
 
 
 U = "camvid_unseen/"
-F_ONLY = seeds(U + "f_only_s{s}.json", {0: Lost("f_only_s0")})
-FULL = seeds(U + "full_s{s}.json", {0: Lost("full_s0")})
-BOX_FILL = seeds(U + "box_fill_s{s}.json", {0: Lost("box_fill_s0")})
-GRABCUT = seeds(U + "grabcut_s{s}.json", {0: Lost("grabcut_s0")})
+F_ONLY = seeds(U + "f_only_s{s}.json")
+FULL = seeds(U + "full_s{s}.json")
+BOX_FILL = seeds(U + "box_fill_s{s}.json")
+GRABCUT = seeds(U + "grabcut_s{s}.json")
 NONE = seeds(U + "none_s{s}.json", {0: "camvid_unseen_modes/none_s0.json"})
 LINEAR = seeds(U + "linear_s{s}.json", {0: "camvid_unseen_modes/linear_s0.json"})
 ANCILLARY = seeds(U + "ancillary_s{s}.json", {0: "camvid_unseen_recipe/ancillary_s0.json"})
@@ -350,13 +350,13 @@ def weak_box_tables() -> tuple[Table, Table]:
 def readme_table() -> Table:
     """README.md's headline: section 1.0's rows and the ceilings, mean +- sd."""
     rows = {
-        "F only †": F_ONLY,
-        "F + W, box-fill pseudo-labels (pixel level) †": BOX_FILL,
-        "F + W, GrabCut pseudo-labels (pixel level) †": GRABCUT,
+        "F only": F_ONLY,
+        "F + W, box-fill pseudo-labels (pixel level)": BOX_FILL,
+        "F + W, GrabCut pseudo-labels (pixel level)": GRABCUT,
         "F + W, the ancillary store, `--self-corr none` (the default)": NONE,
         "F + W, the ancillary store, `--self-corr linear`": LINEAR,
         "F + W, the `--weak-boxes` ancillary store, `--self-corr none`": WEAKBOX,
-        "all 266 masks of F's and W's drives (same protocol, same machine) †": FULL,
+        "all 266 masks of F's and W's drives (same protocol, same machine)": FULL,
         "all 266 masks, boxseg at 256 channels": FULL_256,
         "all 266 masks, smp's DeepLabV3+ (a peer, trained the same way)": PEER,
     }
