@@ -167,7 +167,12 @@ def same_network(out: Path, spec: ModelSpec) -> None:
     if record.is_file():
         old = ModelSpec(**json.loads(record.read_text()))
         if old != spec:
-            raise SystemExit(f"{out}: its rows are {old.describe()}'s; give {spec} its own --out")
+            theirs, mine = old.describe(), spec.describe()
+            if theirs == mine:  # one name, other widths: name the widths that differ
+                differ = [k for k, v in spec.to_dict().items() if getattr(old, k) != v]
+                theirs += f" ({', '.join(f'{k} {getattr(old, k)}' for k in differ)})"
+                mine += f" ({', '.join(f'{k} {getattr(spec, k)}' for k in differ)})"
+            raise SystemExit(f"{out}: its rows were made by {theirs}; give {mine} its own --out")
     elif spec.arch != "boxseg" and any((out / "rows").glob("*.json")):
         raise SystemExit(
             f"{out}: its rows are boxseg's own net's; give {spec.describe()} its own --out"

@@ -24,10 +24,12 @@ and eval have no --amp: they run as users get them). Printed: one Markdown table
 stage: steps, steps/s, images/s, peak GPU memory (torch.cuda.max_memory_allocated, reset per
 stage), the process's peak resident memory during the stage (VmHWM, reset per stage through
 /proc/self/clear_refs) and the stage's seconds (its whole call: reading, model building,
-writing). A trainer's steps/s and images/s are those of its steps after the first (the first
-carries the loaders' start and cuDNN's tuning): from the moment step 2 asks for its batch,
-after a device sync, to the trainer's return; they come from wrapping engine.fit as the
-trainers call it. gen-logits' and eval's rates are images over the whole call.
+writing). A trainer's steps/s and images/s are those of its steps but the first and the last
+(the first carries the loaders' start and cuDNN's tuning; after the last, fit saves last.pt
+and checks the ranks' weights, work no step does): from the moment step 2 asks for its batch
+to the moment the last step asks for its own, a device sync at each; they come from wrapping
+engine.fit and its next_batch as the trainers call them (a trainer of 2 steps or fewer: to
+its return). gen-logits' and eval's rates are images over the whole call.
 
 `--profile-syncs` (CUDA only): torch.cuda.set_sync_debug_mode("warn") over `--log-every` steps
 of each train-primary stage (ending before its last step), counting the synchronising calls
@@ -224,9 +226,10 @@ def reset_rss_peak() -> bool:
 
 @dataclass
 class LoopClock:
-    """Wraps engine.fit where the trainers call it, to time their steps after the first and
-    count the images each batch holds; with `profile_syncs`, counts the synchronising CUDA
-    calls of `window` steps of the next fit (torch's sync debug mode)."""
+    """Wraps engine.fit where the trainers call it, to time their steps but the first and the
+    last (from the batch request of the second to that of the last; to fit's return with no
+    step between) and count the images each batch holds; with `profile_syncs`, counts the
+    synchronising CUDA calls of `window` steps of the next fit (torch's sync debug mode)."""
 
     cuda: bool
     profile_syncs: bool = False
@@ -236,7 +239,9 @@ class LoopClock:
     timed_steps: int = 0
     seconds: float = 0.0
     syncs: dict | None = None
+    left_out: str = "the first"  # the steps the rates leave out, for the JSON's rates_over
     _t1: float | None = None
+    _t2: float | None = None  # when the last step asked for its batch
     _profiled: tuple[int, int] | None = None
     _saved: dict = field(default_factory=dict)
 
@@ -272,13 +277,17 @@ class LoopClock:
             if self.cuda:
                 torch.cuda.synchronize()
             self.steps = iters
-            self.seconds = time.perf_counter() - self._t1 if self._t1 else float("nan")
+            end = self._t2 if self._t2 is not None else time.perf_counter()
+            self.seconds = end - self._t1 if self._t1 else float("nan")
             return result
 
         return fit
 
     def _counted(self, next_batch: Callable, iters: int) -> Callable:
         first = 1 if iters > 1 else 0  # the first step is left out when there is another
+        last = iters - 1 if iters - 1 > first else None  # so is the last, when a step is between
+        self._t2 = None
+        self.left_out = "the first and the last" if last is not None else "the first"
         if self.profile_syncs and self.cuda and iters >= 3:
             end = iters - 1  # the last step saves the run: not a training step's work
             self._profiled = (max(end - self.window, first + 1), end)
@@ -288,12 +297,16 @@ class LoopClock:
                 if self.cuda:
                     torch.cuda.synchronize()
                 self._t1 = time.perf_counter()
+            if step == last:  # the clock stops: the last step, the save and checks after it
+                if self.cuda:
+                    torch.cuda.synchronize()
+                self._t2 = time.perf_counter()
             if self._profiled and step == self._profiled[0]:
                 torch.cuda.set_sync_debug_mode("warn")
             if self._profiled and step == self._profiled[1]:
                 torch.cuda.set_sync_debug_mode(0)
             batch = next_batch(step)
-            if step >= first:
+            if step >= first and (last is None or step < last):
                 self.timed_steps += 1
                 self.images += sum(
                     int(part["image"].shape[0]) for part in batch.values() if part is not None
@@ -333,10 +346,10 @@ def measure(name: str, fn: Callable[[], int], cuda: bool, clock: LoopClock | Non
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     row: dict = {"stage": name, "seconds": seconds}
-    if clock is not None:  # a trainer: its steps after the first
+    if clock is not None:  # a trainer: its steps but the first and the last
         row |= {
             "steps": clock.steps,
-            "rates_over": f"{clock.timed_steps} steps (all but the first)",
+            "rates_over": f"{clock.timed_steps} steps (all but {clock.left_out})",
             "steps_per_s": clock.timed_steps / clock.seconds,
             "images_per_s": clock.images / clock.seconds,
         }

@@ -118,19 +118,23 @@ def upsample_logits(
     return out if logits.dim() == 4 else out[0]
 
 
+FP16_MAX = float(np.finfo(np.float16).max)  # float16's largest finite value; past it, inf
+
+
 def as_stored(logits: torch.Tensor, stride: int, dtype: str) -> torch.Tensor:
     """What a store of this stride and dtype gives back decoded (before the box constraint)
     for pixel-resolution logits (KxHxW, or a batch NxKxHxW; no void pixels): pooled to the
     stride, rounded to the dtype, resampled to HxW. The conv merger's F inputs are made this
     way in store mode, so it learns on the kind of input it corrects on W; a whole batch at
     once on the logits' device, without host syncs (int8: `int8_codes` and `int8_values`, the
-    store's codes and values made on the device)."""
+    store's codes and values made on the device; float16: clamped to float16's finite range
+    first, as the store writes it, so a logit past 65504 stays finite on both paths)."""
     h, w = logits.shape[-2:]
     pooled = pool_logits(logits.float(), stride, void_free=True)
     if dtype == "int8":
         pooled = int8_values(int8_codes(pooled))
     else:
-        pooled = pooled.half().float()
+        pooled = pooled.clamp(-FP16_MAX, FP16_MAX).half().float()
     return upsample_logits(pooled, stride, h, w, void_free=True)
 
 

@@ -162,12 +162,20 @@ def _train_cfg(args: dict):
 
 
 def _model_spec(args: dict):
-    """ModelSpec from a command's arguments."""
-    from boxseg.models import ModelSpec
+    """ModelSpec from a command's arguments. The architecture name is checked first (smp
+    lower-cases it too), before the dataset scan and the run folder, and before the width
+    check: `--arch unett --decoder-channels 16` is a typo in --arch, not a width to drop."""
+    from boxseg.models import OWN, ModelSpec
+    from boxseg.models.smp_net import smp_archs
 
-    _refuse_unused_widths(args["arch"])
+    arch = args["arch"].lower()
+    if arch != OWN and arch not in (archs := smp_archs()):
+        raise BoxsegError(
+            f"--arch {args['arch']}: unknown (choose {OWN} or one of {', '.join(archs)})"
+        )
+    _refuse_unused_widths(arch)
     keys = ("output_stride", "aspp_channels", "decoder_channels")
-    return ModelSpec(args["encoder"], **{k: args[k] for k in keys}, arch=args["arch"])
+    return ModelSpec(args["encoder"], **{k: args[k] for k in keys}, arch=arch)
 
 
 def _refuse_unused(uses: dict[str, bool], mode: str) -> None:
@@ -191,6 +199,16 @@ def _refuse_unused_widths(arch: str) -> None:
         "output_stride": deeplab,
     }
     _refuse_unused(uses, f"with --arch {arch}")
+    # A width from a --config file is asked for as much as one on the command line; ignored,
+    # config.json and model.pt would record a width the network never read.
+    click = _click()
+    ctx = click.globals.get_current_context()
+    for name, used in uses.items():
+        if not used and ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT_MAP:
+            raise BoxsegError(
+                f"--{name.replace('_', '-')}: not used with --arch {arch} "
+                f"(set in {ctx.params.get('config')})"
+            )
 
 
 def _box_rule(enabled: bool, prior: float, penalty: float, uncovered: str):

@@ -262,6 +262,14 @@ class LogWindow:
         return out | self.last
 
 
+def refuse_under_ddp(nets: nn.Module) -> None:
+    """One line, before DDP's own traceback, for a net that says it cannot train under DDP
+    (`ddp_refusal`: smp's pspnet leaves encoder stages without gradients)."""
+    refusals = sorted({getattr(m, "ddp_refusal", "") for m in nets.modules()} - {""})
+    if refusals:
+        raise BoxsegError(refusals[0])
+
+
 def fit(
     nets: nn.Module,
     step_fn: StepFn,
@@ -302,6 +310,7 @@ def fit(
         keep_metrics_until(metrics_path, start)
     train_step: nn.Module = TrainStep(prepare_nets(nets, cfg, device), step_fn)
     if distributed.world() > 1:
+        refuse_under_ddp(nets)
         ids = [device.index] if device.type == "cuda" else None
         train_step = DistributedDataParallel(train_step, device_ids=ids)
     columns = (

@@ -19,19 +19,22 @@ def class_map(scores: torch.Tensor) -> torch.Tensor:
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """K x K int64 counts on `pred`'s device (rows = ground truth, columns = prediction; void
     target pixels are skipped), for eval to sum over images there and bring K x K to the host
-    once. Void pixels are counted in bin 0 and their number taken off it again rather than
-    filtered out, as boolean indexing would read their number on the host; `torch.bincount`
-    itself reads its input's range on the host on CUDA (two scalars, not the image). A pair
-    past the last bin (a class index out of range) is an error."""
+    once. Every pixel goes to one bin, none filtered out (boolean indexing would read their
+    number on the host): a labelled pair to its cell, a void one to bin K*K, dropped, and one
+    with a class index out of range (a prediction outside 0..K-1, even on a void pixel, or a
+    target that is neither such a class nor void) to bin K*K+1. That last bin exists only if
+    such a pixel does, so the error costs no extra sync: `torch.bincount` reads its input's
+    range on the host on CUDA anyway (two scalars, not the image), which fixes its length."""
     k = num_classes
     pred = pred.reshape(-1).long()
     target = target.reshape(-1).to(pred.device, non_blocking=True).long()
-    void = target == VOID
-    counts = torch.bincount(torch.where(void, 0, target * k + pred), minlength=k * k)
-    if counts.numel() != k * k:
+    pred_ok = (pred >= 0) & (pred < k)
+    cell = torch.where((target >= 0) & (target < k), target * k + pred, k * k + 1)
+    cell = torch.where(target == VOID, k * k, cell)
+    counts = torch.bincount(torch.where(pred_ok, cell, k * k + 1), minlength=k * k + 1)
+    if counts.numel() != k * k + 1:
         raise ValueError(f"a class index of the prediction or the target is not below {k}")
-    counts[0] -= void.sum()
-    return counts.reshape(k, k)
+    return counts[: k * k].reshape(k, k)
 
 
 def confusion_matrix(

@@ -183,6 +183,30 @@ def test_camvid_table_report_means_spreads_and_claims(monkeypatch):
     assert unseen["gap_closed_by_best_semi"] == pytest.approx((38 - 32) / (full_unseen - 32))
 
 
+def test_camvid_table_refuses_rows_of_another_network_by_its_name(monkeypatch, tmp_path):
+    """same_network: OUT's first network is recorded; another is refused with both named as a
+    person would (`describe`), plus the widths that differ where the names are the same."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    table = importlib.import_module("camvid_table")
+    from boxseg.models import ModelSpec
+
+    unet = ModelSpec("resnet18", arch="unet")
+    table.same_network(tmp_path, unet)
+    table.same_network(tmp_path, unet)  # the same network again: its rows are reused
+    with pytest.raises(SystemExit) as refused:
+        table.same_network(tmp_path, ModelSpec("resnet50"))
+    assert str(refused.value) == (
+        f"{tmp_path}: its rows were made by smp unet resnet18; "
+        "give boxseg DeepLabv3+ resnet50 its own --out"
+    )
+    with pytest.raises(SystemExit) as refused:
+        table.same_network(tmp_path, ModelSpec("resnet18", decoder_channels=16, arch="unet"))
+    assert str(refused.value) == (
+        f"{tmp_path}: its rows were made by smp unet resnet18 (decoder_channels 256); "
+        "give smp unet resnet18 (decoder_channels 16) its own --out"
+    )
+
+
 def test_camvid_table_store_summary_groups_seeds_and_pairs_with_the_default(monkeypatch):
     """The recipe check's W pseudo-label summary: a store kind is its row name without the
     seed (the seed may sit inside the name), seeds outside --seeds are left out, and each

@@ -1,7 +1,12 @@
-"""No host round trip in a training step or per eval image (issue 41): the calls that wait for
-the device (item, cpu, numpy, a tensor's truth value, ...) and the logging all-reduce come once
-per logging window; int8 coding happens on the device with the store's codes; eval's argmax
-and confusion matrix stay on the device with the same scores."""
+"""No host round trip in a training step or per eval image (issue 41): the Tensor methods that
+wait for the device (item, cpu, numpy, a tensor's truth value, ...; `WAITING`) and the logging
+all-reduce come once per logging window; int8 coding happens on the device with the store's
+codes; eval's argmax and confusion matrix stay on the device with the same scores.
+
+What is counted is Python calls of those Tensor methods and of torch.distributed.all_reduce,
+on the CPU. Not counted: syncs inside torch functions on CUDA (bincount reading its range,
+boolean-mask indexing, torch.nonzero, a shape that depends on values, ...), which only a run
+on a GPU shows; a sync one of those adds goes unnoticed here."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import boxseg.distributed as distributed
 import boxseg.evaluate as ev
 import boxseg.train_anc as train_anc_module
 import boxseg.train_primary as train_primary_module
@@ -42,19 +48,34 @@ from boxseg.train_anc import AncOptions
 
 SPEC = ModelSpec("resnet18", 16, 16, 16, 8)
 SPLIT = SplitSpec("train", 4, 0)
-# Tensor methods that make the host wait for the device (on CUDA), counted when called
+FINAL = "assert_in_sync"  # SyncCounter's step for the calls of the weight check after the last
+# Tensor methods that make the host wait for the device (on CUDA), counted when called as
+# methods (`torch.nonzero(x)`, a function, is not); syncs inside other torch calls are not seen
 WAITING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero")
 
 
 class SyncCounter:
     """Counts the calls of `WAITING` and torch.distributed.all_reduce while `on`, by the step
-    whose batch was fetched last (-1: before the first)."""
+    whose batch was fetched last (-1: before the first; `FINAL`: in the ranks' weight check
+    after the last step, `distributed.assert_in_sync`, kept apart from that step's own)."""
 
     def __init__(self, monkeypatch):
         self.on, self.step, self.calls = False, -1, Counter()
         for name in WAITING:
             monkeypatch.setattr(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
         monkeypatch.setattr(dist, "all_reduce", self._counted(dist.all_reduce, "all_reduce"))
+        check = self._during(FINAL, distributed.assert_in_sync)
+        monkeypatch.setattr(distributed, "assert_in_sync", check)
+
+    def _during(self, phase: str, real):
+        def call(*args, **kwargs):
+            step, self.step = self.step, phase
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.step = step
+
+        return call
 
     def _counted(self, real, name: str | None = None):
         def call(*args, **kwargs):
@@ -84,14 +105,15 @@ class SyncCounter:
 
         return fit
 
-    def steps(self) -> set[int]:
+    def steps(self) -> set[int | str]:
         return {step for step, _ in self.calls}
 
 
 @pytest.fixture
 def one_rank_group(tmp_path):
-    """A gloo process group of one rank: the trainers take the torchrun path (DDP, the
-    logging all-reduce) in this process."""
+    """A gloo process group of one rank: the trainers all-reduce the logged losses and check
+    the ranks' weights as under torchrun, in this process. Not DDP: fit wraps the step in it
+    only when world() > 1."""
     if not dist.is_gloo_available():
         pytest.skip("needs gloo")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
@@ -153,18 +175,23 @@ def test_a_training_step_waits_for_the_device_only_when_it_ends_a_logging_window
     kind, pipeline, int8_store, tmp_path, monkeypatch, one_rank_group
 ):
     """train-primary conv on an int8 store (g's F inputs coded as the store's, class weights,
-    the box terms) and train-anc with the box terms and constraint, over DDP on one rank:
-    logged every 3 steps, only the steps that end a window (and the setup before the first)
-    read a value on the host or all-reduce; each such step does, once per window."""
+    the box terms) and train-anc with the box terms and constraint, in a one-rank process
+    group (the all-reduces of torchrun, without DDP): logged every 3 steps, only the steps
+    that end a window (and the setup before the first) call a `WAITING` method or all-reduce;
+    each such step all-reduces once and brings values to the host with one `cpu`. The weight
+    check after the last step (two all-reduces) is counted apart, so the last window's
+    all-reduce is checked like the others."""
     counter = SyncCounter(monkeypatch)
     module = train_primary_module if kind == "train-primary" else train_anc_module
     monkeypatch.setattr(module, "fit", counter.wrap_fit(module.fit))
     _run(kind, pipeline, int8_store, tmp_path / "run", iters=6, log_every=3)
     iters = 8 if kind == "train-primary" else 6  # conv: 2 steps of g's warm-up on top
     window_ends = {s for s in range(iters) if (s + 1) % 3 == 0 or s + 1 == iters}
-    assert counter.steps() - {-1} == window_ends, sorted(counter.calls.items())
+    calls = sorted(counter.calls.items(), key=str)
+    assert counter.steps() - {-1, FINAL} == window_ends, calls
     for step in window_ends:  # the window's losses: one all-reduce, one read
-        assert counter.calls[(step, "all_reduce")] >= 1 and counter.calls[(step, "cpu")] >= 1
+        assert counter.calls[(step, "all_reduce")] == 1 and counter.calls[(step, "cpu")] == 1, calls
+    assert counter.calls[(FINAL, "all_reduce")] == 2, calls  # the weights' min and max
 
 
 def test_int8_coding_on_the_device_gives_the_stores_codes_and_values():

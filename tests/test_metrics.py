@@ -35,8 +35,9 @@ def test_class_map_is_argmax_with_the_first_class_on_ties():
 
 
 def test_confusion_counts_skip_void_without_filtering_and_refuse_a_class_out_of_range():
-    """The device-side counts (void pixels binned then taken off, no boolean indexing) equal
-    numpy's count of the non-void pixels; a class index past K is an error, not a count."""
+    """The device-side counts (void pixels binned then dropped, no boolean indexing) equal
+    numpy's count of the non-void pixels; a class index out of range is an error, not a
+    count, even where target * K + pred would land in a real cell."""
     rng = np.random.default_rng(0)
     target = rng.integers(0, 5, (40, 30)).astype(np.uint8)
     target[rng.random((40, 30)) < 0.3] = 255
@@ -50,3 +51,12 @@ def test_confusion_counts_skip_void_without_filtering_and_refuse_a_class_out_of_
     assert got.sum() == keep.sum() < target.size
     with pytest.raises(ValueError, match="not below 5"):
         confusion_counts(torch.tensor([5]), torch.tensor([4]), 5)
+    out_of_range = [  # (pred, target), each of whose pairs lands inside the 5 x 5 cells
+        ([5, 7], [0, 1]),  # a prediction past K: bins 5 and 12, cells (1, 0) and (2, 2)
+        ([0, 6], [1, 255]),  # a prediction past K on a void pixel
+        ([-1, 0], [2, 0]),  # a negative prediction: bin 9
+        ([0, 0], [1, 7]),  # a target neither a class nor void: bin 35
+    ]
+    for pred_, target_ in out_of_range:
+        with pytest.raises(ValueError, match="not below 5"):
+            confusion_counts(torch.tensor(pred_), torch.tensor(target_, dtype=torch.uint8), 5)

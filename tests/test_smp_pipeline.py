@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from boxseg.cells import pool_logits
 from boxseg.checkpoint import file_sha256, load_model, read_checkpoint
 from boxseg.data.boxes import BoxSpec
-from boxseg.data.formats import load_weak, open_dataset
+from boxseg.data.formats import load_full, load_weak, open_dataset
 from boxseg.data.split import SplitSpec, split_full_weak
 from boxseg.inference import predict_logits
 from boxseg.io import read_image, read_label_png, write_image
@@ -230,6 +231,51 @@ def test_a_width_the_architecture_does_not_read_is_refused(
         assert code == 0, err
 
 
+@pytest.mark.parametrize("arch_from", ["file", "command line"])
+def test_a_width_from_a_config_file_the_architecture_does_not_read_is_refused(
+    arch_from, tiny_data, tmp_path, capsys
+):
+    """A width set in a --config file reaches the command as a default, not as a flag: UNet
+    would ignore it while config.json and model.pt record it."""
+    cfg = tmp_path / "anc.toml"
+    arch_line = 'arch = "unet"\n' if arch_from == "file" else ""
+    cfg.write_text(f"{arch_line}decoder-channels = 16\nnum-full = 4\n")
+    flags = [] if arch_from == "file" else ["--arch", "unet"]
+    out = tmp_path / "a"
+    code, _, err = run_cli(
+        ["train-anc", tiny_data, "--out", out, "--config", cfg, *flags, *TINY_TRAIN], capsys
+    )
+    assert code == 2 and err.strip() == (
+        f"boxseg: error: --decoder-channels: not used with --arch unet (set in {cfg})"
+    )
+    assert not out.exists()
+
+
+def test_arch_names_are_read_in_any_case(tiny_data, tmp_path, capsys):
+    """smp lower-cases an architecture name; boxseg's checks read `UNet` as the same `unet`."""
+    args = ["train-anc", tiny_data, "--out", tmp_path / "a", "--arch", "UNet"]
+    code, _, err = run_cli([*args, "--decoder-channels", "16", *SPLIT, *TINY_TRAIN], capsys)
+    assert (
+        code == 2 and err.strip() == "boxseg: error: --decoder-channels: not used with --arch unet"
+    )
+
+
+@pytest.mark.parametrize("width", [[], ["--decoder-channels", "16"]])
+def test_an_unknown_arch_is_named_before_the_data_scan_and_the_run_folder(
+    width, tiny_data, tmp_path, capsys
+):
+    """A typo in --arch is the first thing said (not a width it makes look unused), and
+    nothing is written: no run folder to clear before the corrected command."""
+    out = tmp_path / "p"
+    args = ["train-primary", tiny_data, "--out", out, "--arch", "unett", *width]
+    code, _, err = run_cli([*args, *SPLIT, *TINY_TRAIN], capsys)
+    line = err.strip()
+    assert code == 2 and "\n" not in line
+    assert line.startswith("boxseg: error: --arch unett: unknown (choose boxseg or one of ")
+    assert "unet," in line and "deeplabv3plus" in line
+    assert not out.exists()
+
+
 def test_online_ancillary_with_an_smp_network(smp_pipeline, tiny_data, tmp_path, capsys):
     """train-primary --anc-model (no store): the smp ancillary net runs on each W crop."""
     run = smp_pipeline(*FPN, capsys)
@@ -315,11 +361,31 @@ def test_conv_self_correction_with_smp_networks(smp_pipeline, tiny_data, tmp_pat
     assert type(model).__name__ == "SmpNet" and model.box_encoder is None
 
 
+@torch.no_grad()
+def tta_by_hand(model: torch.nn.Module, meta: dict, image: np.ndarray, scales) -> torch.Tensor:
+    """Test-time augmentation as boxseg/inference.py documents it, written out from the
+    model's forward: the normalised image resized to each scale (bilinear) and mirrored, each
+    output mirrored back and resized to H x W, the log of the mean of their softmaxes."""
+    mean, std = (torch.tensor(meta[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - mean) / std
+    h, w = image.shape[:2]
+    probs = []
+    for scale in scales:
+        xs = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear")
+        for mirrored in (False, True):
+            out = model(xs.flip(-1), None).flip(-1) if mirrored else model(xs, None)
+            out = F.interpolate(out.float(), size=(h, w), mode="bilinear")
+            probs.append(out.softmax(1)[0])
+    return torch.stack(probs).mean(0).log()
+
+
 def test_eval_with_test_time_augmentation_on_an_smp_primary(
     smp_pipeline, tiny_data, tmp_path, capsys
 ):
-    """eval --flip --scales: the saved predictions are the argmax of the mean of the flipped
-    and rescaled (24 and 40 pixels: not multiples of the stride) smp outputs."""
+    """eval --flip --scales: the saved predictions are the argmax of predict_logits' TTA, which
+    equals the mean of the flipped and rescaled (24 and 40 pixels: not multiples of the
+    stride) smp outputs' softmaxes computed by hand (`tta_by_hand`); the report's confusion
+    matrix is the one of those hand-made predictions."""
     run = smp_pipeline(*FPN, capsys)
     report, preds = tmp_path / "tta.json", tmp_path / "preds"
     code, _, err = run_cli(
@@ -345,17 +411,21 @@ def test_eval_with_test_time_augmentation_on_an_smp_primary(
     assert np.array(r["confusion"]).sum() == 4 * 32 * 32
     model, meta = load_model(run["primary"], kind="primary")
     ds = open_dataset(tiny_data)
+    k, scales = ds.num_classes, (0.75, 1.0, 1.25)
+    conf = np.zeros(k * k, np.int64)
     for image_id in ds.ids("val"):
-        logits = predict_logits(
-            model,
-            meta,
-            ds.read_image("val", image_id),
-            torch.device("cpu"),
-            scales=(0.75, 1.0, 1.25),
-            flip=True,
-        )
+        image = ds.read_image("val", image_id)
+        logits = predict_logits(model, meta, image, torch.device("cpu"), scales=scales, flip=True)
+        want = tta_by_hand(model, meta, image, scales)
+        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+        plain = predict_logits(model, meta, image, torch.device("cpu"))
+        assert not torch.allclose(plain.log_softmax(0), want, atol=1e-3)  # TTA changed them
         saved = read_label_png(preds / f"{image_id}.png")
         assert np.array_equal(saved, class_map(logits).numpy())
+        mask = load_full(ds, "val", image_id, BoxSpec(), with_boxes=False).mask.astype(np.int64)
+        keep = mask != 255
+        conf += np.bincount(mask[keep] * k + class_map(want).numpy()[keep], minlength=k * k)
+    assert r["confusion"] == conf.reshape(k, k).tolist()
 
 
 def test_rank_and_viz_with_an_smp_primary(smp_pipeline, tiny_data, tmp_path, capsys):

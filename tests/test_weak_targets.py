@@ -28,6 +28,25 @@ def test_as_stored_is_what_a_store_gives_back(tmp_path, dtype):
     assert not torch.allclose(restored, logits)  # not the raw input
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_as_stored_keeps_a_huge_logit_finite_like_the_store(tmp_path, dtype):
+    """A logit of +-1e6 (past float16's 65504) over whole cells: both the store and as_stored
+    give back finite values, the same ones (float16: clamped to its range before the cast)."""
+    h, w, stride = 8, 12, 4
+    logits = torch.full((2, h, w), -1e6)
+    logits[0, :4, :8] = 1e6  # two whole cells, so pooling keeps 1e6
+    sizes = np.array([[h, w]], np.int32)
+    store = LogitsStore.create(
+        str(tmp_path / "s.zarr"), ["a"], sizes, ["x", "y"], stride, {}, dtype
+    )
+    store.write(0, logits)
+    restored, read = as_stored(logits, stride, dtype), store.read_full(0)
+    assert torch.isfinite(restored).all() and torch.isfinite(read).all()
+    torch.testing.assert_close(restored, read, rtol=0, atol=0)
+    if dtype == "float16":  # clamped to float16's largest value, not inf (int8: log-probs)
+        assert restored[0, 0, 0] == 65504 and (restored[1] == -65504).all()
+
+
 def test_conv_f_inputs_are_pooled_like_the_store(pipeline):
     """In store mode, the merger's F inputs are the online logits made like the store's, then
     constrained at pixel level."""

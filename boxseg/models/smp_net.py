@@ -17,6 +17,7 @@ the bottom and right to a multiple of the encoder's stride, and the logits cropp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from boxseg.errors import BoxsegError
+from boxseg.io import load_torch
 from boxseg.models.box_encoder import BoxEncoder, BoxPathSpec, resize_boxes
 
 MIN_FILLED = 0.95  # a weights file must fill nearly all of the encoder's tensors
@@ -55,14 +57,20 @@ def arch_options(arch: str, output_stride: int, decoder_channels: int) -> dict:
 
 
 def create_smp(arch: str, encoder: str, num_classes: int, output_stride: int, channels: int):
-    """smp's model, untrained, with boxseg's one-line errors for unknown names."""
+    """smp's model, untrained, with boxseg's one-line errors for unknown names and for the
+    architecture boxseg cannot run (dpt; pspnet under DDP: `SmpNet.ddp_refusal`)."""
     smp = smp_module()
     if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise BoxsegError(
             f"--arch {arch}: unknown (choose boxseg or one of {', '.join(smp_archs())})"
         )
+    if arch == "dpt":  # its ViT encoder asserts on any other size: boxseg pads to any size
+        raise BoxsegError(
+            "--arch dpt: needs a fixed input size (that of its ViT encoder) and is not "
+            "supported; choose another --arch"
+        )
     try:
-        return smp.create_model(
+        model = smp.create_model(
             arch,
             encoder_name=encoder,
             encoder_weights=None,
@@ -74,16 +82,25 @@ def create_smp(arch: str, encoder: str, num_classes: int, output_stride: int, ch
         if msg.startswith("Wrong encoder name"):  # smp lists a hundred names: point to them
             msg = "not an smp encoder (smp's encoder list, or tu-NAME for a timm model)"
         raise BoxsegError(f"--arch {arch} --encoder {encoder}: {msg}") from e
+    model.decoder.boxseg_name = f"--arch {arch} --encoder {encoder}"  # for features_read
+    return model
 
 
 def features_read(encoder: nn.Module, decoder: nn.Module) -> list[int]:
-    """Indices of the encoder features the decoder's output depends on (autograd decides)."""
+    """Indices of the encoder features the decoder's output depends on (autograd decides).
+    An architecture that fails on the probe is one line naming it (`create_smp`'s tag)."""
     modes = encoder.training, decoder.training
     encoder.eval(), decoder.eval()
     try:
         feats = [f.detach().requires_grad_() for f in encoder(torch.zeros(1, 3, PROBE, PROBE))]
         out = decoder(feats)
         grads = torch.autograd.grad(out.sum(), feats, allow_unused=True)
+    except (RuntimeError, AssertionError) as e:  # smp's size limits: the user's choice of net
+        why = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        name = getattr(decoder, "boxseg_name", None) or (
+            f"{type(decoder).__name__} on {type(encoder).__name__}"
+        )
+        raise BoxsegError(f"{name}: fails on a {PROBE}x{PROBE} image ({why})") from e
     finally:
         encoder.train(modes[0]), decoder.train(modes[1])
     return [
@@ -91,6 +108,13 @@ def features_read(encoder: nn.Module, decoder: nn.Module) -> list[int]:
         for i, (g, f) in enumerate(zip(grads, feats, strict=True))
         if g is not None and f.shape[1] > 0
     ]
+
+
+PSPNET_UNDER_DDP = (
+    "--arch pspnet: not supported under torchrun: it reads only the first encoder stages, and "
+    "DistributedDataParallel refuses the later ones left without gradients; train it in one "
+    "process or choose another --arch"
+)
 
 
 class SmpNet(nn.Module):
@@ -113,6 +137,7 @@ class SmpNet(nn.Module):
         self.pretrained = load_encoder_weights(net, arch, encoder, pretrained)
         self.encoder, self.decoder = net.encoder, net.decoder
         self.segmentation_head = net.segmentation_head  # smp's name: smp state dicts load
+        self.ddp_refusal = PSPNET_UNDER_DDP if arch == "pspnet" else ""  # engine.fit reads it
         self.stride = net.encoder.output_stride  # also where smp does not ask: timm's
         # ConvNeXt downsamples with unpadded convs, and a side under 32 would vanish
         self.box_encoder, self.box_direct, self.box_read = None, False, []
@@ -162,6 +187,9 @@ def load_encoder_weights(net: nn.Module, arch: str, encoder: str, pretrained: st
     own = net.encoder.state_dict()
     if Path(pretrained).is_file():
         return _load_file(net.encoder, encoder, pretrained)
+    if _looks_like_path(pretrained):  # a typo in a path, not a weights name to look up
+        what = "not a file" if Path(pretrained).exists() else "file not found"
+        raise BoxsegError(f"{pretrained}: {what}")
     if encoder.startswith("tu-") and pretrained != "imagenet":  # smp: any name means timm's own
         raise BoxsegError(
             f"--pretrained {pretrained}: a tu- encoder takes imagenet (timm's default weights "
@@ -188,19 +216,56 @@ def load_encoder_weights(net: nn.Module, arch: str, encoder: str, pretrained: st
     }
 
 
-def _load_file(encoder_net: nn.Module, encoder: str, path: str) -> dict:
-    """A local state dict into the encoder, refused unless it fills nearly all its tensors."""
+def _looks_like_path(value: str) -> bool:
+    """A --pretrained value that names a file (a folder in it, or a weights file's suffix)."""
+    suffixes = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+    return "/" in value or os.sep in value or value.lower().endswith(suffixes)
+
+
+def _read_state(path: str) -> object:
+    """A weights file's contents: safetensors by its suffix, else torch's (one-line errors)."""
+    if not path.lower().endswith(".safetensors"):
+        return load_torch(Path(path), "state dict")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise BoxsegError(f"{path}: not a readable state dict ({e})") from e
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise BoxsegError(f"{path}: reading .safetensors needs: pip install safetensors") from e
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file is the user's to fix
+        why = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise BoxsegError(f"{path}: unreadable safetensors file ({why[:80]})") from e
+
+
+def _timm_name(key: str, own: dict) -> str:
+    """A timm model's state dict key as smp's TimmUniversalEncoder names it: under `model.`,
+    and with a top-level Sequential's child flattened (timm's features_only net: stages.0 ->
+    stages_0)."""
+    flat = "model." + key.replace(".", "_", 1)
+    return flat if "model." + key not in own and flat in own else "model." + key
+
+
+def _load_file(encoder_net: nn.Module, encoder: str, path: str) -> dict:
+    """A local state dict into the encoder, refused unless it fills nearly all its tensors.
+    The file may hold the encoder's own keys, a whole smp model's (encoder.*) or a timm
+    model's (a tu- encoder's model.*): the reading that fills the most tensors is kept."""
+    state = _read_state(path)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise BoxsegError(f"{path}: not a state dict of tensors")
-    if any(k.startswith("encoder.") for k in state):  # a whole smp model's state dict
-        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     own = encoder_net.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    readings = [state]
+    if any(k.startswith("encoder.") for k in state):  # a whole smp model's state dict
+        readings.append(
+            {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+        )
+    readings += [{_timm_name(k, own): v for k, v in r.items()} for r in readings]
+
+    def fits(reading: dict) -> dict:
+        return {k: v for k, v in reading.items() if k in own and own[k].shape == v.shape}
+
+    state = max(readings, key=lambda r: len(fits(r)))  # the first of equals: the file's keys
+    usable = fits(state)
     if len(usable) < MIN_FILLED * len(own) or len(usable) < MIN_FILLED * len(state):
         unused = len(state) - len(usable)
         left = f" ({unused} of the file's {len(state)} left unused)" if unused else ""

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from boxseg.checkpoint import load_model, read_checkpoint, save_model
 from boxseg.config_file import read_config
@@ -291,13 +292,8 @@ def test_unknown_arch_or_encoder_is_one_line(spec, match):
 def test_config_file_backbone_is_the_encoder(tiny_data, tmp_path, capsys):
     """A config file written for 0.2 (`backbone = ...`) still names the encoder."""
     cfg = tmp_path / "anc.toml"
-    cfg.write_text('backbone = "resnet18"\narch = "unet"\ndecoder-channels = 16\nnum-full = 4\n')
-    assert read_config(cfg) == {
-        "encoder": "resnet18",
-        "arch": "unet",
-        "decoder_channels": 16,
-        "num_full": 4,
-    }
+    cfg.write_text('backbone = "resnet18"\narch = "unet"\nnum-full = 4\n')
+    assert read_config(cfg) == {"encoder": "resnet18", "arch": "unet", "num_full": 4}
     out = tmp_path / "r"
     code, _, err = run_cli(
         ["train-anc", tiny_data, "--out", out, "--config", cfg, *TINY_TRAIN], capsys
@@ -310,3 +306,114 @@ def test_config_file_backbone_is_the_encoder(tiny_data, tmp_path, capsys):
     assert ckpt["arch"] == "smp unet resnet18"  # the top-level name says the same network
     loaded, _ = load_model(out / "model.pt", "ancillary")
     assert isinstance(loaded, SmpNet) and type(loaded.decoder).__name__ == "UnetDecoder"
+
+
+@pytest.mark.parametrize("box_channels", [None, BOXES])
+def test_dpt_is_refused_in_one_line(box_channels):
+    """smp's dpt asserts on any input but its ViT's 224x224 (the ancillary probe is 256x256):
+    refused when built, before any forward."""
+    with pytest.raises(BoxsegError, match="--arch dpt: needs a fixed input size") as e:
+        build_model(_spec("dpt", "tu-vit_tiny_patch16_224"), 3, box_channels=box_channels)
+    assert "\n" not in str(e.value)
+
+
+def test_pspnet_builds_and_loads_anywhere_but_is_refused_for_ddp_training():
+    """pspnet reads only the first encoder stages: DDP would refuse the gradient-less rest, so
+    engine.fit refuses it in one line before wrapping; building it (to train in one process,
+    or to load it for gen-logits under torchrun) stays allowed."""
+    from boxseg.engine import refuse_under_ddp
+
+    net = build_model(_spec("pspnet"), 3).eval()
+    assert type(net.decoder).__name__ == "PSPDecoder"
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 45, 61)).shape == (1, 3, 45, 61)
+    with pytest.raises(BoxsegError, match="--arch pspnet: not supported under torchrun") as e:
+        refuse_under_ddp(nn.ModuleDict({"primary": net}))
+    assert "\n" not in str(e.value) and "DistributedDataParallel" in str(e.value)
+    refuse_under_ddp(nn.ModuleDict({"primary": build_model(_spec("unet"), 3)}))  # no refusal
+
+
+def test_an_architecture_failing_the_probe_is_one_line_naming_it(monkeypatch):
+    """pan's pyramid pooling fails on small inputs: the build-time probe says which net."""
+    import boxseg.models.smp_net as smp_net
+
+    monkeypatch.setattr(smp_net, "PROBE", 32)
+    with pytest.raises(BoxsegError, match=r"--arch pan --encoder resnet18: fails on a 32x32") as e:
+        build_model(_spec("pan"), 3, box_channels=BOXES)
+    assert "Output size is too small" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["nope.pth", "weights/encoder", "enc.safetensors"])
+def test_pretrained_path_that_does_not_exist_is_file_not_found(tmp_path, monkeypatch, name):
+    """A path-like value is a mistyped file, not a weights name for smp to look up."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BoxsegError) as e:
+        build_model(_spec("unet"), 3, pretrained=name)
+    assert str(e.value) == f"{name}: file not found"
+    with pytest.raises(BoxsegError) as e:
+        build_model(_spec("unet"), 3, pretrained=str(tmp_path / name))
+    assert str(e.value) == f"{tmp_path / name}: file not found"
+
+
+@pytest.mark.parametrize("text", ['{"encoder": "resnet18"}\n', "model = resnet18\n"])
+def test_pretrained_text_file_is_one_line_naming_it(tmp_path, text):
+    """torch.load's weights-only error is a paragraph: boxseg says it in one line."""
+    path = tmp_path / "weights.pth"
+    path.write_text(text)
+    with pytest.raises(BoxsegError) as e:
+        build_model(_spec("unet"), 3, pretrained=str(path))
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+    assert "not a torch file" in str(e.value)
+
+
+def _timm_convnext_atto() -> dict:
+    """A plain timm state dict (timm's own names: stem.0, stages.0 ..., and a head)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("convnext_atto", pretrained=False).state_dict()
+
+
+def _assert_filled_from_timm(net: SmpNet, state: dict) -> None:
+    filled, tensors = net.pretrained["tensors_filled"], net.pretrained["tensors"]
+    assert filled >= 0.95 * tensors and filled == tensors == len(state) - 4  # all but the head
+    got = net.encoder.state_dict()
+    for timm_key, smp_key in [
+        ("stem.0.weight", "model.stem_0.weight"),
+        ("stages.3.blocks.1.mlp.fc2.weight", "model.stages_3.blocks.1.mlp.fc2.weight"),
+    ]:
+        assert torch.equal(got[smp_key], state[timm_key]), smp_key
+
+
+def test_pretrained_timm_state_dict_fills_a_tu_encoder(tmp_path):
+    """smp's TimmUniversalEncoder holds timm's features-only net under `model.`, with its
+    top-level stages flattened (stages.0 -> stages_0): a plain timm file still fills it."""
+    state = _timm_convnext_atto()
+    path = tmp_path / "convnext_atto.pth"
+    torch.save(state, path)
+    net = build_model(
+        _spec("unet", "tu-convnext_atto"), 3, box_channels=BOXES, pretrained=str(path)
+    )
+    _assert_filled_from_timm(net, state)
+    assert net.pretrained["source"] == str(path)
+
+
+def test_pretrained_safetensors_file_is_read(tmp_path, monkeypatch):
+    """The format timm's hub weights come in; a torn file or no safetensors is one line."""
+    from safetensors.torch import save_file
+
+    state = _timm_convnext_atto()
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    net = build_model(_spec("fpn", "tu-convnext_atto"), 3, pretrained=str(path))
+    _assert_filled_from_timm(net, state)
+    torn = tmp_path / "torn.safetensors"
+    torn.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BoxsegError, match="unreadable safetensors file") as e:
+        build_model(_spec("fpn", "tu-convnext_atto"), 3, pretrained=str(torn))
+    assert str(e.value).startswith(f"{torn}: ") and "\n" not in str(e.value)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(BoxsegError, match="pip install safetensors"):
+        build_model(_spec("fpn", "tu-convnext_atto"), 3, pretrained=str(path))
