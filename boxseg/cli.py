@@ -166,13 +166,15 @@ def _model_spec(args: dict):
     lower-cases it too), before the dataset scan and the run folder, and before the width
     check: `--arch unett --decoder-channels 16` is a typo in --arch, not a width to drop."""
     from boxseg.models import OWN, ModelSpec
-    from boxseg.models.smp_net import smp_archs
+    from boxseg.models.smp_net import refuse_unsupported, smp_archs
 
     arch = args["arch"].lower()
-    if arch != OWN and arch not in (archs := smp_archs()):
-        raise BoxsegError(
-            f"--arch {args['arch']}: unknown (choose {OWN} or one of {', '.join(archs)})"
-        )
+    if arch != OWN:  # torchrun sets WORLD_SIZE: the trainers' processes, before they join
+        refuse_unsupported(arch, int(os.environ.get("WORLD_SIZE", "1")))
+        if arch not in (archs := smp_archs()):
+            raise BoxsegError(
+                f"--arch {args['arch']}: unknown (choose {OWN} or one of {', '.join(archs)})"
+            )
     _refuse_unused_widths(arch)
     keys = ("output_stride", "aspp_channels", "decoder_channels")
     return ModelSpec(args["encoder"], **{k: args[k] for k in keys}, arch=arch)

@@ -1,7 +1,8 @@
 """Recompute the published results tables from the JSON under docs/runs and fail on a mismatch.
 
 Every table named in TABLES (README.md's headline table, docs/results.md's section 1.0 tables,
-the recipe, `--weak-boxes` and ranking tables, and docs/training.md's ranking summary) is read
+the recipe, `--weak-boxes`, ranking and section 6's smp tables, and docs/training.md's ranking
+summary) is read
 from its page, each cell is recomputed from the rows' JSON as the benchmarks compute it (mean
 and sample standard deviation over seeds, as benchmarks/camvid_table.py's `mean_sd`; paired
 differences seed by seed) and compared with the printed value. A printed value may differ from
@@ -347,6 +348,29 @@ def weak_box_tables() -> tuple[Table, Table]:
     )
 
 
+def smp_table() -> Table:
+    """results.md section 6: smp's DeepLabV3+ as both nets beside boxseg's own rows."""
+    smp = {n: seeds(f"camvid_unseen_smp/{n}_s{{s}}.json") for n in SMP_ROWS}
+    names = {
+        "F only": (F_ONLY, "f_only"),
+        "full supervision": (FULL, "full"),
+        "ancillary net (boxes given)": (ANCILLARY, "ancillary"),
+        "F + W from the ancillary store, `none`": (NONE, "none"),
+        "F + W from box-fill's store, `none`": (BOX_FILL, "box_fill"),
+    }
+    rows: dict[str, tuple[Cell, ...]] = {}
+    for name, (own, theirs) in names.items():
+        rows[f"{name}, boxseg"] = (*both(own), SKIP)
+        rows[f"{name}, smp"] = (*both(smp[theirs]), SKIP)
+    store = "the ancillary store, W pseudo-labels"
+    rows[f"{store}, boxseg"] = (Seeds(STORE), SKIP, SKIP)
+    rows[f"{store}, smp"] = (Seeds(smp["store_anc"]), SKIP, SKIP)
+    return Table(RESULTS, "| row, network | val (in-domain) |", rows)
+
+
+SMP_ROWS = ("f_only", "full", "ancillary", "none", "box_fill", "store_anc")
+
+
 def readme_table() -> Table:
     """README.md's headline: section 1.0's rows and the ceilings, mean +- sd."""
     rows = {
@@ -377,6 +401,7 @@ TABLES = (
     Table(RESULTS, "| choice of 23 W images to mask |", rank_rows(23)),
     Table(RESULTS, "| choice of 46 W images to mask |", rank_rows(46)),
     Table("docs/training.md", "| choice of K W images to mask |", rank_summary()),
+    smp_table(),
     readme_table(),
 )
 

@@ -272,8 +272,30 @@ def test_an_unknown_arch_is_named_before_the_data_scan_and_the_run_folder(
     line = err.strip()
     assert code == 2 and "\n" not in line
     assert line.startswith("boxseg: error: --arch unett: unknown (choose boxseg or one of ")
-    assert "unet," in line and "deeplabv3plus" in line
+    assert "unet," in line and "deeplabv3plus" in line and "dpt" not in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("arch", "world", "message"),
+    [
+        ("dpt", "1", "--arch dpt: needs a fixed input size"),
+        ("pspnet", "2", "--arch pspnet: not supported under torchrun"),
+    ],
+)
+@pytest.mark.parametrize("stage", ["train-anc", "train-primary"])
+def test_an_unsupported_arch_is_refused_before_the_run_folder(
+    stage, arch, world, message, tiny_data, tmp_path, capsys, monkeypatch
+):
+    """dpt, and pspnet under torchrun (WORLD_SIZE > 1), are refused in one line before any
+    file is written, so the corrected command can use the same --out."""
+    monkeypatch.setenv("WORLD_SIZE", world)
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        [stage, tiny_data, "--out", out, "--arch", arch, *SPLIT, *TINY_TRAIN], capsys
+    )
+    assert code == 2 and err.strip().startswith(f"boxseg: error: {message}")
+    assert "\n" not in err.strip() and not out.exists()
 
 
 def test_online_ancillary_with_an_smp_network(smp_pipeline, tiny_data, tmp_path, capsys):

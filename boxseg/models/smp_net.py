@@ -44,8 +44,22 @@ def smp_module():
 
 
 def smp_archs() -> list[str]:
-    """The architecture names smp offers (deeplabv3plus, unet, fpn, segformer, upernet ...)."""
-    return sorted(smp_module().MODEL_ARCHITECTURES_MAPPING)
+    """The architecture names of smp that boxseg runs (deeplabv3plus, unet, fpn, segformer,
+    upernet ...; not dpt)."""
+    return sorted(set(smp_module().MODEL_ARCHITECTURES_MAPPING) - {"dpt"})
+
+
+def refuse_unsupported(arch: str, training_processes: int) -> None:
+    """One line for an architecture boxseg cannot run: dpt (its ViT encoder asserts on any
+    input size but its own; boxseg pads to any size), and pspnet trained by several processes
+    (`PSPNET_UNDER_DDP`)."""
+    if arch == "dpt":
+        raise BoxsegError(
+            "--arch dpt: needs a fixed input size (that of its ViT encoder) and is not "
+            "supported; choose another --arch"
+        )
+    if arch == "pspnet" and training_processes > 1:
+        raise BoxsegError(PSPNET_UNDER_DDP)
 
 
 def arch_options(arch: str, output_stride: int, decoder_channels: int) -> dict:
@@ -64,11 +78,7 @@ def create_smp(arch: str, encoder: str, num_classes: int, output_stride: int, ch
         raise BoxsegError(
             f"--arch {arch}: unknown (choose boxseg or one of {', '.join(smp_archs())})"
         )
-    if arch == "dpt":  # its ViT encoder asserts on any other size: boxseg pads to any size
-        raise BoxsegError(
-            "--arch dpt: needs a fixed input size (that of its ViT encoder) and is not "
-            "supported; choose another --arch"
-        )
+    refuse_unsupported(arch, training_processes=1)
     try:
         model = smp.create_model(
             arch,
