@@ -66,6 +66,7 @@ import boxseg.train_anc
 import boxseg.train_primary
 from boxseg.box_losses import WeakBoxLoss
 from boxseg.data.boxes import boxes_from_mask
+from boxseg.data.cityscapes import TRAIN_CLASSES
 from boxseg.data.split import SplitSpec
 from boxseg.engine import TrainConfig
 from boxseg.evaluate import EvalOptions, run_eval
@@ -76,27 +77,7 @@ from boxseg.primary_options import CorrectionOptions, PrimaryOptions, WeakOption
 from boxseg.train_anc import AncOptions, train_anc
 from boxseg.train_primary import train_primary
 
-CLASSES = (  # Cityscapes' 19 train classes, none of them a background class
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
+CLASSES = TRAIN_CLASSES  # Cityscapes' 19 train classes, none of them a background class
 STUFF = (10, 2, 1, 0)  # the bands, top to bottom: sky, building, sidewalk, road
 OBJECTS = tuple(k for k in range(len(CLASSES)) if k not in STUFF)
 STAGES = (
